@@ -1,0 +1,1 @@
+"""Pure domain and the Redis data layer: no flask, celery, click or rich here."""

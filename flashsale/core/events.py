@@ -1,0 +1,61 @@
+"""Socket.IO event names, THE message-queue channel, and the payloads both sides agree on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Server and worker must publish/subscribe on the same Redis channel. python-socketio's default
+# ("socketio") differs from Flask-SocketIO's ("flask-socketio"): a mismatch silently drops every
+# emit, so both sides take this one constant.
+CHANNEL = "flashsale-socketio"
+NAMESPACE = "/"
+
+# server -> client
+JOINED = "joined"  # {"customer_id": ...} once the socket is in its private room
+CHARGE_RESULT = "charge_result"  # a final outcome of one order, see charge_result()
+STOCK = "stock"  # {"sku": ..., "stock_left": ...} whenever stock changes
+
+# Final order outcomes as a customer sees them.
+SUCCEEDED = "succeeded"
+DECLINED = "declined"
+FAILED = "failed"
+FINAL_STATUSES = (SUCCEEDED, DECLINED, FAILED)
+
+
+def room_for(customer_id: str) -> str:
+    """The private Socket.IO room of one customer."""
+    return f"customer:{customer_id}"
+
+
+def charge_result(
+    *,
+    order_id: str,
+    status: str,
+    amount: int,
+    currency: str,
+    charge_id: str | None = None,
+    code: str | None = None,
+    decline_code: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """The charge_result payload; every key is always present so clients need no guesswork."""
+    if status not in FINAL_STATUSES:
+        raise ValueError(f"not a final status: {status!r}")
+    return {
+        "order_id": order_id,
+        "status": status,
+        "charge_id": charge_id,
+        "amount": amount,
+        "currency": currency,
+        "code": code,
+        "decline_code": decline_code,
+        "message": message,
+    }
+
+
+def joined(customer_id: str) -> dict[str, Any]:
+    return {"customer_id": customer_id}
+
+
+def stock(sku: str, stock_left: int) -> dict[str, Any]:
+    return {"sku": sku, "stock_left": stock_left}

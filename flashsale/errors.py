@@ -1,0 +1,69 @@
+"""The flashsale error tree: every error a user can cause or meet, each mapped to one clear line.
+
+FlashsaleError
+ ├── ConfigError                 bad settings, flags or environment
+ │    └── LiveStripeKeyRefused   a live key without --allow-live-stripe
+ ├── ServiceError                something we depend on is missing or broken
+ │    ├── RedisUnavailable
+ │    └── ComponentFailed        a child process (redis, sim, server, worker) did not start
+ ├── OrderError                  the sale refused an order
+ │    ├── SoldOut
+ │    ├── OrderNotFound
+ │    └── InvalidTransition      an order state change the state machine forbids
+ └── PaymentError                Stripe said something the pipeline cannot turn into an outcome
+      └── StripeAuthError        the secret key was refused: stop charging, do not retry
+
+The CLI catches FlashsaleError in one place and prints ``str(error)``; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class FlashsaleError(Exception):
+    """Base of every error flashsale raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(FlashsaleError):
+    exit_code = 2
+
+
+class LiveStripeKeyRefused(ConfigError):
+    pass
+
+
+class ServiceError(FlashsaleError):
+    pass
+
+
+class RedisUnavailable(ServiceError):
+    pass
+
+
+class ComponentFailed(ServiceError):
+    pass
+
+
+class OrderError(FlashsaleError):
+    pass
+
+
+class SoldOut(OrderError):
+    pass
+
+
+class OrderNotFound(OrderError):
+    pass
+
+
+class InvalidTransition(OrderError):
+    pass
+
+
+class PaymentError(FlashsaleError):
+    pass
+
+
+class StripeAuthError(PaymentError):
+    pass

@@ -1,0 +1,1 @@
+"""Operations: running the pipeline's processes, rehearsing, reconciling, status."""

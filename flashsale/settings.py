@@ -1,0 +1,122 @@
+"""One frozen Settings for every component, read from the environment and overridden by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flashsale.errors import ConfigError, LiveStripeKeyRefused
+
+# Keys the simulator accepts out of the box; they are test-mode shaped and worthless elsewhere.
+SIM_SECRET_KEY = "sk_test_flashsale_simulator"
+SIM_PUBLISHABLE_KEY = "pk_test_flashsale_simulator"
+SIM_API_BASE = "http://127.0.0.1:12111"
+STRIPE_API_BASE = "https://api.stripe.com"
+# A development default so serve and worker agree out of the box; real deployments set their own.
+DEV_SECRET = "flashsale-dev-secret-change-me"
+
+LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a flashsale component needs to know; build with from_env, change with replace."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    stripe_secret_key: str = SIM_SECRET_KEY
+    stripe_publishable_key: str = SIM_PUBLISHABLE_KEY
+    stripe_api_base: str = SIM_API_BASE
+    # Where the checkout page loads Stripe.js from; empty means "derive from stripe_api_base".
+    stripe_js_url: str = ""
+    allow_live_stripe: bool = False
+    # Signs room tokens and the /notify HMAC; server and worker must share it.
+    secret: str = DEV_SECRET
+    room_token_ttl_s: int = 3600
+
+    sale_sku: str = "FLASH-001"
+    sale_name: str = "Limited edition sneakers"
+    sale_price: int = 4999  # minor units (cents)
+    sale_currency: str = "usd"
+    sale_stock: int = 500
+    max_quantity: int = 5
+
+    notify: str = "queue"  # "queue": emit via the Redis message queue; "http": POST /notify
+    server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
+    stripe_timeout_s: float = 10.0
+    charge_max_retries: int = 6
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read the variables the original pipeline used, plus FLASHSALE_* ones."""
+        defaults = cls()
+        redis_url = environ.get("FLASHSALE_REDIS_URL") or environ.get("REDIS_URL")
+        return cls(
+            redis_url=redis_url or defaults.redis_url,
+            stripe_secret_key=environ.get("STRIPE_SECRET_KEY") or defaults.stripe_secret_key,
+            stripe_publishable_key=environ.get("STRIPE_PUBLISHABLE_KEY")
+            or defaults.stripe_publishable_key,
+            stripe_api_base=(environ.get("STRIPE_API_BASE") or defaults.stripe_api_base).rstrip(
+                "/"
+            ),
+            stripe_js_url=environ.get("FLASHSALE_STRIPE_JS_URL", defaults.stripe_js_url),
+            secret=environ.get("FLASHSALE_SECRET") or defaults.secret,
+            server_url=environ.get("FLASHSALE_SERVER_URL") or defaults.server_url,
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """Apply flag overrides; flags left unset (None) keep the current value."""
+        given = {name: value for name, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **given)  # type: ignore[arg-type]
+
+    def checked(self) -> Settings:
+        """Refuse settings that would be dangerous or cannot work; return self when fine."""
+        for key in (self.stripe_secret_key,):
+            if key.startswith(LIVE_KEY_PREFIXES) and not self.allow_live_stripe:
+                raise LiveStripeKeyRefused(
+                    "refusing a live Stripe secret key: flashsale rehearses against test mode or "
+                    "its simulator; pass --allow-live-stripe if you really mean to charge real cards"
+                )
+        if self.notify not in ("queue", "http"):
+            raise ConfigError(f"notify must be 'queue' or 'http', not {self.notify!r}")
+        if self.sale_price <= 0:
+            raise ConfigError("the sale price must be a positive amount in minor units")
+        if self.sale_stock < 0:
+            raise ConfigError("stock cannot be negative")
+        if not 1 <= self.max_quantity <= 100:
+            raise ConfigError("max quantity must be between 1 and 100")
+        return self
+
+    @property
+    def stripe_mode(self) -> str:
+        """'simulator' when Stripe is on this machine, else 'test' or 'live' by the key."""
+        host = urlsplit(self.stripe_api_base).hostname or ""
+        if host in LOOPBACK_HOSTS:
+            return "simulator"
+        return "live" if self.stripe_secret_key.startswith(LIVE_KEY_PREFIXES) else "test"
+
+    @property
+    def effective_stripe_js_url(self) -> str:
+        """Real Stripe.js v3 against Stripe; the simulator's compatible script otherwise."""
+        if self.stripe_js_url:
+            return self.stripe_js_url
+        if self.stripe_mode == "simulator":
+            return f"{self.stripe_api_base}/v3/stripe.js"
+        return "https://js.stripe.com/v3/"
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as a dict safe for logs and reports: keys and secrets masked."""
+        shown = dataclasses.asdict(self)
+        for name in ("stripe_secret_key", "stripe_publishable_key", "secret"):
+            shown[name] = mask(shown[name])
+        return shown
+
+
+def mask(secret: str) -> str:
+    """Keep a key's mode prefix and last 4 characters, hide the rest."""
+    if len(secret) <= 12:
+        return "***"
+    prefix = secret[: secret.find("_", 3) + 1] if secret.count("_") >= 2 else ""
+    return f"{prefix}***{secret[-4:]}"

@@ -1,0 +1,82 @@
+"""Real fixtures: a private redis-server and the Stripe simulator, each on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from flashsale.ops.processes import (
+    Child,
+    flashsale_argv,
+    free_port,
+    redis_server_argv,
+    wait_for_redis,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own (never the machine's), nothing persisted; yields its base URL."""
+    data_dir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    child = Child("redis-server", redis_server_argv(port, data_dir), data_dir / "redis.log").start()
+    url = f"redis://127.0.0.1:{port}"
+    try:
+        wait_for_redis(f"{url}/0", child)
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A clean database on our private Redis for one test (flushing is safe: we started it)."""
+    url = f"{redis_server}/0"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+
+
+def start_sim(log_dir: Path, *args: str) -> tuple[Child, str]:
+    """Start `flashsale stripe-sim` on port 0; return the child and its base URL."""
+    child = Child(
+        "stripe-sim",
+        flashsale_argv("stripe-sim", "--port", "0", *args),
+        log_dir / "stripe-sim.log",
+    ).start()
+    try:
+        return child, child.wait_listening()
+    except BaseException:
+        child.stop()
+        raise
+
+
+@pytest.fixture
+def stripe_sim(tmp_path: Path) -> Iterator[str]:
+    """A fresh simulator (empty ledger, no limits, no latency) for one test; yields its base URL."""
+    child, url = start_sim(tmp_path)
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[object]:
+    """Start simulators with flags (`sim_factory('--rate-limit', 'test')`); all stopped after."""
+    children: list[Child] = []
+
+    def make(*args: str) -> str:
+        child, url = start_sim(tmp_path / f"sim{len(children)}", *args)
+        children.append(child)
+        return url
+
+    try:
+        yield make
+    finally:
+        for child in children:
+            child.stop()
