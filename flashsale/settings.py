@@ -77,7 +77,7 @@ class Settings:
             if key.startswith(LIVE_KEY_PREFIXES) and not self.allow_live_stripe:
                 raise LiveStripeKeyRefused(
                     "refusing a live Stripe secret key: flashsale rehearses against test mode or "
-                    "its simulator; pass --allow-live-stripe if you really mean to charge real cards"
+                    "its simulator; pass --allow-live-stripe to charge real cards on purpose"
                 )
         if self.notify not in ("queue", "http"):
             raise ConfigError(f"notify must be 'queue' or 'http', not {self.notify!r}")

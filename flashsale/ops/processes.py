@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -67,9 +68,10 @@ class Child:
             if match:
                 return match
             if not self.alive():
+                code = self.process.returncode if self.process else "?"
                 raise ComponentFailed(
-                    f"{self.name} exited with code {self.process.returncode if self.process else '?'}"
-                    f" before it was ready; last lines of {self.log_path}:\n{self.tail()}"
+                    f"{self.name} exited with code {code} before it was ready; "
+                    f"last lines of {self.log_path}:\n{self.tail()}"
                 )
             time.sleep(0.05)
         raise ComponentFailed(
@@ -108,10 +110,8 @@ class Child:
             except ProcessLookupError:
                 pass
         # Grandchildren (a worker's pool, say) may outlive their parent: clear the group.
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         return self.process.wait()
 
 
