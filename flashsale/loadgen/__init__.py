@@ -1,0 +1,1 @@
+"""Load generator: plays simulated customers through the pipeline over HTTP and Socket.IO."""

@@ -1,0 +1,441 @@
+"""Load-run measurements (pure): HDR histograms per phase and outcome, counts, time series, SLOs."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from flashsale.errors import ConfigError
+
+PHASES = ("session", "tokenize", "connect", "submit", "result", "e2e")
+OUTCOMES = ("succeeded", "declined", "sold_out", "failed", "timeout", "disconnected", "error")
+# Outcomes where the customer got an answer from the sale; only these feed the e2e histogram,
+# so a timeout's 30 s does not pose as a latency (it has its own per-outcome histogram).
+ANSWERED = ("succeeded", "declined", "sold_out", "failed")
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+LOWEST_US = 1
+HIGHEST_US = 3_600_000_000  # one hour: nothing a customer waits for lasts longer
+SIGNIFICANT_DIGITS = 3
+# The charts only need coarse per-interval shapes; 2 digits keeps each histogram ~25 KB.
+INTERVAL_DIGITS = 2
+
+
+def new_histogram(digits: int = SIGNIFICANT_DIGITS) -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, digits)
+
+
+def encode(histogram: HdrHistogram) -> str:
+    return histogram.encode().decode("ascii")
+
+
+def decode(text: str) -> HdrHistogram:
+    return HdrHistogram.decode(text.encode("ascii"))
+
+
+@dataclass
+class Journey:
+    """What happened to one simulated customer; times are seconds on the run's monotonic clock.
+
+    `scheduled` is when the customer's clock was due to start (the arrival in the open model,
+    the doors opening in doors-open mode) and `started` when it really started; the gap is
+    charged to `lag_phase` in the corrected view, which is what coordinated-omission
+    correction means: a customer the generator could not start on time was still waiting.
+    """
+
+    index: int
+    card: str
+    scheduled: float
+    started: float
+    outcome: str = "error"
+    finished: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    lag_phase: str = "session"
+    code: str | None = None
+    decline_code: str | None = None
+    error: str | None = None
+    order_id: str | None = None
+    fallback: bool = False
+    disconnected: bool = False
+    integrity: str | None = None
+    submit_started: float | None = None
+
+    @property
+    def lag(self) -> float:
+        return max(0.0, self.started - self.scheduled)
+
+
+@dataclass
+class Interval:
+    """One slice of the run's time series, keyed by when customers finished."""
+
+    arrivals: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    corrected: HdrHistogram = field(default_factory=lambda: new_histogram(INTERVAL_DIGITS))
+    uncorrected: HdrHistogram = field(default_factory=lambda: new_histogram(INTERVAL_DIGITS))
+
+
+class RunStats:
+    """All measurements of a run, lossless to merge across generator processes.
+
+    Latencies are whole microseconds in HDR histograms (3 significant digits). A measured
+    duration under 1 µs is clamped to 1 µs and counted in `clamped`: no phase ever reads 0 ms.
+    """
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.corrected = {phase: new_histogram() for phase in PHASES}
+        self.uncorrected = {phase: new_histogram() for phase in PHASES}
+        self.by_outcome = {outcome: new_histogram() for outcome in OUTCOMES}
+        self.schedule_lag = new_histogram()
+        self.loop_lag = new_histogram()
+        self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
+        self.decline_codes: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.cards: Counter[str] = Counter()
+        self.intervals: dict[int, Interval] = {}
+        self.clamped = 0
+        self.fallbacks = 0
+        self.disconnects = 0
+        self.integrity_problems: list[str] = []
+        self.arrivals = 0
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _us(self, seconds: float, count: bool = True) -> int:
+        """Seconds -> µs; each raw measurement that rounds below 1 µs is counted once."""
+        micros = round(seconds * 1_000_000)
+        if micros < LOWEST_US:
+            self.clamped += count
+            return LOWEST_US
+        return min(micros, HIGHEST_US)
+
+    def _interval(self, t: float) -> Interval:
+        key = int(max(0.0, t) // self.interval_s)
+        interval = self.intervals.get(key)
+        if interval is None:
+            interval = self.intervals[key] = Interval()
+        return interval
+
+    def record_arrival(self, t: float) -> None:
+        self.arrivals += 1
+        self._interval(t).arrivals += 1
+
+    def record_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(seconds * 1e6))))
+
+    def record(self, journey: Journey) -> None:
+        """Fold one finished customer into every view."""
+        self.outcomes[journey.outcome] += 1
+        self.cards[journey.card] += 1
+        if journey.outcome == "declined":
+            self.decline_codes[journey.decline_code or journey.code or "unknown"] += 1
+        if journey.error:
+            self.errors[journey.error] += 1
+        if journey.fallback:
+            self.fallbacks += 1
+        if journey.disconnected:
+            self.disconnects += 1
+        if journey.integrity:
+            self.integrity_problems.append(journey.integrity)
+        lag = journey.lag
+        self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
+        for phase, seconds in journey.phases.items():
+            self.uncorrected[phase].record_value(self._us(seconds))
+            extra = lag if phase == journey.lag_phase else 0.0
+            self.corrected[phase].record_value(self._us(seconds + extra, count=False))
+        if journey.finished is None:
+            return
+        corrected = self._us(journey.finished - journey.scheduled, count=False)
+        uncorrected = self._us(journey.finished - journey.started)
+        self.by_outcome[journey.outcome].record_value(corrected)
+        interval = self._interval(journey.finished)
+        interval.outcomes[journey.outcome] += 1
+        if journey.outcome in ANSWERED:
+            self.corrected["e2e"].record_value(corrected)
+            self.uncorrected["e2e"].record_value(uncorrected)
+            interval.corrected.record_value(corrected)
+            interval.uncorrected.record_value(uncorrected)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        return sum(self.outcomes.values())
+
+    def phase_summary(self, phase: str, corrected: bool = True) -> dict[str, float | int]:
+        histogram = (self.corrected if corrected else self.uncorrected)[phase]
+        return summarize(histogram)
+
+    def outcome_summary(self, outcome: str) -> dict[str, float | int]:
+        return summarize(self.by_outcome[outcome])
+
+    def ratio(self, outcome: str) -> float:
+        return self.outcomes[outcome] / self.finished if self.finished else 0.0
+
+    def series(self) -> list[dict[str, Any]]:
+        """The time series for charts: one row per interval, gaps filled with empty rows."""
+        if not self.intervals:
+            return []
+        rows = []
+        for key in range(min(self.intervals), max(self.intervals) + 1):
+            interval = self.intervals.get(key) or Interval()
+            rows.append(
+                {
+                    "t_s": round(key * self.interval_s, 3),
+                    "arrivals": interval.arrivals,
+                    "outcomes": {o: interval.outcomes[o] for o in OUTCOMES if interval.outcomes[o]},
+                    "e2e_ms": summarize(interval.corrected),
+                    "e2e_ms_uncorrected": summarize(interval.uncorrected),
+                }
+            )
+        return rows
+
+    # -- merging and serialising -----------------------------------------------------------
+
+    def merge(self, other: RunStats) -> RunStats:
+        """Add another process's stats to these (same interval width and run clock)."""
+        if other.interval_s != self.interval_s:
+            raise ValueError("cannot merge stats with different interval widths")
+        for mine, theirs in (
+            (self.corrected, other.corrected),
+            (self.uncorrected, other.uncorrected),
+            (self.by_outcome, other.by_outcome),
+        ):
+            for name, histogram in theirs.items():
+                mine[name].add(histogram)
+        self.schedule_lag.add(other.schedule_lag)
+        self.loop_lag.add(other.loop_lag)
+        self.outcomes.update(other.outcomes)
+        self.decline_codes.update(other.decline_codes)
+        self.errors.update(other.errors)
+        self.cards.update(other.cards)
+        for key, theirs_interval in other.intervals.items():
+            interval = self.intervals.setdefault(key, Interval())
+            interval.arrivals += theirs_interval.arrivals
+            interval.outcomes.update(theirs_interval.outcomes)
+            interval.corrected.add(theirs_interval.corrected)
+            interval.uncorrected.add(theirs_interval.uncorrected)
+        self.clamped += other.clamped
+        self.fallbacks += other.fallbacks
+        self.disconnects += other.disconnects
+        self.integrity_problems.extend(other.integrity_problems)
+        self.arrivals += other.arrivals
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, histograms HDR-encoded (base64 compressed), as plain JSON data."""
+        return {
+            "interval_s": self.interval_s,
+            "corrected": {k: encode(h) for k, h in self.corrected.items()},
+            "uncorrected": {k: encode(h) for k, h in self.uncorrected.items()},
+            "by_outcome": {k: encode(h) for k, h in self.by_outcome.items()},
+            "schedule_lag": encode(self.schedule_lag),
+            "loop_lag": encode(self.loop_lag),
+            "outcomes": dict(self.outcomes),
+            "decline_codes": dict(self.decline_codes),
+            "errors": dict(self.errors),
+            "cards": dict(self.cards),
+            "intervals": {
+                str(key): {
+                    "arrivals": i.arrivals,
+                    "outcomes": dict(i.outcomes),
+                    "corrected": encode(i.corrected),
+                    "uncorrected": encode(i.uncorrected),
+                }
+                for key, i in sorted(self.intervals.items())
+            },
+            "clamped": self.clamped,
+            "fallbacks": self.fallbacks,
+            "disconnects": self.disconnects,
+            "integrity_problems": list(self.integrity_problems),
+            "arrivals": self.arrivals,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStats:
+        stats = cls(interval_s=float(data["interval_s"]))
+        stats.corrected = {k: decode(v) for k, v in data["corrected"].items()}
+        stats.uncorrected = {k: decode(v) for k, v in data["uncorrected"].items()}
+        stats.by_outcome = {k: decode(v) for k, v in data["by_outcome"].items()}
+        stats.schedule_lag = decode(data["schedule_lag"])
+        stats.loop_lag = decode(data["loop_lag"])
+        stats.outcomes = Counter(data["outcomes"])
+        stats.decline_codes = Counter(data["decline_codes"])
+        stats.errors = Counter(data["errors"])
+        stats.cards = Counter(data["cards"])
+        stats.intervals = {
+            int(key): Interval(
+                arrivals=i["arrivals"],
+                outcomes=Counter(i["outcomes"]),
+                corrected=decode(i["corrected"]),
+                uncorrected=decode(i["uncorrected"]),
+            )
+            for key, i in data["intervals"].items()
+        }
+        stats.clamped = data["clamped"]
+        stats.fallbacks = data["fallbacks"]
+        stats.disconnects = data["disconnects"]
+        stats.integrity_problems = list(data["integrity_problems"])
+        stats.arrivals = data["arrivals"]
+        return stats
+
+
+def summarize(histogram: HdrHistogram) -> dict[str, float | int]:
+    """p50/p90/p99/p999/max in milliseconds (µs precision) and the sample count."""
+    count = histogram.get_total_count()
+    if not count:
+        return {name: 0.0 for name in PERCENTILES} | {"max": 0.0, "mean": 0.0, "count": 0}
+    values = histogram.get_percentile_to_value_dict(list(PERCENTILES.values()))
+    summary: dict[str, float | int] = {
+        name: values[pct] / 1000 for name, pct in PERCENTILES.items()
+    }
+    summary["max"] = histogram.get_max_value() / 1000
+    summary["mean"] = round(histogram.get_mean_value() / 1000, 3)
+    summary["count"] = count
+    return summary
+
+
+def percentile_curve(histogram: HdrHistogram, ticks_per_half: int = 5) -> list[tuple[float, float]]:
+    """(percentile, ms) points of the classic HDR percentile-distribution plot."""
+    if not histogram.get_total_count():
+        return []
+    points = []
+    for item in histogram.get_percentile_iterator(ticks_per_half):
+        points.append(
+            (
+                item.percentile_level_iterated_to,
+                histogram.get_highest_equivalent_value(item.value_iterated_to) / 1000,
+            )
+        )
+        if item.percentile_level_iterated_to >= 99.999:
+            break
+    return points
+
+
+# -- SLOs ------------------------------------------------------------------------------------
+
+LATENCY_STATS = (*PERCENTILES, "max", "mean")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_SLO = re.compile(r"^\s*([a-z0-9_]+)\.([a-z0-9_]+)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
+_TIME = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m)?$")
+_TIME_MS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+COUNTERS = ("customers", "fallback", "integrity", "clamped")
+
+
+@dataclass(frozen=True)
+class Slo:
+    """One objective, e.g. `e2e.p99<2s`; latencies in ms, ratios as fractions."""
+
+    text: str
+    metric: str
+    stat: str
+    op: str
+    threshold: float
+
+    @property
+    def unit(self) -> str:
+        if self.stat == "ratio":
+            return "ratio"
+        return "ms" if self.stat in LATENCY_STATS else "count"
+
+
+def parse_slo(text: str) -> Slo:
+    """Parse `metric.stat OP value`; unknown metrics or stats are usage errors."""
+    match = _SLO.match(text)
+    if not match:
+        raise ConfigError(
+            f"--slo {text!r} must look like 'e2e.p99<2s', 'timeout.ratio<0.1%' "
+            "or 'succeeded.count>=500'"
+        )
+    metric, stat, op, value = match.groups()
+    if metric in PHASES:
+        allowed: tuple[str, ...] = (*LATENCY_STATS, "count")
+    elif metric in OUTCOMES:
+        allowed = ("count", "ratio")
+    elif metric in COUNTERS:
+        allowed = ("count",)
+    else:
+        known = ", ".join((*PHASES, *OUTCOMES, *COUNTERS))
+        raise ConfigError(f"--slo {text!r}: unknown metric {metric!r}; known: {known}")
+    if stat not in allowed:
+        raise ConfigError(
+            f"--slo {text!r}: {metric} has no {stat!r}; use one of {', '.join(allowed)}"
+        )
+    threshold = _threshold(text, stat, value)
+    return Slo(text.strip(), metric, stat, op, threshold)
+
+
+def _threshold(text: str, stat: str, value: str) -> float:
+    value = value.strip()
+    if stat in LATENCY_STATS:
+        match = _TIME.match(value)
+        if not match:
+            raise ConfigError(f"--slo {text!r}: {value!r} is not a time like 2s or 250ms")
+        return float(match.group(1)) * _TIME_MS[match.group(2) or "ms"]
+    if stat == "ratio":
+        try:
+            if value.endswith("%"):
+                return float(value[:-1]) / 100
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"--slo {text!r}: {value!r} is not a ratio like 0.1%") from None
+    try:
+        return float(int(value))
+    except ValueError:
+        raise ConfigError(f"--slo {text!r}: {value!r} is not a whole count") from None
+
+
+@dataclass(frozen=True)
+class SloResult:
+    slo: Slo
+    actual: float
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "slo": self.slo.text,
+            "metric": f"{self.slo.metric}.{self.slo.stat}",
+            "unit": self.slo.unit,
+            "threshold": self.slo.threshold,
+            "actual": self.actual,
+            "passed": self.passed,
+        }
+
+
+def slo_actual(slo: Slo, stats: RunStats) -> float:
+    """The measured value an SLO is judged on (corrected latencies: what customers felt)."""
+    if slo.metric in PHASES:
+        return float(stats.phase_summary(slo.metric)[slo.stat])
+    if slo.metric in OUTCOMES:
+        if slo.stat == "ratio":
+            return stats.ratio(slo.metric)
+        return float(stats.outcomes[slo.metric])
+    return float(
+        {
+            "customers": stats.finished,
+            "fallback": stats.fallbacks,
+            "integrity": len(stats.integrity_problems),
+            "clamped": stats.clamped,
+        }[slo.metric]
+    )
+
+
+def evaluate(slos: Iterable[Slo], stats: RunStats) -> list[SloResult]:
+    results = []
+    for slo in slos:
+        actual = slo_actual(slo, stats)
+        results.append(SloResult(slo, actual, _OPS[slo.op](actual, slo.threshold)))
+    return results
