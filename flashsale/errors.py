@@ -11,7 +11,8 @@ FlashsaleError
  │    ├── OrderNotFound
  │    └── InvalidTransition      an order state change the state machine forbids
  └── PaymentError                Stripe said something the pipeline cannot turn into an outcome
-      └── StripeAuthError        the secret key was refused: stop charging, do not retry
+      ├── StripeAuthError        the secret key was refused: stop charging, do not retry
+      └── StripeUnavailable      rate limited, 5xx or unreachable: retry later with backoff
 
 The CLI catches FlashsaleError in one place and prints ``str(error)``; anything else is a bug.
 """
@@ -66,4 +67,8 @@ class PaymentError(FlashsaleError):
 
 
 class StripeAuthError(PaymentError):
+    pass
+
+
+class StripeUnavailable(PaymentError):
     pass

@@ -47,6 +47,12 @@ class Settings:
     server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
     stripe_timeout_s: float = 10.0
     charge_max_retries: int = 6
+    # Exponential backoff between charge retries: base * 2**attempt, capped, with jitter.
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 30.0
+    # A task unacked this long is redelivered; it must outlast the longest retry countdown plus
+    # one Stripe call, or a waiting retry would be delivered twice.
+    visibility_timeout_s: int = 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -87,6 +93,11 @@ class Settings:
             raise ConfigError("stock cannot be negative")
         if not 1 <= self.max_quantity <= 100:
             raise ConfigError("max quantity must be between 1 and 100")
+        if self.visibility_timeout_s <= self.retry_backoff_max_s + self.stripe_timeout_s:
+            raise ConfigError(
+                "the broker visibility timeout must exceed the longest retry backoff plus the "
+                "Stripe timeout, or a task waiting to retry is delivered twice"
+            )
         return self
 
     @property

@@ -1,0 +1,37 @@
+"""Every Redis key flashsale uses, in one namespace (the layout is described in core.orders)."""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "flashsale:"
+
+
+def order(order_id: str) -> str:
+    return f"{PREFIX}order:{order_id}"
+
+
+def order_index() -> str:
+    return f"{PREFIX}orders"
+
+
+def customer_orders(customer_id: str) -> str:
+    return f"{PREFIX}customer:{customer_id}:orders"
+
+
+def dedupe(customer_id: str, token: str) -> str:
+    # The token is hashed so a hostile one cannot make the key long; it is never needed back.
+    digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+    return f"{PREFIX}dedupe:{customer_id}:{digest}"
+
+
+def state_counts() -> str:
+    return f"{PREFIX}counts"
+
+
+def stock(sku: str) -> str:
+    return f"{PREFIX}stock:{sku}"
+
+
+def initial_stock(sku: str) -> str:
+    return f"{PREFIX}stock:{sku}:initial"

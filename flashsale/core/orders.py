@@ -1,0 +1,348 @@
+"""Orders: their states and allowed transitions, and their persistence in Redis.
+
+Redis key layout (every key starts with ``flashsale:``; builders live in ``core.keys``)::
+
+    flashsale:order:<order_id>                 HASH   one order: order_id, customer_id, sku,
+                                                      quantity, amount, currency, token, status,
+                                                      created_at, updated_at, attempts, charge_id,
+                                                      code, decline_code, message, released
+    flashsale:orders                           ZSET   every order id, scored by creation time (ms)
+    flashsale:customer:<customer_id>:orders    LIST   the customer's order ids, oldest first
+    flashsale:dedupe:<customer_id>:<sha(token)> STRING order id of that customer+token (SET NX)
+    flashsale:counts                           HASH   orders per state (pending, succeeded, ...)
+    flashsale:stock:<sku>                      STRING units left (see core.inventory)
+    flashsale:stock:<sku>:initial              STRING units the sale started with
+
+Placing an order and finalising one are each one Lua script, so stock, the order and the counts
+never disagree: a placement reserves stock and records the order together, and a final state is
+written once (pending -> final), releasing the stock of a declined or failed order exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis import Redis
+
+from flashsale.core import events, inventory, keys
+from flashsale.errors import InvalidTransition, OrderNotFound, SoldOut
+
+PENDING = "pending"
+SUCCEEDED = events.SUCCEEDED
+DECLINED = events.DECLINED
+FAILED = events.FAILED
+STATES = (PENDING, SUCCEEDED, DECLINED, FAILED)
+FINAL_STATES = events.FINAL_STATUSES
+# The whole state machine: an order is pending until it gets exactly one final state.
+TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
+
+_PLACE = (
+    inventory.LUA_FUNCTIONS
+    + """
+-- KEYS: dedupe, stock, order, index, customer orders, counts
+-- ARGV: order id, quantity, created_at ms, then field/value pairs of the order hash
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {'existing', existing}
+end
+local left = reserve(KEYS[2], tonumber(ARGV[2]))
+if left < 0 then
+  return {'sold_out', redis.call('GET', KEYS[2]) or '0'}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('RPUSH', KEYS[5], ARGV[1])
+redis.call('HINCRBY', KEYS[6], 'pending', 1)
+return {'created', tostring(left)}
+"""
+)
+
+_FINALIZE = (
+    inventory.LUA_FUNCTIONS
+    + """
+-- KEYS: order, stock, counts
+-- ARGV: final status, updated_at, charge_id, code, decline_code, message
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then
+  return 'missing'
+end
+if current ~= 'pending' then
+  return 'unchanged'
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'charge_id', ARGV[3],
+  'code', ARGV[4], 'decline_code', ARGV[5], 'message', ARGV[6])
+redis.call('HINCRBY', KEYS[3], 'pending', -1)
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+if ARGV[1] ~= 'succeeded' then
+  release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
+  redis.call('HSET', KEYS[1], 'released', '1')
+end
+return 'transitioned'
+"""
+)
+
+# Fields a client may see; the card token stays on the server.
+PUBLIC_FIELDS = (
+    "order_id",
+    "customer_id",
+    "status",
+    "sku",
+    "quantity",
+    "amount",
+    "currency",
+    "created_at",
+    "updated_at",
+    "charge_id",
+    "code",
+    "decline_code",
+    "message",
+)
+
+
+@dataclass(frozen=True)
+class Order:
+    """One order as stored; amounts are minor units, times are Unix seconds."""
+
+    order_id: str
+    customer_id: str
+    sku: str
+    quantity: int
+    amount: int
+    currency: str
+    token: str
+    status: str = PENDING
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    attempts: int = 0
+    charge_id: str | None = None
+    code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+    released: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    def public(self) -> dict[str, Any]:
+        """What GET /orders/<id> shows: everything but the card token."""
+        shown = asdict(self)
+        return {name: shown[name] for name in PUBLIC_FIELDS}
+
+    def charge_result(self) -> dict[str, Any]:
+        """The charge_result event payload of a final order."""
+        return events.charge_result(
+            order_id=self.order_id,
+            status=self.status,
+            amount=self.amount,
+            currency=self.currency,
+            charge_id=self.charge_id,
+            code=self.code,
+            decline_code=self.decline_code,
+            message=self.message,
+        )
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Order:
+        def optional(name: str) -> str | None:
+            return data.get(name) or None
+
+        return cls(
+            order_id=data["order_id"],
+            customer_id=data["customer_id"],
+            sku=data["sku"],
+            quantity=int(data["quantity"]),
+            amount=int(data["amount"]),
+            currency=data["currency"],
+            token=data.get("token", ""),
+            status=data["status"],
+            created_at=float(data.get("created_at") or 0),
+            updated_at=float(data.get("updated_at") or 0),
+            attempts=int(data.get("attempts") or 0),
+            charge_id=optional("charge_id"),
+            code=optional("code"),
+            decline_code=optional("decline_code"),
+            message=optional("message"),
+            released=data.get("released") == "1",
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What placing an order did: created it, or found the same customer+token's order."""
+
+    order: Order
+    created: bool
+    stock_left: int | None = None
+
+
+def check_transition(current: str, new: str) -> None:
+    """Raise InvalidTransition unless the state machine allows current -> new."""
+    if new not in TRANSITIONS.get(current, ()):
+        raise InvalidTransition(f"an order cannot go from {current!r} to {new!r}")
+
+
+def new_order_id() -> str:
+    return str(uuid.uuid4())
+
+
+def place_order(
+    redis: Redis[Any],
+    *,
+    customer_id: str,
+    token: str,
+    sku: str,
+    quantity: int,
+    unit_price: int,
+    currency: str,
+) -> Placement:
+    """Reserve stock and record a pending order atomically, once per customer+token.
+
+    Raises SoldOut (nothing reserved, nothing recorded) when the stock cannot cover quantity.
+    """
+    now = time.time()
+    order = Order(
+        order_id=new_order_id(),
+        customer_id=customer_id,
+        sku=sku,
+        quantity=quantity,
+        amount=unit_price * quantity,
+        currency=currency,
+        token=token,
+        created_at=now,
+        updated_at=now,
+    )
+    fields: list[str] = []
+    for name, value in _to_hash(order).items():
+        fields += [name, value]
+    outcome, detail = redis.register_script(_PLACE)(
+        keys=[
+            keys.dedupe(customer_id, token),
+            keys.stock(sku),
+            keys.order(order.order_id),
+            keys.order_index(),
+            keys.customer_orders(customer_id),
+            keys.state_counts(),
+        ],
+        args=[order.order_id, quantity, int(now * 1000), *fields],
+    )
+    if outcome == "created":
+        return Placement(order=order, created=True, stock_left=int(detail))
+    if outcome == "sold_out":
+        raise SoldOut(f"sold out: {detail} left of {sku}, {quantity} asked")
+    existing = load_order(redis, detail)
+    return Placement(order=existing, created=False)
+
+
+def load_order(redis: Redis[Any], order_id: str) -> Order:
+    data = redis.hgetall(keys.order(order_id))
+    if not data:
+        raise OrderNotFound(f"no order {order_id}")
+    return Order.from_hash(data)
+
+
+def find_order(redis: Redis[Any], order_id: str) -> Order | None:
+    data = redis.hgetall(keys.order(order_id))
+    return Order.from_hash(data) if data else None
+
+
+def record_attempt(redis: Redis[Any], order_id: str) -> int:
+    """Count one charge attempt (status and reconcile show it); returns the count."""
+    return int(redis.hincrby(keys.order(order_id), "attempts", 1))
+
+
+def finalize(
+    redis: Redis[Any],
+    order_id: str,
+    status: str,
+    *,
+    charge_id: str | None = None,
+    code: str | None = None,
+    decline_code: str | None = None,
+    message: str | None = None,
+) -> tuple[bool, Order]:
+    """Give a pending order its one final state; later calls change nothing.
+
+    Returns (whether this call made the transition, the order as stored now). A declined or
+    failed order's stock is released in the same atomic step, so it is released exactly once.
+    """
+    check_transition(PENDING, status)
+    order = load_order(redis, order_id)
+    result = redis.register_script(_FINALIZE)(
+        keys=[keys.order(order_id), keys.stock(order.sku), keys.state_counts()],
+        args=[
+            status,
+            repr(time.time()),
+            charge_id or "",
+            code or "",
+            decline_code or "",
+            (message or "")[:500],
+        ],
+    )
+    if result == "missing":
+        raise OrderNotFound(f"no order {order_id}")
+    return result == "transitioned", load_order(redis, order_id)
+
+
+def customer_order_ids(redis: Redis[Any], customer_id: str) -> list[str]:
+    return list(redis.lrange(keys.customer_orders(customer_id), 0, -1))
+
+
+def final_orders_of(redis: Redis[Any], customer_id: str) -> list[Order]:
+    """The customer's orders that have a final state, oldest first (replayed on every join)."""
+    ids = customer_order_ids(redis, customer_id)
+    if not ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for order_id in ids:
+        pipe.hgetall(keys.order(order_id))
+    found = [Order.from_hash(data) for data in pipe.execute() if data]
+    return [order for order in found if order.final]
+
+
+def iter_orders(redis: Redis[Any], batch: int = 500) -> Iterator[Order]:
+    """Every order, in batches so a large sale does not load at once."""
+    ids: list[str] = []
+    for order_id, _score in redis.zscan_iter(keys.order_index(), count=batch):
+        ids.append(order_id)
+        if len(ids) >= batch:
+            yield from _load_many(redis, ids)
+            ids = []
+    if ids:
+        yield from _load_many(redis, ids)
+
+
+def count_orders(redis: Redis[Any]) -> int:
+    return int(redis.zcard(keys.order_index()))
+
+
+def count_by_state(redis: Redis[Any]) -> dict[str, int]:
+    """Orders per state, kept by the placement and finalisation scripts (no scan needed)."""
+    stored = redis.hgetall(keys.state_counts())
+    return {state: int(stored.get(state, 0)) for state in STATES}
+
+
+def _load_many(redis: Redis[Any], ids: list[str]) -> list[Order]:
+    pipe = redis.pipeline(transaction=False)
+    for order_id in ids:
+        pipe.hgetall(keys.order(order_id))
+    return [Order.from_hash(data) for data in pipe.execute() if data]
+
+
+def _to_hash(order: Order) -> dict[str, str]:
+    stored: dict[str, str] = {}
+    for name, value in asdict(order).items():
+        if value is None:
+            stored[name] = ""
+        elif isinstance(value, bool):
+            stored[name] = "1" if value else "0"
+        elif isinstance(value, float):
+            stored[name] = repr(value)
+        else:
+            stored[name] = str(value)
+    return stored
