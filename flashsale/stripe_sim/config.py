@@ -1,0 +1,201 @@
+"""Rehearsal controls of the simulator (rate limit, concurrency, latency, faults), checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flashsale.errors import ConfigError
+
+# Stripe's documented default limits: test mode 25 requests/s, live mode 100 requests/s.
+RATE_PRESETS = {"test": 25.0, "live": 100.0}
+RATE_OFF = ("off", "none", "unlimited")
+# z-score of the 99th percentile of a standard normal: turns (p50, p99) into a lognormal sigma.
+Z_P99 = 2.3263478740408408
+# A sampled delay never exceeds this, so one unlucky draw cannot hang a rehearsal.
+MAX_LATENCY_S = 60.0
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s)?\s*$")
+UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1e-3}  # a bare number is milliseconds
+
+
+def parse_duration(text: str, what: str) -> float:
+    """'200ms', '0.2s', '200' (ms) -> seconds; anything else is a ConfigError naming `what`."""
+    match = DURATION.match(text)
+    if not match:
+        raise ConfigError(
+            f"{what} must be a duration like '200ms', '0.2s' or '200' (milliseconds), not {text!r}"
+        )
+    seconds = float(match.group(1)) * UNIT_S[match.group(2)]
+    if seconds > MAX_LATENCY_S:
+        raise ConfigError(f"{what} must be at most {MAX_LATENCY_S:.0f}s, not {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds * 1000:g}ms" if seconds else "0"
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Delay added to each API request: fixed, or lognormal fitted to a p50 and a p99."""
+
+    fixed_s: float = 0.0
+    p50_s: float = 0.0
+    p99_s: float = 0.0
+
+    @property
+    def is_lognormal(self) -> bool:
+        return self.p50_s > 0
+
+    def sample(self) -> float:
+        if not self.is_lognormal:
+            return self.fixed_s
+        sigma = (math.log(self.p99_s) - math.log(self.p50_s)) / Z_P99
+        return min(random.lognormvariate(math.log(self.p50_s), sigma), MAX_LATENCY_S)
+
+    def __str__(self) -> str:
+        if self.is_lognormal:
+            return f"lognormal:p50={format_duration(self.p50_s)},p99={format_duration(self.p99_s)}"
+        return format_duration(self.fixed_s)
+
+
+def parse_latency(text: str) -> Latency:
+    """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms'."""
+    if not isinstance(text, str):
+        raise ConfigError(f"latency must be a string like '200ms', not {text!r}")
+    spec = text.strip().lower()
+    if not spec.startswith("lognormal"):
+        return Latency(fixed_s=parse_duration(spec, "latency"))
+    usage = "latency must look like 'lognormal:p50=80ms,p99=600ms'"
+    _, _, args = spec.partition(":")
+    given: dict[str, float] = {}
+    for part in filter(None, (piece.strip() for piece in args.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in ("p50", "p99"):
+            raise ConfigError(f"{usage}, not {text!r}")
+        given[name.strip()] = parse_duration(value, f"latency {name.strip()}")
+    if set(given) != {"p50", "p99"}:
+        raise ConfigError(f"{usage} (both p50 and p99), not {text!r}")
+    if not 0 < given["p50"] <= given["p99"]:
+        raise ConfigError(f"latency needs 0 < p50 <= p99, not {text!r}")
+    return Latency(p50_s=given["p50"], p99_s=given["p99"])
+
+
+def parse_rate_limit(value: object) -> float | None:
+    """'test' (25/s), 'live' (100/s), 'off' or a positive number -> requests/s, None for off."""
+    text = str(value).strip().lower()
+    if text in RATE_OFF:
+        return None
+    if text in RATE_PRESETS:
+        return RATE_PRESETS[text]
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if isinstance(value, bool) or not (rate > 0 and math.isfinite(rate)):
+        raise ConfigError(
+            "rate limit must be 'test' (25/s), 'live' (100/s), 'off' or a positive number of "
+            f"requests per second, not {value!r}"
+        )
+    return rate
+
+
+def check_fraction(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{what} must be a number between 0 and 1, not {value!r}")
+    return float(value)
+
+
+def check_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{what} must be a whole number >= 0, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The controls in force; immutable, swapped whole by POST /_sim/config."""
+
+    rate_limit: str = "off"  # as given, for display
+    rate_per_s: float | None = None
+    concurrency_limit: int = 0  # 0 = unlimited
+    latency: Latency = dataclasses.field(default_factory=Latency)
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    idempotency_ttl_s: int = 86400
+
+    @classmethod
+    def from_options(
+        cls,
+        rate_limit: str = "off",
+        concurrency_limit: int = 0,
+        latency: str = "0",
+        error_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        idempotency_ttl_s: int = 86400,
+    ) -> SimConfig:
+        """Build from CLI-style values; any bad value is a ConfigError with a clear message."""
+        rate = parse_rate_limit(rate_limit)
+        text = str(rate_limit).strip().lower()
+        shown = "off" if rate is None else text if text in RATE_PRESETS else f"{rate:g}"
+        ttl = check_count(idempotency_ttl_s, "idempotency TTL (seconds)")
+        if ttl == 0:
+            raise ConfigError("idempotency TTL must be at least 1 second")
+        return cls(
+            rate_limit=shown,
+            rate_per_s=rate,
+            concurrency_limit=check_count(concurrency_limit, "concurrency limit"),
+            latency=parse_latency(latency),
+            error_rate=check_fraction(error_rate, "error rate"),
+            drop_rate=check_fraction(drop_rate, "drop rate"),
+            idempotency_ttl_s=ttl,
+        )
+
+    def with_changes(self, changes: Mapping[str, object]) -> SimConfig:
+        """Apply a JSON object of changes from POST /_sim/config; unknown keys are refused."""
+        current = self.as_dict()
+        unknown = sorted(set(changes) - set(current))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(current))}"
+            )
+        merged = {**current, **changes}
+        latency = merged["latency"]
+        if isinstance(latency, int | float) and not isinstance(latency, bool):
+            latency = f"{latency}ms"
+        return SimConfig.from_options(
+            rate_limit=merged["rate_limit"],  # type: ignore[arg-type]
+            concurrency_limit=merged["concurrency_limit"],  # type: ignore[arg-type]
+            latency=latency,  # type: ignore[arg-type]
+            error_rate=merged["error_rate"],  # type: ignore[arg-type]
+            drop_rate=merged["drop_rate"],  # type: ignore[arg-type]
+            idempotency_ttl_s=merged["idempotency_ttl_s"],  # type: ignore[arg-type]
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "rate_limit": self.rate_limit,
+            "concurrency_limit": self.concurrency_limit,
+            "latency": str(self.latency),
+            "error_rate": self.error_rate,
+            "drop_rate": self.drop_rate,
+            "idempotency_ttl_s": self.idempotency_ttl_s,
+        }
+
+    def describe(self) -> str:
+        """One line for the start-up log: every setting in force."""
+        rate = self.rate_limit
+        if self.rate_limit in RATE_PRESETS:
+            rate = f"{self.rate_limit} ({self.rate_per_s:g}/s)"
+        elif self.rate_per_s is not None:
+            rate = f"{self.rate_per_s:g}/s"
+        return (
+            f"rate_limit={rate}, concurrency_limit={self.concurrency_limit or 'off'}, "
+            f"latency={self.latency}, error_rate={self.error_rate:g}, "
+            f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s"
+        )

@@ -1,0 +1,433 @@
+"""The simulated Stripe endpoints (tokens, charges, refunds): validate like Stripe, then record.
+
+Each endpoint takes parsed params and returns (HTTP status, payload), or raises StripeApiError
+before changing anything, so a refused request leaves no trace (and no idempotent result).
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from flashsale.stripe_sim.api_errors import StripeApiError, invalid, no_such
+from flashsale.stripe_sim.cards import (
+    TEST_CARDS,
+    TOKEN_ALIASES,
+    check_card,
+    fingerprint,
+    profile_for,
+)
+from flashsale.stripe_sim.ledger import (
+    Charge,
+    Ledger,
+    Refund,
+    Token,
+    new_id,
+    render_charge,
+    render_refund,
+    render_token,
+)
+from flashsale.stripe_sim.params import (
+    Params,
+    get_bool,
+    get_int,
+    get_metadata,
+    get_str,
+    refuse_unknown,
+)
+
+Result = tuple[int, object]
+
+# Stripe.js sends these alongside card data; they carry no meaning for the simulator.
+STRIPE_JS_FIELDS = {
+    "payment_user_agent",
+    "time_on_page",
+    "guid",
+    "muid",
+    "sid",
+    "referrer",
+    "pasted_fields",
+}
+TOKEN_PARAMS = {"card", "expand", *STRIPE_JS_FIELDS}
+CARD_PARAMS = {
+    "number",
+    "exp_month",
+    "exp_year",
+    "cvc",
+    "name",
+    "address_line1",
+    "address_line2",
+    "address_city",
+    "address_state",
+    "address_zip",
+    "address_country",
+    "currency",
+}
+CARD_EXTRA = CARD_PARAMS - {"number", "exp_month", "exp_year", "cvc", "currency"}
+CHARGE_PARAMS = {
+    "amount",
+    "currency",
+    "source",
+    "customer",
+    "description",
+    "metadata",
+    "capture",
+    "receipt_email",
+    "statement_descriptor",
+    "statement_descriptor_suffix",
+    "expand",
+}
+CHARGE_EXTRA = ("receipt_email", "statement_descriptor", "statement_descriptor_suffix")
+LIST_PARAMS = {"limit", "starting_after", "ending_before", "expand"}
+REFUND_PARAMS = {"charge", "amount", "reason", "metadata", "expand"}
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+GET_PARAMS = {"expand"}
+
+ZERO_DECIMAL = frozenset(
+    {
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    }
+)
+CURRENCIES = ZERO_DECIMAL | frozenset(
+    {
+        "usd",
+        "eur",
+        "gbp",
+        "cad",
+        "aud",
+        "nzd",
+        "chf",
+        "sek",
+        "nok",
+        "dkk",
+        "pln",
+        "czk",
+        "huf",
+        "ron",
+        "bgn",
+        "hkd",
+        "sgd",
+        "inr",
+        "mxn",
+        "brl",
+        "thb",
+        "myr",
+        "php",
+        "idr",
+        "ils",
+        "aed",
+        "sar",
+        "zar",
+        "try",
+    }
+)
+SYMBOLS = {"usd": "$", "cad": "$", "aud": "$", "nzd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
+MIN_AMOUNT = 50  # Stripe's $0.50 minimum, and its analogue in other currencies
+MAX_AMOUNT = 99_999_999
+
+
+def money(amount: int, currency: str) -> str:
+    """Stripe's way of naming an amount in messages: $0.50 usd."""
+    value = f"{amount}" if currency in ZERO_DECIMAL else f"{amount / 100:,.2f}"
+    return f"{SYMBOLS.get(currency, '')}{value} {currency}"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the key's kind and the client address (tokens record it)."""
+
+    publishable: bool
+    client_ip: str | None
+
+
+class Endpoints:
+    """The API surface over one Ledger; counts charges by outcome for /_sim/stats."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.outcomes: Counter[str] = Counter()
+        self._years: dict[int, int] = {}
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def create_token(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, TOKEN_PARAMS)
+        card = params.get("card")
+        if card is None or card == "":
+            raise invalid(
+                "You must supply either a card, customer, PII data, bank account, or account "
+                "legal entity to create a token.",
+                "card",
+            )
+        if not isinstance(card, dict):
+            raise invalid("Invalid object", "card")
+        refuse_unknown(card, CARD_PARAMS, "card")
+        number = get_str(card, "number", True, "card[number]")
+        exp_month = get_str(card, "exp_month", True, "card[exp_month]")
+        exp_year = get_str(card, "exp_year", True, "card[exp_year]")
+        cvc = get_str(card, "cvc", False, "card[cvc]")
+        for name in CARD_EXTRA:
+            get_str(card, name, False, f"card[{name}]")
+        assert number is not None and exp_month is not None and exp_year is not None
+        month, year = check_card(number, exp_month, exp_year, cvc, datetime.date.today())
+        digits = number.replace(" ", "").replace("-", "")
+        extra = {name: card[name] for name in CARD_EXTRA if card.get(name)}
+        token = self._new_token(digits, month, year, cvc is not None, caller.client_ip, extra)
+        self.ledger.tokens[token.id] = token
+        return 200, token
+
+    def _new_token(
+        self,
+        digits: str,
+        month: int,
+        year: int,
+        cvc_given: bool,
+        client_ip: str | None,
+        extra: dict[str, object] | None = None,
+    ) -> Token:
+        return Token(
+            new_id("tok_"),
+            profile_for(digits),
+            sys.intern(digits[-4:]),
+            month,
+            self._years.setdefault(year, year),  # one int object per year, not per token
+            card_fingerprint(digits),
+            "pass" if cvc_given else None,
+            int(time.time()),
+            client_ip,
+            extra or None,  # type: ignore[arg-type]
+        )
+
+    def alias_token(self, alias: str, client_ip: str | None) -> Token:
+        """A fresh card behind a test alias, as Stripe mints one per use of tok_visa and co."""
+        next_year = datetime.date.today().year + 1
+        return self._new_token(TOKEN_ALIASES[alias], 12, next_year, True, client_ip)
+
+    def get_token(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, GET_PARAMS)
+        assert ident is not None
+        if ident in TOKEN_ALIASES:
+            return 200, self.alias_token(ident, caller.client_ip)
+        token = self.ledger.tokens.get(ident)
+        if token is None:
+            raise no_such("token", ident, "token")
+        return 200, token
+
+    # --- charges ----------------------------------------------------------------------------
+
+    def create_charge(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, CHARGE_PARAMS)
+        amount = get_int(params, "amount", required=True)
+        assert amount is not None
+        currency = get_str(params, "currency", required=True)
+        assert currency is not None
+        currency = currency.lower()
+        if currency not in CURRENCIES:
+            raise invalid(
+                f"Invalid currency: {currency}. Stripe currently supports these currencies: "
+                + ", ".join(sorted(CURRENCIES)),
+                "currency",
+            )
+        if amount < 1:
+            raise invalid("This value must be greater than or equal to 1.", "amount")
+        if amount < MIN_AMOUNT:
+            raise StripeApiError(
+                400,
+                f"Amount must be at least {money(MIN_AMOUNT, currency)}",
+                param="amount",
+                code="amount_too_small",
+            )
+        if amount > MAX_AMOUNT:
+            raise StripeApiError(
+                400,
+                f"Amount must be no more than {money(MAX_AMOUNT, currency)}",
+                param="amount",
+                code="amount_too_large",
+            )
+        description = get_str(params, "description")
+        metadata = get_metadata(params)
+        capture = get_bool(params, "capture")
+        extra = {name: v for name in CHARGE_EXTRA if (v := get_str(params, name))}
+        customer = get_str(params, "customer")
+        if customer is not None:
+            raise no_such("customer", customer, "customer", 400)
+        token = self._take_source(params, caller)
+        charge = Charge(
+            new_id("ch_"),
+            amount,
+            sys.intern(currency),
+            int(time.time()),
+            token,
+            description,
+            metadata,
+            token.profile.decline,
+            capture is not False,
+            extra or None,
+        )
+        self.ledger.add_charge(charge)
+        self.outcomes[charge.outcome_name] += 1
+        return (200 if charge.decline is None else 402), charge
+
+    def _take_source(self, params: Params, caller: Caller) -> Token:
+        """The token to charge, marked used; test aliases mint a fresh card each time."""
+        source = params.get("source")
+        if source is None or source == "":
+            raise invalid("Must provide source or customer.", None, "parameter_missing")
+        if isinstance(source, dict):
+            raise invalid(
+                "Sending credit card numbers directly to the Stripe API is generally unsafe. "
+                "Use a test token such as tok_visa, or create one with POST /v1/tokens.",
+                "source",
+            )
+        if not isinstance(source, str):
+            raise invalid(f"Invalid string: {source}", "source")
+        if source in TOKEN_ALIASES:
+            return self.alias_token(source, caller.client_ip)
+        token = self.ledger.tokens.get(source)
+        if token is None:
+            raise no_such("token", source, "source", 400)
+        if token.used:
+            raise StripeApiError(
+                400,
+                f"You cannot use a Stripe token more than once: {source}.",
+                param="source",
+                code="token_already_used",
+            )
+        token.used = True
+        return token
+
+    def get_charge(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, GET_PARAMS)
+        assert ident is not None
+        charge = self.ledger.charge(ident)
+        if charge is None:
+            raise no_such("charge", ident, "id")
+        return 200, charge
+
+    def list_charges(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, LIST_PARAMS)
+        limit = get_int(params, "limit")
+        if limit is None:
+            limit = 10
+        if not 1 <= limit <= 100:
+            raise invalid(
+                "This value must be greater than or equal to 1 and less than or equal to 100.",
+                "limit",
+            )
+        after = get_str(params, "starting_after")
+        before = get_str(params, "ending_before")
+        if after and before:
+            raise invalid(
+                "You may only specify one of these parameters: ending_before, starting_after.",
+                "ending_before",
+            )
+        for name, cursor in (("starting_after", after), ("ending_before", before)):
+            if cursor is not None and cursor not in self.ledger.charge_index:
+                raise no_such("charge", cursor, name, 400)
+        charges, has_more = self.ledger.page(limit, after, before)
+        return 200, {
+            "object": "list",
+            "data": [render_charge(charge) for charge in charges],
+            "has_more": has_more,
+            "url": "/v1/charges",
+        }
+
+    # --- refunds ----------------------------------------------------------------------------
+
+    def create_refund(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, REFUND_PARAMS)
+        charge_id = get_str(params, "charge", required=True)
+        assert charge_id is not None
+        amount = get_int(params, "amount")
+        reason = get_str(params, "reason")
+        metadata = get_metadata(params)
+        if reason is not None and reason not in REFUND_REASONS:
+            raise invalid(
+                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer",
+                "reason",
+            )
+        charge = self.ledger.charge(charge_id)
+        if charge is None:
+            raise no_such("charge", charge_id, "charge", 400)
+        if charge.decline is not None:
+            raise invalid(
+                f"Charge {charge_id} has a status of failed and cannot be refunded.",
+                "charge",
+                "charge_not_refundable",
+            )
+        remaining = charge.amount - charge.amount_refunded
+        if remaining <= 0:
+            raise invalid(
+                f"Charge {charge_id} has already been refunded.",
+                "charge",
+                "charge_already_refunded",
+            )
+        if amount is None:
+            amount = remaining
+        if amount < 1:
+            raise invalid("Invalid positive integer", "amount")
+        if amount > remaining:
+            raise invalid(
+                f"Refund amount ({money(amount, charge.currency)}) is greater than unrefunded "
+                f"amount on charge ({money(remaining, charge.currency)})",
+                "amount",
+                "amount_too_large",
+            )
+        refund = Refund(new_id("re_"), charge, amount, int(time.time()), reason, metadata)
+        charge.amount_refunded += amount
+        if charge.refunds is None:
+            charge.refunds = []
+        charge.refunds.append(refund)
+        self.ledger.refunds[refund.id] = refund
+        return 200, refund
+
+    def get_refund(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        refuse_unknown(params, GET_PARAMS)
+        assert ident is not None
+        refund = self.ledger.refunds.get(ident)
+        if refund is None:
+            raise no_such("refund", ident, "id")
+        return 200, refund
+
+
+_test_fingerprints = {number: fingerprint(number) for number in TEST_CARDS}
+
+
+def card_fingerprint(digits: str) -> str:
+    """Shared strings for the test cards, so a million test tokens do not hold a million copies."""
+    known = _test_fingerprints.get(digits)
+    return known if known is not None else fingerprint(digits)
+
+
+def render(status: int, payload: object) -> dict[str, object]:
+    """The JSON body for a result; a 402 charge renders as its decline error."""
+    if isinstance(payload, Charge):
+        if status == 402 and payload.decline is not None:
+            return payload.decline.error(payload.id).body()
+        return render_charge(payload)
+    if isinstance(payload, Token):
+        return render_token(payload)
+    if isinstance(payload, Refund):
+        return render_refund(payload)
+    if isinstance(payload, StripeApiError):
+        return payload.body()
+    assert isinstance(payload, dict)
+    return payload

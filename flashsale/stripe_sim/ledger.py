@@ -1,0 +1,365 @@
+"""The simulator's in-memory ledger: compact token/charge/refund records, rendered to Stripe JSON.
+
+Records are __slots__ objects that share their card profile and decline; Stripe's verbose JSON is
+built only when a response needs it, so a stored charge costs a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import string
+
+from flashsale.stripe_sim.cards import CardProfile, Decline
+
+ALPHABET = string.digits + string.ascii_letters
+BRAND_NETWORK = {
+    "Visa": "visa",
+    "MasterCard": "mastercard",
+    "American Express": "amex",
+    "Discover": "discover",
+    "Diners Club": "diners",
+    "JCB": "jcb",
+    "UnionPay": "unionpay",
+}
+STATEMENT_DESCRIPTOR = "FLASHSALE SIM"
+
+
+class IdMaker:
+    """Stripe-looking ids (24 characters after the prefix): random per process, then a counter."""
+
+    def __init__(self) -> None:
+        self.process_part = "".join(secrets.choice(ALPHABET) for _ in range(10))
+        self.counter = itertools.count(1)
+
+    def __call__(self, prefix: str) -> str:
+        n = next(self.counter)
+        digits = []
+        for _ in range(14):
+            n, rem = divmod(n, 62)
+            digits.append(ALPHABET[rem])
+        return prefix + self.process_part + "".join(reversed(digits))
+
+
+new_id = IdMaker()
+
+
+class Token:
+    """A card token; it also stands for the card itself (card_<same suffix>)."""
+
+    __slots__ = (
+        "id",
+        "profile",
+        "last4",
+        "exp_month",
+        "exp_year",
+        "fingerprint",
+        "cvc_check",
+        "created",
+        "used",
+        "client_ip",
+        "extra",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        profile: CardProfile,
+        last4: str,
+        exp_month: int,
+        exp_year: int,
+        fingerprint: str,
+        cvc_check: str | None,
+        created: int,
+        client_ip: str | None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.id = id
+        self.profile = profile
+        self.last4 = last4
+        self.exp_month = exp_month
+        self.exp_year = exp_year
+        self.fingerprint = fingerprint
+        self.cvc_check = cvc_check
+        self.created = created
+        self.used = False
+        self.client_ip = client_ip
+        self.extra = extra
+
+    @property
+    def card_id(self) -> str:
+        return "card_" + self.id[4:]
+
+
+class Charge:
+    __slots__ = (
+        "id",
+        "amount",
+        "currency",
+        "created",
+        "card",
+        "description",
+        "metadata",
+        "decline",
+        "captured",
+        "amount_refunded",
+        "refunds",
+        "extra",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        amount: int,
+        currency: str,
+        created: int,
+        card: Token,
+        description: str | None,
+        metadata: dict[str, str] | None,
+        decline: Decline | None,
+        captured: bool,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.id = id
+        self.amount = amount
+        self.currency = currency
+        self.created = created
+        self.card = card
+        self.description = description
+        self.metadata = metadata
+        self.decline = decline
+        self.captured = captured
+        self.amount_refunded = 0
+        self.refunds: list[Refund] | None = None
+        self.extra = extra
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.decline else "succeeded"
+
+    @property
+    def outcome_name(self) -> str:
+        return self.decline.decline_code if self.decline else "succeeded"
+
+
+class Refund:
+    __slots__ = ("id", "charge", "amount", "created", "reason", "metadata")
+
+    def __init__(
+        self,
+        id: str,
+        charge: Charge,
+        amount: int,
+        created: int,
+        reason: str | None,
+        metadata: dict[str, str] | None,
+    ) -> None:
+        self.id = id
+        self.charge = charge
+        self.amount = amount
+        self.created = created
+        self.reason = reason
+        self.metadata = metadata
+
+
+class Ledger:
+    """Every token, charge and refund; charges kept in creation order for constant-time paging."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Token] = {}
+        self.charges: list[Charge] = []  # oldest first; lists are served newest first
+        self.charge_index: dict[str, int] = {}
+        self.refunds: dict[str, Refund] = {}
+
+    def add_charge(self, charge: Charge) -> None:
+        self.charge_index[charge.id] = len(self.charges)
+        self.charges.append(charge)
+
+    def charge(self, charge_id: str) -> Charge | None:
+        index = self.charge_index.get(charge_id)
+        return None if index is None else self.charges[index]
+
+    def page(
+        self, limit: int, starting_after: str | None, ending_before: str | None
+    ) -> tuple[list[Charge], bool]:
+        """One page, newest first, like Stripe's list endpoints; O(limit) at any ledger size."""
+        charges = self.charges
+        if starting_after is not None:
+            end = self.charge_index[starting_after]
+            start = max(0, end - limit)
+            return charges[start:end][::-1], start > 0
+        if ending_before is not None:
+            start = self.charge_index[ending_before] + 1
+            end = min(len(charges), start + limit)
+            return charges[start:end][::-1], end < len(charges)
+        start = max(0, len(charges) - limit)
+        return charges[start:][::-1], start > 0
+
+
+def render_card(token: Token) -> dict[str, object]:
+    extra = token.extra or {}
+    profile = token.profile
+    return {
+        "id": token.card_id,
+        "object": "card",
+        "address_city": extra.get("address_city"),
+        "address_country": extra.get("address_country"),
+        "address_line1": extra.get("address_line1"),
+        "address_line1_check": "unchecked" if extra.get("address_line1") else None,
+        "address_line2": extra.get("address_line2"),
+        "address_state": extra.get("address_state"),
+        "address_zip": extra.get("address_zip"),
+        "address_zip_check": "unchecked" if extra.get("address_zip") else None,
+        "brand": profile.brand,
+        "country": profile.country,
+        "cvc_check": token.cvc_check,
+        "dynamic_last4": None,
+        "exp_month": token.exp_month,
+        "exp_year": token.exp_year,
+        "fingerprint": token.fingerprint,
+        "funding": profile.funding,
+        "last4": token.last4,
+        "metadata": {},
+        "name": extra.get("name"),
+        "tokenization_method": None,
+        "wallet": None,
+    }
+
+
+def render_token(token: Token) -> dict[str, object]:
+    return {
+        "id": token.id,
+        "object": "token",
+        "card": render_card(token),
+        "client_ip": token.client_ip,
+        "created": token.created,
+        "livemode": False,
+        "type": "card",
+        "used": token.used,
+    }
+
+
+def render_refund(refund: Refund) -> dict[str, object]:
+    return {
+        "id": refund.id,
+        "object": "refund",
+        "amount": refund.amount,
+        "balance_transaction": "txn_" + refund.id[3:],
+        "charge": refund.charge.id,
+        "created": refund.created,
+        "currency": refund.charge.currency,
+        "metadata": refund.metadata or {},
+        "payment_intent": None,
+        "reason": refund.reason,
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": "succeeded",
+        "transfer_reversal": None,
+    }
+
+
+def render_charge(charge: Charge) -> dict[str, object]:
+    card = charge.card
+    profile = card.profile
+    decline = charge.decline
+    succeeded = decline is None
+    extra = charge.extra or {}
+    refunds = charge.refunds or []
+    if decline is None:
+        outcome: dict[str, object] = {
+            "network_status": "approved_by_network",
+            "reason": None,
+            "risk_level": "normal",
+            "risk_score": 12,
+            "seller_message": "Payment complete.",
+            "type": "authorized",
+        }
+    else:
+        outcome = decline.outcome()
+    network = BRAND_NETWORK.get(profile.brand, "unknown")
+    checks = {
+        "address_line1_check": None,
+        "address_postal_code_check": None,
+        "cvc_check": card.cvc_check,
+    }
+    return {
+        "id": charge.id,
+        "object": "charge",
+        "amount": charge.amount,
+        "amount_captured": charge.amount if succeeded and charge.captured else 0,
+        "amount_refunded": charge.amount_refunded,
+        "application": None,
+        "application_fee": None,
+        "application_fee_amount": None,
+        "balance_transaction": "txn_" + charge.id[3:] if succeeded and charge.captured else None,
+        "billing_details": {
+            "address": {
+                "city": None,
+                "country": None,
+                "line1": None,
+                "line2": None,
+                "postal_code": (card.extra or {}).get("address_zip"),
+                "state": None,
+            },
+            "email": None,
+            "name": (card.extra or {}).get("name"),
+            "phone": None,
+        },
+        "calculated_statement_descriptor": STATEMENT_DESCRIPTOR,
+        "captured": succeeded and charge.captured,
+        "created": charge.created,
+        "currency": charge.currency,
+        "customer": None,
+        "description": charge.description,
+        "disputed": False,
+        "failure_balance_transaction": None,
+        "failure_code": None if decline is None else decline.code,
+        "failure_message": None if decline is None else decline.message,
+        "fraud_details": {},
+        "livemode": False,
+        "metadata": charge.metadata or {},
+        "on_behalf_of": None,
+        "outcome": outcome,
+        "paid": succeeded,
+        "payment_intent": None,
+        "payment_method": card.card_id,
+        "payment_method_details": {
+            "card": {
+                "amount_authorized": charge.amount if succeeded else None,
+                "brand": network,
+                "checks": checks,
+                "country": profile.country,
+                "exp_month": card.exp_month,
+                "exp_year": card.exp_year,
+                "fingerprint": card.fingerprint,
+                "funding": profile.funding,
+                "installments": None,
+                "last4": card.last4,
+                "mandate": None,
+                "network": network,
+                "three_d_secure": None,
+                "wallet": None,
+            },
+            "type": "card",
+        },
+        "receipt_email": extra.get("receipt_email"),
+        "receipt_number": None,
+        "receipt_url": None,
+        "refunded": bool(charge.amount_refunded) and charge.amount_refunded >= charge.amount,
+        "refunds": {
+            "object": "list",
+            "data": [render_refund(refund) for refund in refunds],
+            "has_more": False,
+            "total_count": len(refunds),
+            "url": f"/v1/charges/{charge.id}/refunds",
+        },
+        "review": None,
+        "shipping": None,
+        "source": render_card(card),
+        "source_transfer": None,
+        "statement_descriptor": extra.get("statement_descriptor"),
+        "statement_descriptor_suffix": extra.get("statement_descriptor_suffix"),
+        "status": charge.status,
+        "transfer_data": None,
+        "transfer_group": None,
+    }
