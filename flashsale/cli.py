@@ -116,5 +116,126 @@ def stripe_sim(
     run(host=host, port=port, config=config)
 
 
+def pipeline_options(command: Any) -> Any:
+    """Flags serve and worker share; unset ones fall back to the environment (Settings.from_env)."""
+    options = [
+        click.option("--redis-url", default=None, help="Redis URL (env FLASHSALE_REDIS_URL)."),
+        click.option(
+            "--stripe-api-base",
+            default=None,
+            help="The simulator's URL or https://api.stripe.com (env STRIPE_API_BASE).",
+        ),
+        click.option(
+            "--notify",
+            type=click.Choice(["queue", "http"]),
+            default=None,
+            help="Deliver results via the Redis message queue (default) or the HTTP /notify hop.",
+        ),
+        allow_live_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", default=5000, show_default=True, type=int, help="Port to bind (0 = pick a free one)."
+)
+@click.option(
+    "--stock", type=click.IntRange(min=0), default=None, help="Units for sale (set once)."
+)
+@click.option("--price", type=click.IntRange(min=1), default=None, help="Unit price, minor units.")
+@click.option("--currency", default=None, help="ISO currency code, e.g. usd.")
+@click.option("--sku", default=None, help="SKU of the item on sale.")
+@click.option("--name", default=None, help="Name of the item on sale.")
+@click.option("--max-quantity", type=int, default=None, help="Most units one order may take.")
+@click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@pipeline_options
+def serve(
+    host: str,
+    port: int,
+    stock: int | None,
+    price: int | None,
+    currency: str | None,
+    sku: str | None,
+    name: str | None,
+    max_quantity: int | None,
+    access_log: bool,
+    redis_url: str | None,
+    stripe_api_base: str | None,
+    notify: str | None,
+    allow_live_stripe: bool | None,
+) -> None:
+    """Serve the checkout page, the charge API and Socket.IO rooms (Flask-SocketIO, gevent)."""
+    # Before flask, redis or socket are used: gevent must own the process's I/O. Done here, not
+    # at import, because other commands (the simulator, loadgen) run asyncio.
+    from gevent import monkey
+
+    monkey.patch_all()
+    settings = load_settings(
+        redis_url=redis_url,
+        stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
+        notify=notify,
+        allow_live_stripe=allow_live_stripe,
+        sale_stock=stock,
+        sale_price=price,
+        sale_currency=currency.lower() if currency else None,
+        sale_sku=sku,
+        sale_name=name,
+        max_quantity=max_quantity,
+    )
+    from flashsale.server.serving import serve as run_server
+
+    run_server(settings, host, port, access_log=access_log)
+
+
+@cli.command("worker")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--server-url", default=None, help="Where --notify http POSTs /notify.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=None, help="Charge retries.")
+@click.option("--stripe-timeout", type=float, default=None, help="Seconds per Stripe request.")
+@click.option(
+    "--retry-backoff-max", type=float, default=None, help="Longest wait between retries (s)."
+)
+@click.option(
+    "--visibility-timeout",
+    type=int,
+    default=None,
+    help="Seconds before an unacknowledged task is redelivered (after a worker dies).",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@pipeline_options
+def worker(
+    concurrency: int,
+    server_url: str | None,
+    max_retries: int | None,
+    stripe_timeout: float | None,
+    retry_backoff_max: float | None,
+    visibility_timeout: int | None,
+    loglevel: str,
+    redis_url: str | None,
+    stripe_api_base: str | None,
+    notify: str | None,
+    allow_live_stripe: bool | None,
+) -> None:
+    """Run the Celery worker that charges orders at Stripe and delivers the results."""
+    settings = load_settings(
+        redis_url=redis_url,
+        stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
+        notify=notify,
+        allow_live_stripe=allow_live_stripe,
+        server_url=server_url,
+        charge_max_retries=max_retries,
+        stripe_timeout_s=stripe_timeout,
+        retry_backoff_max_s=retry_backoff_max,
+        visibility_timeout_s=visibility_timeout,
+    )
+    from flashsale.worker import run_worker
+
+    run_worker(settings, concurrency, loglevel=loglevel.upper())
+
+
 def main() -> None:
     cli(prog_name="flashsale")

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 
+# The serve + worker + sim fixtures (pipeline_factory, module_redis_url) live in their own file.
+from pipeline_fixtures import module_redis_url, pipeline_factory  # noqa: F401
+
 from flashsale.ops.processes import (
     Child,
     flashsale_argv,

@@ -1,0 +1,48 @@
+"""What the server's routes and socket handlers share: settings, Redis, the queue, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from flask import current_app
+from flask_socketio import SocketIO
+
+from flashsale.core import jobs
+from flashsale.server.metrics import ServerMetrics
+from flashsale.settings import Settings
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    redis: redis.Redis[Any]
+    producer: Celery
+    metrics: ServerMetrics
+    socketio: SocketIO
+
+    def enqueue_charge(self, order_id: str) -> None:
+        """Hand the order to the worker (by task name: the server does not import the worker)."""
+        self.producer.send_task(jobs.CREATE_CHARGE, args=[order_id], queue=jobs.QUEUE)
+
+
+def make_producer(settings: Settings) -> Celery:
+    """A Celery app that only sends tasks; its settings mirror the worker's broker options."""
+    producer = Celery("flashsale-server", set_as_current=False)
+    producer.conf.update(
+        broker_url=settings.redis_url,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_pool_limit=64,
+        task_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+    )
+    return producer
+
+
+def context() -> ServerContext:
+    """The context of the app handling the current request or socket event."""
+    found: ServerContext = current_app.extensions["flashsale"]
+    return found

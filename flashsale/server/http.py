@@ -1,0 +1,175 @@
+"""The HTTP routes: checkout page, session, charges, orders, notify, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from flask import Blueprint, Response, jsonify, render_template, request
+
+from flashsale.core import events, inventory, orders, signing
+from flashsale.errors import SoldOut
+from flashsale.server.context import ServerContext, context
+from flashsale.server.validation import ApiError, check_fields, is_uuid, parse_charge
+
+log = logging.getLogger("flashsale.server")
+bp = Blueprint("http", __name__)
+
+ROOM_TOKEN_HEADER = "X-Room-Token"
+
+
+def new_session(ctx: ServerContext) -> dict[str, Any]:
+    """A fresh customer id with its signed room token, and everything a client needs to pay."""
+    settings = ctx.settings
+    customer_id = str(uuid.uuid4())
+    return {
+        "customer_id": customer_id,
+        "room_token": signing.issue_room_token(settings.secret, customer_id),
+        "publishable_key": settings.stripe_publishable_key,
+        "stripe_api_base": settings.stripe_api_base,
+        "stripe_js_url": settings.effective_stripe_js_url,
+        "sale": {
+            "sku": settings.sale_sku,
+            "name": settings.sale_name,
+            "amount": settings.sale_price,
+            "currency": settings.sale_currency,
+            "stock_left": inventory.stock_left(ctx.redis, settings.sale_sku),
+            "max_quantity": settings.max_quantity,
+        },
+    }
+
+
+def no_query_params(allowed: frozenset[str] = frozenset()) -> None:
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown query parameter {unknown[0]!r}")
+
+
+@bp.get("/")
+def checkout_page() -> str:
+    session = new_session(context())
+    return render_template("checkout.html", session=session)
+
+
+@bp.get("/session")
+def session_json() -> Response:
+    no_query_params()
+    return jsonify(new_session(context()))
+
+
+@bp.post("/charges")
+def create_charge() -> tuple[Response, int]:
+    ctx = context()
+    settings = ctx.settings
+    refuse_cross_origin()
+    charge = parse_charge(request, settings.max_quantity)
+    owner = signing.verify_room_token(settings.secret, charge.room_token, settings.room_token_ttl_s)
+    if owner is None:
+        raise ApiError(403, "invalid_room_token", "the room token is forged or expired")
+    if owner != charge.customer_id:
+        raise ApiError(403, "forbidden", "the room token belongs to another customer")
+    try:
+        placement = orders.place_order(
+            ctx.redis,
+            customer_id=charge.customer_id,
+            token=charge.token,
+            sku=settings.sale_sku,
+            quantity=charge.quantity,
+            unit_price=settings.sale_price,
+            currency=settings.sale_currency,
+        )
+    except SoldOut as error:
+        raise ApiError(409, "sold_out", str(error)) from None
+    order = placement.order
+    if not placement.created:
+        # The same customer submitted the same card token again: that is the same order.
+        return jsonify({"order_id": order.order_id, "status": order.status}), 200
+    try:
+        ctx.enqueue_charge(order.order_id)
+    except Exception as error:
+        log.error("could not enqueue order %s: %s", order.order_id, error)
+        orders.finalize(
+            ctx.redis, order.order_id, orders.FAILED, code="queue_unavailable", message=str(error)
+        )
+        raise ApiError(503, "service_unavailable", "could not queue the charge; retry") from None
+    return jsonify({"order_id": order.order_id, "status": order.status}), 202
+
+
+def refuse_cross_origin() -> None:
+    """A browser on another site must not spend our customers' sessions (CSRF)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    if urlsplit(origin).netloc.lower() != (request.host or "").lower():
+        raise ApiError(403, "cross_origin", "cross-origin requests are not accepted")
+
+
+@bp.get("/orders/<order_id>")
+def get_order(order_id: str) -> Response:
+    ctx = context()
+    no_query_params(frozenset({"room_token"}))
+    if not is_uuid(order_id):
+        raise ApiError(400, "invalid_order_id", "order ids are UUIDs")
+    token = request.args.get("room_token") or request.headers.get(ROOM_TOKEN_HEADER)
+    if not token:
+        raise ApiError(401, "missing_room_token", f"send room_token or {ROOM_TOKEN_HEADER}")
+    owner = signing.verify_room_token(ctx.settings.secret, token, ctx.settings.room_token_ttl_s)
+    if owner is None:
+        raise ApiError(403, "invalid_room_token", "the room token is forged or expired")
+    order = orders.find_order(ctx.redis, order_id)
+    # Someone else's order looks exactly like a missing one: ids are not disclosed.
+    if order is None or order.customer_id != owner:
+        raise ApiError(404, "not_found", "no such order for this customer")
+    return jsonify(order.public())
+
+
+@bp.post("/notify")
+def notify() -> Response:
+    """The worker's signed HTTP hop: emit the order's stored result to its customer's room."""
+    ctx = context()
+    body = request.get_data(cache=True)
+    if not signing.verify_body(
+        ctx.settings.secret, body, request.headers.get(signing.SIGNATURE_HEADER)
+    ):
+        raise ApiError(
+            403, "bad_signature", "notify requests must be signed with the shared secret"
+        )
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    check_fields(data, {"order_id"}, ("order_id",))
+    if not is_uuid(data["order_id"]):
+        raise ApiError(400, "invalid_order_id", "order ids are UUIDs")
+    order = orders.find_order(ctx.redis, data["order_id"])
+    if order is None:
+        raise ApiError(404, "not_found", "no such order")
+    if not order.final:
+        raise ApiError(409, "not_final", "the order has no final state yet")
+    ctx.socketio.emit(
+        events.CHARGE_RESULT,
+        order.charge_result(),
+        to=events.room_for(order.customer_id),
+        namespace=events.NAMESPACE,
+    )
+    ctx.metrics.emits.labels(events.CHARGE_RESULT).inc()
+    return jsonify({"delivered": True, "order_id": order.order_id})
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    ctx = context()
+    try:
+        ctx.redis.ping()
+    except redis.RedisError as error:
+        return jsonify({"status": "unavailable", "redis": f"down: {error}"}), 503
+    return jsonify({"status": "ok", "redis": "ok"}), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(context().metrics.render(), mimetype="text/plain; version=0.0.4")

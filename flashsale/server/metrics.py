@@ -1,0 +1,76 @@
+"""The server's Prometheus metrics: requests, orders by state, stock, sockets, emits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from flashsale.core import inventory, orders
+
+log = logging.getLogger("flashsale.server")
+
+
+class SaleCollector(Collector):
+    """Reads order counts and stock from Redis at scrape time, so every server process agrees."""
+
+    def __init__(self, client: redis.Redis[Any], sku: str) -> None:
+        self.client = client
+        self.sku = sku
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = orders.count_by_state(self.client)
+            left = inventory.stock_left(self.client, self.sku)
+        except redis.RedisError as error:
+            # A scrape during an outage still shows the process metrics (and /healthz says why).
+            log.warning("metrics: Redis unavailable: %s", error)
+            return
+        by_state = GaugeMetricFamily(
+            "flashsale_orders", "Orders in the sale by state.", labels=["state"]
+        )
+        for state, count in counts.items():
+            by_state.add_metric([state], count)
+        yield by_state
+        stock = GaugeMetricFamily("flashsale_stock_left", "Units still for sale.", labels=["sku"])
+        stock.add_metric([self.sku], left)
+        yield stock
+
+
+class ServerMetrics:
+    """One registry per app, so several apps in one process never share counters."""
+
+    def __init__(self, client: redis.Redis[Any], sku: str) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "flashsale_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.sockets = Gauge(
+            "flashsale_sockets_connected",
+            "Socket.IO clients connected to this process.",
+            registry=self.registry,
+        )
+        self.socket_connects = Counter(
+            "flashsale_socket_connects",
+            "Socket.IO connection attempts, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.emits = Counter(
+            "flashsale_socket_emits",
+            "Events this process emitted to clients (worker emits via the queue are not counted).",
+            ["event"],
+            registry=self.registry,
+        )
+        self.registry.register(SaleCollector(client, sku))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,108 @@
+"""Request input checks for the HTTP API, and the JSON-describable refusal (ApiError) they raise."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Request
+
+TOKEN_PATTERN = re.compile(r"^(tok|src|card|pm)_[A-Za-z0-9_]{1,200}$")
+CHARGE_FIELDS = {"customer_id", "room_token", "token", "quantity"}
+REQUIRED_CHARGE_FIELDS = ("customer_id", "room_token", "token")
+
+
+class ApiError(Exception):
+    """A refusal the client caused (or a dependency outage), rendered as {"error": {...}}."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    customer_id: str
+    room_token: str
+    token: str
+    quantity: int
+
+
+def is_uuid(value: object) -> bool:
+    """True only for the canonical lowercase form our server issues."""
+    if not isinstance(value, str) or len(value) != 36:
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def request_fields(request: Request) -> Mapping[str, object]:
+    """The body as a flat mapping: a JSON object, or a form posted like the original page did."""
+    mimetype = request.mimetype
+    if mimetype == "application/json":
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        return data
+    if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = request.form
+        repeated = [name for name in form if len(form.getlist(name)) > 1]
+        if repeated:
+            raise ApiError(400, "invalid_field", f"field {repeated[0]!r} was given more than once")
+        if request.files:
+            raise ApiError(400, "unknown_field", "file uploads are not accepted")
+        return {name: form[name] for name in form}
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "send application/json or application/x-www-form-urlencoded",
+    )
+
+
+def check_fields(data: Mapping[str, object], allowed: set[str], required: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field {unknown[0]!r}")
+    for name in required:
+        if name not in data:
+            raise ApiError(400, "missing_field", f"missing field {name!r}")
+
+
+def parse_charge(request: Request, max_quantity: int) -> ChargeRequest:
+    """POST /charges input: types and bounds checked; authorisation is the caller's job."""
+    data = request_fields(request)
+    check_fields(data, CHARGE_FIELDS, REQUIRED_CHARGE_FIELDS)
+    customer_id = data["customer_id"]
+    if not is_uuid(customer_id):
+        raise ApiError(400, "invalid_field", "customer_id must be the UUID the server issued")
+    room_token = data["room_token"]
+    if not isinstance(room_token, str) or not room_token:
+        raise ApiError(400, "invalid_field", "room_token must be a non-empty string")
+    token = data["token"]
+    if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
+        raise ApiError(400, "invalid_field", "token must be a Stripe card token such as tok_...")
+    quantity = parse_quantity(data.get("quantity", 1), max_quantity)
+    return ChargeRequest(
+        customer_id=str(customer_id), room_token=room_token, token=token, quantity=quantity
+    )
+
+
+def parse_quantity(value: object, max_quantity: int) -> int:
+    # bool is an int in Python; true/false is not a quantity.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 4:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, "invalid_field", "quantity must be a whole number")
+    if not 1 <= value <= max_quantity:
+        raise ApiError(400, "invalid_field", f"quantity must be between 1 and {max_quantity}")
+    return value

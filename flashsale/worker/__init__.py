@@ -1,0 +1,69 @@
+"""The Celery worker of the charge pipeline: create_celery(settings) and run_worker()."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from celery import Celery
+from celery.signals import worker_ready
+
+from flashsale.core import jobs, store
+from flashsale.settings import Settings
+from flashsale.worker.tasks import WorkerContext, register_tasks
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    """The measured settings (ARCHITECTURE.md): at-least-once delivery, no result backend."""
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": jobs.QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_redirect_stdouts": False,
+        "worker_hijack_root_logger": True,
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app with the pipeline's tasks registered, bound to these settings."""
+    app = Celery("flashsale", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    register_tasks(app, WorkerContext.build(settings))
+    return app
+
+
+def announce_ready(**_: object) -> None:
+    # Supervisors (tests, rehearse) wait for this line before sending work.
+    sys.__stdout__.write("flashsale worker ready\n")
+    sys.__stdout__.flush()
+
+
+def run_worker(settings: Settings, concurrency: int, loglevel: str = "INFO") -> None:
+    """Run a threads-pool worker with events on, until SIGTERM/SIGINT."""
+    store.check(store.connect(settings.redis_url))
+    app = create_celery(settings)
+    worker_ready.connect(announce_ready, weak=False)
+    app.worker_main(
+        argv=[
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--task-events",
+            f"--loglevel={loglevel}",
+            f"--queues={jobs.QUEUE}",
+            "--without-mingle",
+            "--without-gossip",
+            # Unique per process so several workers on one host stay apart in Flower.
+            f"--hostname=flashsale-{os.getpid()}@%h",
+        ]
+    )

@@ -1,0 +1,62 @@
+"""Delivering a final order result to its customer's room: the Redis message queue or /notify."""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import httpx
+import socketio
+
+from flashsale.core import events, signing
+from flashsale.core.orders import Order
+from flashsale.settings import Settings
+
+
+class Notifier(Protocol):
+    def notify(self, order: Order) -> None: ...
+
+
+class QueueNotifier:
+    """Publishes the charge_result straight to the server processes (write-only Socket.IO)."""
+
+    def __init__(self, redis_url: str) -> None:
+        # The same channel constant as the server, or every emit is silently dropped.
+        self.manager = socketio.RedisManager(redis_url, write_only=True, channel=events.CHANNEL)
+
+    def notify(self, order: Order) -> None:
+        self.manager.emit(
+            events.CHARGE_RESULT,
+            order.charge_result(),
+            room=events.room_for(order.customer_id),
+            namespace=events.NAMESPACE,
+        )
+
+
+class HttpNotifier:
+    """The original design's hop: POST the order id, HMAC-signed, to the server's /notify."""
+
+    def __init__(self, server_url: str, secret: str, timeout_s: float = 5.0) -> None:
+        self.url = f"{server_url.rstrip('/')}/notify"
+        self.secret = secret
+        self.client = httpx.Client(timeout=timeout_s)
+
+    def notify(self, order: Order) -> None:
+        # Only the order id travels: the server sends what Redis holds, so a replayed or
+        # reordered notify can never change what the customer sees.
+        body = json.dumps({"order_id": order.order_id}).encode()
+        response = self.client.post(
+            self.url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                signing.SIGNATURE_HEADER: signing.sign_body(self.secret, body),
+            },
+        )
+        response.raise_for_status()
+
+
+def make_notifier(settings: Settings) -> Notifier:
+    if settings.notify == "http":
+        return HttpNotifier(settings.server_url, settings.secret)
+    return QueueNotifier(settings.redis_url)

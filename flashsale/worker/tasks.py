@@ -1,0 +1,130 @@
+"""The Celery tasks: create_charge (call Stripe) and process_response (store, release, notify)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+import stripe
+from celery import Celery, Task
+
+from flashsale.core import events, jobs, orders, payments, store
+from flashsale.core.payments import ChargeOutcome
+from flashsale.errors import StripeAuthError, StripeUnavailable
+from flashsale.settings import Settings
+from flashsale.worker.notify import Notifier, make_notifier
+
+log = logging.getLogger("flashsale.worker")
+
+# Infrastructure hiccups (our Redis, the server's /notify) are retried like Stripe outages;
+# with acks_late an unhandled exception would ack the message and strand the order as pending.
+INFRASTRUCTURE_ERRORS = (redis.RedisError, httpx.HTTPError)
+
+
+@dataclass
+class WorkerContext:
+    """What every task in this worker process shares: clients are thread-safe and reused."""
+
+    settings: Settings
+    redis: redis.Redis[Any]
+    stripe: stripe.StripeClient
+    notifier: Notifier
+    auth_failure_logged: threading.Event
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        return cls(
+            settings=settings,
+            redis=store.connect(settings.redis_url),
+            stripe=payments.make_client(settings),
+            notifier=make_notifier(settings),
+            auth_failure_logged=threading.Event(),
+        )
+
+
+def backoff_s(settings: Settings, retries: int) -> float:
+    """Exponential backoff with jitter, so retrying workers do not stampede Stripe together."""
+    ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2**retries)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def register_tasks(app: Celery, context: WorkerContext) -> None:
+    """Define the two tasks on app, bound to this process's clients and settings."""
+    settings = context.settings
+
+    @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
+    def process_response(self: Task, order_id: str, outcome: dict[str, Any]) -> str:
+        """Store the one final state, release stock if unsold, then tell the customer's room."""
+        result = ChargeOutcome.from_dict(outcome)
+        try:
+            changed, order = orders.finalize(
+                context.redis,
+                order_id,
+                result.status,
+                charge_id=result.charge_id,
+                code=result.code,
+                decline_code=result.decline_code,
+                message=result.message,
+            )
+            if changed:
+                log.info("order %s %s %s", order_id, order.status, order.code or "")
+            # Notify what is stored, not what this run computed: a rerun says the same thing.
+            context.notifier.notify(order)
+        except INFRASTRUCTURE_ERRORS as error:
+            raise self.retry(
+                countdown=backoff_s(settings, self.request.retries), exc=error
+            ) from error
+        return order.status
+
+    @app.task(name=jobs.CREATE_CHARGE, bind=True, max_retries=settings.charge_max_retries)
+    def create_charge(self: Task, order_id: str) -> str:
+        """Charge the order at Stripe (idempotently) and hand the outcome to process_response."""
+        try:
+            order = orders.find_order(context.redis, order_id)
+            if order is None:
+                log.error("order %s does not exist; nothing to charge", order_id)
+                return "missing"
+            if order.final:
+                # Redelivered after its result was stored: make sure the room heard it.
+                context.notifier.notify(order)
+                return order.status
+            orders.record_attempt(context.redis, order_id)
+        except INFRASTRUCTURE_ERRORS as error:
+            raise self.retry(
+                countdown=backoff_s(settings, self.request.retries), exc=error
+            ) from error
+
+        try:
+            outcome = payments.charge_order(context.stripe, order)
+        except StripeAuthError as error:
+            if not context.auth_failure_logged.is_set():
+                context.auth_failure_logged.set()
+                log.critical(
+                    "STRIPE AUTHENTICATION FAILED, every charge fails until fixed: %s", error
+                )
+            outcome = ChargeOutcome(
+                status=events.FAILED,
+                code="authentication_error",
+                message="The payment service is not configured correctly.",
+            )
+        except StripeUnavailable as error:
+            if self.request.retries >= settings.charge_max_retries:
+                log.warning(
+                    "order %s failed after %d retries: %s", order_id, self.request.retries, error
+                )
+                outcome = ChargeOutcome(
+                    status=events.FAILED,
+                    code="stripe_unavailable",
+                    message=f"Payment service unavailable after {self.request.retries} retries.",
+                )
+            else:
+                raise self.retry(
+                    countdown=backoff_s(settings, self.request.retries), exc=error
+                ) from error
+        process_response.delay(order_id, outcome.as_dict())
+        return outcome.status

@@ -1,0 +1,273 @@
+"""Pipeline fixtures: the real stripe-sim, `flashsale serve` and `flashsale worker` as processes.
+
+Each test module gets its own Redis database (so orders, stock and the Celery queue of one module
+never leak into another) and its own simulator; the processes are shared by the module's tests
+because starting them takes seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import socketio
+
+from flashsale.core import events
+from flashsale.ops.processes import Child, flashsale_argv
+from flashsale.settings import SIM_PUBLISHABLE_KEY
+
+TEST_SECRET = "pipeline-test-secret"
+WORKER_READY = re.compile(r"flashsale worker ready")
+# Database 0 belongs to the per-test `redis_url` fixture; modules take 1, 2, ...
+_databases = itertools.count(1)
+
+
+@dataclass
+class Pipeline:
+    """One running pipeline and the helpers tests drive it with."""
+
+    redis_url: str
+    sim_url: str
+    server_url: str
+    log_dir: Path
+    env: dict[str, str]
+    children: list[Child] = field(default_factory=list)
+    worker: Child | None = None
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+
+    # --- processes ------------------------------------------------------------------------
+
+    def start_worker(self, *flags: str, wait: bool = True) -> Child:
+        """Start (or restart after a kill) the worker with flags; the log file is appended to."""
+        name = f"worker{len(self.children)}"
+        child = Child(
+            name,
+            flashsale_argv("worker", "--concurrency", "8", *flags),
+            self.log_dir / f"{name}.log",
+            env=self.env,
+        ).start()
+        self.children.append(child)
+        self.worker = child
+        if wait:
+            child.wait_for(WORKER_READY, timeout_s=30)
+        return child
+
+    def add_server(self, *flags: str) -> str:
+        """Another server on the same Redis (say, another SKU); returns its URL."""
+        name = f"server{len(self.children)}"
+        child = Child(
+            name,
+            flashsale_argv("serve", "--port", "0", *flags),
+            self.log_dir / f"{name}.log",
+            env=self.env,
+        ).start()
+        self.children.append(child)
+        return child.wait_listening(timeout_s=30)
+
+    def stop(self) -> None:
+        self.http.close()
+        for child in reversed(self.children):
+            child.stop()
+
+    def redis(self) -> redis.Redis[Any]:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    # --- customer journey -----------------------------------------------------------------
+
+    def session(self, server_url: str | None = None) -> dict[str, Any]:
+        response = self.http.get(f"{server_url or self.server_url}/session")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def tokenize(self, number: str = "4242424242424242") -> str:
+        """A card token from the simulator, made the way Stripe.js makes one."""
+        response = self.http.post(
+            f"{self.sim_url}/v1/tokens",
+            data={
+                "card[number]": number,
+                "card[exp_month]": "12",
+                "card[exp_year]": "2034",
+                "card[cvc]": "123",
+            },
+            auth=(SIM_PUBLISHABLE_KEY, ""),
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
+
+    def charge(
+        self,
+        session: dict[str, Any],
+        token: str,
+        server_url: str | None = None,
+        **extra: Any,
+    ) -> httpx.Response:
+        body = {
+            "customer_id": session["customer_id"],
+            "room_token": session["room_token"],
+            "token": token,
+            **extra,
+        }
+        return self.http.post(f"{server_url or self.server_url}/charges", json=body)
+
+    def order(self, session: dict[str, Any], order_id: str) -> httpx.Response:
+        return self.http.get(
+            f"{self.server_url}/orders/{order_id}", params={"room_token": session["room_token"]}
+        )
+
+    def wait_final(self, session: dict[str, Any], order_id: str, timeout_s: float = 20) -> dict:
+        """The order once it is final (tests may poll; the product never does)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.order(session, order_id).json()
+            if state["status"] != "pending":
+                return dict(state)
+            time.sleep(0.05)
+        raise AssertionError(f"order {order_id} still pending after {timeout_s}s")
+
+    def connect(self, session: dict[str, Any]) -> socketio.SimpleClient:
+        """A websocket-only Socket.IO client in the customer's room (JOINED already received)."""
+        client = socketio.SimpleClient()
+        client.connect(
+            self.server_url,
+            auth={"room_token": session["room_token"]},
+            transports=["websocket"],
+            wait_timeout=10,
+        )
+        event, data = client.receive(timeout=10)
+        assert event == events.JOINED and data == {"customer_id": session["customer_id"]}
+        return client
+
+    def sim_charges(self, order_id: str | None = None) -> list[dict[str, Any]]:
+        """Charges in the simulator's ledger, optionally only those of one order."""
+        found: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params = {"limit": "100", **({"starting_after": after} if after else {})}
+            response = self.http.get(
+                f"{self.sim_url}/v1/charges",
+                params=params,
+                headers={"Authorization": f"Bearer {self.env['STRIPE_SECRET_KEY']}"},
+            )
+            response.raise_for_status()
+            page = response.json()
+            found += page["data"]
+            if not page["has_more"] or not page["data"]:
+                break
+            after = page["data"][-1]["id"]
+        if order_id is None:
+            return found
+        return [c for c in found if c.get("metadata", {}).get("order_id") == order_id]
+
+    def sim_config(self, **changes: Any) -> None:
+        response = self.http.post(f"{self.sim_url}/_sim/config", json=changes)
+        assert response.status_code == 200, response.text
+
+
+def receive_results(
+    client: socketio.SimpleClient, count: int, timeout_s: float = 20
+) -> list[dict[str, Any]]:
+    """The next count charge_result payloads this client receives."""
+    results: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(results) < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"got {len(results)} of {count} results: {results}")
+        event, data = client.receive(timeout=left)
+        if event == events.CHARGE_RESULT:
+            results.append(data)
+    return results
+
+
+def start_pipeline(
+    log_dir: Path,
+    redis_url: str,
+    *,
+    server_flags: tuple[str, ...] = (),
+    worker_flags: tuple[str, ...] = (),
+    sim_flags: tuple[str, ...] = (),
+    with_worker: bool = True,
+    env: dict[str, str] | None = None,
+) -> Pipeline:
+    """Start sim, server and worker side by side (their start-ups overlap), wait for all."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sim = Child(
+        "stripe-sim",
+        flashsale_argv("stripe-sim", "--port", "0", *sim_flags),
+        log_dir / "stripe-sim.log",
+    ).start()
+    children = [sim]
+    try:
+        sim_url = sim.wait_listening()
+        child_env = {
+            **os.environ,
+            "FLASHSALE_REDIS_URL": redis_url,
+            "STRIPE_API_BASE": sim_url,
+            "STRIPE_SECRET_KEY": "sk_test_pipeline",
+            "FLASHSALE_SECRET": TEST_SECRET,
+            **(env or {}),
+        }
+        server = Child(
+            "server",
+            flashsale_argv("serve", "--port", "0", *server_flags),
+            log_dir / "server.log",
+            env=child_env,
+        ).start()
+        children.append(server)
+        pipeline = Pipeline(
+            redis_url=redis_url,
+            sim_url=sim_url,
+            server_url="",
+            log_dir=log_dir,
+            env=child_env,
+            children=children,
+        )
+        if with_worker:
+            worker = pipeline.start_worker(*worker_flags, wait=False)
+        pipeline.server_url = server.wait_listening(timeout_s=30)
+        if with_worker:
+            worker.wait_for(WORKER_READY, timeout_s=30)
+        return pipeline
+    except BaseException:
+        for child in reversed(children):
+            child.stop()
+        raise
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: str) -> str:
+    """A database of our private Redis for one test module, flushed before use."""
+    url = f"{redis_server}/{next(_databases)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
+
+
+@pytest.fixture(scope="module")
+def pipeline_factory(
+    module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Pipeline]]:
+    """start(**options) -> Pipeline on this module's Redis database; all stopped after."""
+    started: list[Pipeline] = []
+
+    def start(**options: Any) -> Pipeline:
+        log_dir = tmp_path_factory.mktemp("pipeline")
+        pipeline = start_pipeline(log_dir, module_redis_url, **options)
+        started.append(pipeline)
+        return pipeline
+
+    try:
+        yield start
+    finally:
+        for pipeline in started:
+            pipeline.stop()
