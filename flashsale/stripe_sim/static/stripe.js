@@ -1,0 +1,170 @@
+/* flashsale stripe-sim: a small Stripe.js v3 look-alike for offline rehearsals.
+ * Stripe(pk).elements().create('card').mount(selector); stripe.createToken(card) resolves to
+ * {token} or {error}, exactly the shapes checkout code written for Stripe.js expects.
+ * Card data is posted to this simulator's /v1/tokens with the publishable key, like Stripe.js.
+ */
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  var apiBase = script && script.src ? new URL(script.src).origin : window.location.origin;
+
+  function field(name, placeholder, size, autocomplete) {
+    var input = document.createElement("input");
+    input.name = name;
+    input.placeholder = placeholder;
+    input.autocomplete = autocomplete;
+    input.inputMode = "numeric";
+    input.size = size;
+    input.setAttribute("data-stripe-sim", name);
+    input.style.cssText = "border:0;outline:0;font:inherit;background:transparent;margin-right:8px";
+    return input;
+  }
+
+  function digits(value) {
+    return String(value || "").replace(/\D/g, "");
+  }
+
+  function brandOf(number) {
+    if (/^4/.test(number)) return "visa";
+    if (/^(5[1-5]|2[2-7])/.test(number)) return "mastercard";
+    if (/^3[47]/.test(number)) return "amex";
+    if (/^(6011|65|64[4-9])/.test(number)) return "discover";
+    return "unknown";
+  }
+
+  function CardElement(options) {
+    this.options = options || {};
+    this.handlers = {};
+    this.container = null;
+    this.number = field("cardnumber", "Card number", 20, "cc-number");
+    this.expiry = field("exp-date", "MM / YY", 7, "cc-exp");
+    this.cvc = field("cvc", "CVC", 4, "cc-csc");
+    var self = this;
+    [this.number, this.expiry, this.cvc].forEach(function (input) {
+      input.addEventListener("input", function () { self._emit("change", self._state()); });
+      input.addEventListener("focus", function () { self._emit("focus", {elementType: "card"}); });
+      input.addEventListener("blur", function () { self._emit("blur", {elementType: "card"}); });
+    });
+  }
+
+  CardElement.prototype.mount = function (target) {
+    var node = typeof target === "string" ? document.querySelector(target) : target;
+    if (!node) throw new Error("stripe-sim: mount target not found: " + target);
+    var box = document.createElement("div");
+    box.className = "StripeElement StripeElement--empty";
+    box.style.cssText = "display:flex;align-items:center";
+    box.appendChild(this.number);
+    box.appendChild(this.expiry);
+    box.appendChild(this.cvc);
+    node.appendChild(box);
+    this.container = box;
+    var self = this;
+    setTimeout(function () { self._emit("ready", {elementType: "card"}); }, 0);
+    return this;
+  };
+
+  CardElement.prototype.unmount = function () {
+    if (this.container && this.container.parentNode) {
+      this.container.parentNode.removeChild(this.container);
+    }
+  };
+  CardElement.prototype.destroy = CardElement.prototype.unmount;
+  CardElement.prototype.update = function (options) {
+    for (var key in options) this.options[key] = options[key];
+  };
+  CardElement.prototype.focus = function () { this.number.focus(); };
+  CardElement.prototype.blur = function () { this.number.blur(); };
+  CardElement.prototype.clear = function () {
+    this.number.value = this.expiry.value = this.cvc.value = "";
+    this._emit("change", this._state());
+  };
+  CardElement.prototype.on = function (event, handler) {
+    (this.handlers[event] = this.handlers[event] || []).push(handler);
+    return this;
+  };
+  CardElement.prototype.off = function (event, handler) {
+    this.handlers[event] = (this.handlers[event] || []).filter(function (h) { return h !== handler; });
+    return this;
+  };
+  CardElement.prototype._emit = function (event, payload) {
+    (this.handlers[event] || []).forEach(function (handler) { handler(payload); });
+  };
+  CardElement.prototype._values = function () {
+    var expiry = digits(this.expiry.value);
+    return {
+      number: digits(this.number.value),
+      exp_month: expiry.slice(0, 2),
+      exp_year: expiry.slice(2),
+      cvc: digits(this.cvc.value)
+    };
+  };
+  CardElement.prototype._state = function () {
+    var v = this._values();
+    var empty = !v.number && !v.exp_month && !v.cvc;
+    var complete = v.number.length >= 12 && v.exp_month.length === 2 && v.exp_year.length >= 2 &&
+      v.cvc.length >= 3;
+    return {elementType: "card", empty: empty, complete: complete, brand: brandOf(v.number),
+            error: undefined, value: {}};
+  };
+
+  function encode(params) {
+    return Object.keys(params).filter(function (key) {
+      return params[key] !== undefined && params[key] !== null && params[key] !== "";
+    }).map(function (key) {
+      return encodeURIComponent(key) + "=" + encodeURIComponent(params[key]);
+    }).join("&");
+  }
+
+  function Stripe(publishableKey, options) {
+    if (!(this instanceof Stripe)) return new Stripe(publishableKey, options);
+    if (!publishableKey || typeof publishableKey !== "string") {
+      throw new Error("Stripe(): a publishable key is required, e.g. Stripe('pk_test_...')");
+    }
+    this.key = publishableKey;
+    this.options = options || {};
+  }
+
+  Stripe.prototype.elements = function () {
+    return {
+      create: function (type, options) {
+        if (type !== "card") throw new Error("stripe-sim supports only the 'card' element");
+        return new CardElement(options);
+      },
+      getElement: function () { return null; }
+    };
+  };
+
+  Stripe.prototype.createToken = function (element, data) {
+    if (!(element instanceof CardElement)) {
+      return Promise.resolve({error: {type: "validation_error", message: "Pass a card element."}});
+    }
+    var values = element._values();
+    var params = {
+      key: this.key,
+      "card[number]": values.number,
+      "card[exp_month]": values.exp_month,
+      "card[exp_year]": values.exp_year,
+      "card[cvc]": values.cvc,
+      payment_user_agent: "stripe.js/flashsale-sim"
+    };
+    data = data || {};
+    ["name", "address_line1", "address_line2", "address_city", "address_state", "address_zip",
+     "address_country", "currency"].forEach(function (name) {
+      if (data[name]) params["card[" + name + "]"] = data[name];
+    });
+    return fetch(apiBase + "/v1/tokens", {
+      method: "POST",
+      headers: {"Content-Type": "application/x-www-form-urlencoded"},
+      body: encode(params)
+    }).then(function (response) {
+      return response.json().then(function (body) {
+        if (response.ok) return {token: body};
+        return {error: body.error || {type: "api_error", message: "Unexpected response"}};
+      });
+    }, function (failure) {
+      return {error: {type: "api_connection_error", message: String(failure)}};
+    });
+  };
+
+  window.Stripe = Stripe;
+})();
