@@ -46,14 +46,16 @@ class Pipeline:
 
     # --- processes ------------------------------------------------------------------------
 
-    def start_worker(self, *flags: str, wait: bool = True) -> Child:
-        """Start (or restart after a kill) the worker with flags; the log file is appended to."""
+    def start_worker(
+        self, *flags: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> Child:
+        """Start (or restart after a kill) a worker with flags and environment overrides."""
         name = f"worker{len(self.children)}"
         child = Child(
             name,
             flashsale_argv("worker", "--concurrency", "8", *flags),
             self.log_dir / f"{name}.log",
-            env=self.env,
+            env={**self.env, **(env or {})},
         ).start()
         self.children.append(child)
         self.worker = child

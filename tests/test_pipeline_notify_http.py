@@ -1,0 +1,50 @@
+"""`--notify http`: the worker delivers results through the server's signed /notify hop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pipeline_fixtures import Pipeline, receive_results
+
+from flashsale.core import events
+
+
+@pytest.fixture(scope="module")
+def pipeline(pipeline_factory: Any) -> Pipeline:
+    pipeline = pipeline_factory(server_flags=("--stock", "20"), with_worker=False)
+    # The worker needs the server's URL, known only once the server has bound its port.
+    pipeline.start_worker("--notify", "http", "--server-url", pipeline.server_url)
+    return pipeline
+
+
+def test_results_arrive_through_signed_notify(pipeline: Pipeline) -> None:
+    session = pipeline.session()
+    client = pipeline.connect(session)
+    try:
+        ok = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+        declined = pipeline.charge(session, pipeline.tokenize("4000000000009987")).json()[
+            "order_id"
+        ]
+        results = {r["order_id"]: r for r in receive_results(client, 2)}
+    finally:
+        client.disconnect()
+    assert results[ok]["status"] == events.SUCCEEDED
+    assert results[declined]["status"] == events.DECLINED
+    assert results[declined]["decline_code"] == "lost_card"
+    metrics = pipeline.http.get(f"{pipeline.server_url}/metrics").text
+    assert (
+        'flashsale_http_requests_total{method="POST",route="/notify",status="200"} 2.0' in metrics
+    )
+
+
+def test_worker_in_http_mode_still_replays_on_join(pipeline: Pipeline) -> None:
+    session = pipeline.session()
+    order_id = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+    assert pipeline.wait_final(session, order_id)["status"] == "succeeded"
+    client = pipeline.connect(session)
+    try:
+        (result,) = receive_results(client, 1, timeout_s=5)
+    finally:
+        client.disconnect()
+    assert result["order_id"] == order_id
