@@ -237,5 +237,120 @@ def worker(
     run_worker(settings, concurrency, loglevel=loglevel.upper())
 
 
+@cli.command("loadgen")
+@click.option("--url", default="http://127.0.0.1:5000", show_default=True, help="The sale.")
+@click.option("--customers", type=int, default=None, help="Customers to play (a bound).")
+@click.option("--duration", default=None, help="Stop arrivals after this long, e.g. 60s (a bound).")
+@click.option("--rate", default=None, help="Open model: constant arrivals, e.g. 200/s [50/s].")
+@click.option("--ramp", default=None, help="Open model: linear ramp START:END:DURATION.")
+@click.option("--poisson", is_flag=True, help="Poisson arrivals at the --rate/--ramp intensity.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --poisson.")
+@click.option(
+    "--doors-open",
+    is_flag=True,
+    help="Flash sale: all customers load, connect and join, then submit at one instant.",
+)
+@click.option("--concurrency", type=int, default=None, help="Closed model: N customers looping.")
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap on customers in flight (like wrk2 connections); late starts show as schedule lag.",
+)
+@click.option("--cards", default=None, help="Test-card mix, e.g. visa=85,insufficient_funds=5.")
+@click.option(
+    "--tokenize",
+    type=click.Choice(["raw", "test-tokens"]),
+    default="raw",
+    show_default=True,
+    help="Send raw test card numbers to /v1/tokens, or use tok_ test tokens.",
+)
+@click.option("--timeout", default="30s", show_default=True, help="Wait per phase and for results.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Offline HTML report.")
+@click.option("--slo", "slos", multiple=True, help="Objective, e.g. 'e2e.p99<2s' (repeatable).")
+@click.option("--redis-url", default=None, help="Pipeline Redis for the system panel.")
+@click.option("--stock-key", default=None, help="Redis key of stock left [flashsale:stock:SKU].")
+@click.option("--no-dashboard", is_flag=True, help="Print a status line every few seconds.")
+@click.option("--interval", default="1s", show_default=True, help="Time-series resolution.")
+@click.option(
+    "--max-lag",
+    default="100ms",
+    show_default=True,
+    help="Generator lag (p99) above which the run is invalid (exit 3).",
+)
+@click.option(
+    "--max-cpu",
+    type=float,
+    default=90.0,
+    show_default=True,
+    help="Generator CPU %% above which the run is invalid (exit 3).",
+)
+@click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
+def loadgen(
+    url: str,
+    customers: int | None,
+    duration: str | None,
+    rate: str | None,
+    ramp: str | None,
+    poisson: bool,
+    seed: int,
+    doors_open: bool,
+    concurrency: int | None,
+    max_in_flight: int | None,
+    cards: str | None,
+    tokenize: str,
+    timeout: str,
+    report_path: str | None,
+    html_path: str | None,
+    slos: tuple[str, ...],
+    redis_url: str | None,
+    stock_key: str | None,
+    no_dashboard: bool,
+    interval: str,
+    max_lag: str,
+    max_cpu: float,
+    no_fallback: bool,
+) -> None:
+    """Play simulated customers through the sale and measure every phase.
+
+    Exit codes: 0 all SLOs met, 1 an SLO failed, 2 usage or setup error,
+    3 the run is invalid because the generator itself saturated.
+    """
+    from pathlib import Path
+
+    from flashsale.loadgen import runner, scenario, stats
+
+    config = runner.LoadConfig(
+        url=url.rstrip("/"),
+        schedule=scenario.build_schedule(
+            rate=rate,
+            ramp=ramp,
+            poisson=poisson,
+            seed=seed,
+            doors_open=doors_open,
+            concurrency=concurrency,
+            customers=customers,
+            duration=duration,
+        ),
+        cards=scenario.parse_cards(cards or scenario.DEFAULT_CARDS, tokenize),
+        tokenize=tokenize,
+        timeout_s=scenario.parse_duration(timeout, what="--timeout"),
+        max_in_flight=max_in_flight,
+        slos=[stats.parse_slo(text) for text in slos],
+        report_path=Path(report_path) if report_path else None,
+        html_path=Path(html_path) if html_path else None,
+        dashboard=not no_dashboard,
+        redis_url=redis_url,
+        stock_key=stock_key,
+        interval_s=scenario.parse_duration(interval, what="--interval"),
+        max_lag_s=scenario.parse_duration(max_lag, default_unit="ms", what="--max-lag"),
+        max_cpu_percent=max_cpu,
+        fallback=not no_fallback,
+    )
+    result = runner.run(config)
+    click.get_current_context().exit(result.exit_code)
+
+
 def main() -> None:
     cli(prog_name="flashsale")

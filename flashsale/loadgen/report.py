@@ -48,6 +48,8 @@ class RunInfo:
     max_in_flight: int | None = None
     doors_open: dict[str, Any] | None = None
     system: dict[str, Any] | None = None
+    cpu_ms_per_customer: float | None = None
+    peak_sockets: int = 0
 
 
 def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) -> dict[str, Any]:
@@ -59,6 +61,10 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         "schedule_lag_ms": summarize(stats.schedule_lag),
         "loop_lag_p99_ms": round(run.loop_lag_p99_ms, 3),
         "loop_lag_max_ms": round(run.loop_lag_max_ms, 3),
+        "cpu_ms_per_customer": None
+        if run.cpu_ms_per_customer is None
+        else round(run.cpu_ms_per_customer, 3),
+        "peak_sockets": run.peak_sockets,
         "valid": run.valid,
         "invalid_reasons": run.invalid_reasons,
     }
