@@ -1,0 +1,116 @@
+"""Charging through the stripe library against the real simulator: outcomes and retry advice."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from flashsale.core import events, payments
+from flashsale.core.orders import Order
+from flashsale.errors import StripeAuthError, StripeUnavailable
+from flashsale.ops.processes import Child, flashsale_argv, free_port
+from flashsale.settings import SIM_PUBLISHABLE_KEY, Settings
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One simulator for the module (its shutdown waits for keep-alive clients; once is enough)."""
+    log = tmp_path_factory.mktemp("sim") / "stripe-sim.log"
+    child = Child("stripe-sim", flashsale_argv("stripe-sim", "--port", "0"), log).start()
+    try:
+        yield child.wait_listening()
+    finally:
+        child.stop()
+
+
+@pytest.fixture
+def stripe_sim(sim: str) -> Iterator[str]:
+    """The module's simulator with its fault settings back to none after each test."""
+    yield sim
+    reset = {"error_rate": 0.0, "rate_limit": "off", "latency": "0"}
+    httpx.post(f"{sim}/_sim/config", json=reset).raise_for_status()
+
+
+def settings_for(sim_url: str, **changes: object) -> Settings:
+    return Settings(stripe_api_base=sim_url, stripe_timeout_s=5).replace(**changes)
+
+
+def tokenize(sim_url: str, number: str = "4242424242424242") -> str:
+    response = httpx.post(
+        f"{sim_url}/v1/tokens",
+        data={"card[number]": number, "card[exp_month]": "1", "card[exp_year]": "2040"},
+        auth=(SIM_PUBLISHABLE_KEY, ""),
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+def order_with(token: str, quantity: int = 1) -> Order:
+    return Order(
+        order_id=str(uuid.uuid4()),
+        customer_id=str(uuid.uuid4()),
+        sku="SKU-1",
+        quantity=quantity,
+        amount=1234 * quantity,
+        currency="usd",
+        token=token,
+    )
+
+
+def test_success_and_the_idempotent_replay_of_the_same_order(stripe_sim: str) -> None:
+    client = payments.make_client(settings_for(stripe_sim))
+    order = order_with(tokenize(stripe_sim), quantity=2)
+    first = payments.charge_order(client, order)
+    assert first.status == events.SUCCEEDED and first.charge_id and first.code is None
+    again = payments.charge_order(client, order)  # a redelivered task
+    assert again == first
+    listed = httpx.get(
+        f"{stripe_sim}/v1/charges",
+        params={"limit": 100},
+        headers={"Authorization": "Bearer sk_test_x123456"},
+    ).json()["data"]
+    mine = [c for c in listed if c["metadata"].get("order_id") == order.order_id]
+    assert [c["id"] for c in mine] == [first.charge_id] and mine[0]["amount"] == 2468
+
+
+def test_a_decline_is_a_final_outcome_with_stripes_codes(stripe_sim: str) -> None:
+    client = payments.make_client(settings_for(stripe_sim))
+    outcome = payments.charge_order(client, order_with(tokenize(stripe_sim, "4000000000009995")))
+    assert outcome.status == events.DECLINED
+    assert (outcome.code, outcome.decline_code) == ("card_declined", "insufficient_funds")
+    assert outcome.message and outcome.charge_id  # Stripe records declined charges too
+
+
+def test_a_refused_key_raises_stripe_auth_error(stripe_sim: str) -> None:
+    client = payments.make_client(settings_for(stripe_sim, stripe_secret_key="sk_nope_123456"))
+    with pytest.raises(StripeAuthError, match="refused the secret key"):
+        payments.charge_order(client, order_with(tokenize(stripe_sim)))
+
+
+def test_server_errors_and_rate_limits_ask_for_a_retry(stripe_sim: str) -> None:
+    client = payments.make_client(settings_for(stripe_sim))
+    order = order_with(tokenize(stripe_sim))
+    httpx.post(f"{stripe_sim}/_sim/config", json={"error_rate": 1.0}).raise_for_status()
+    with pytest.raises(StripeUnavailable, match="500"):
+        payments.charge_order(client, order)
+    httpx.post(
+        f"{stripe_sim}/_sim/config", json={"error_rate": 0.0, "rate_limit": "1"}
+    ).raise_for_status()
+    with pytest.raises(StripeUnavailable, match="429"):
+        for _ in range(5):
+            payments.charge_order(client, order_with(tokenize(stripe_sim)))
+
+
+def test_an_unreachable_stripe_asks_for_a_retry() -> None:
+    client = payments.make_client(settings_for(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(StripeUnavailable, match="APIConnectionError"):
+        payments.charge_order(client, order_with("tok_visa"))
+
+
+def test_a_request_stripe_will_never_accept_fails_without_retry(stripe_sim: str) -> None:
+    client = payments.make_client(settings_for(stripe_sim))
+    outcome = payments.charge_order(client, order_with("tok_doesnotexist"))
+    assert outcome.status == events.FAILED and outcome.code and outcome.message
