@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis import Redis
 
 from flashsale.core import keys
@@ -28,7 +26,7 @@ _RESERVE = LUA_FUNCTIONS + "return reserve(KEYS[1], tonumber(ARGV[1]))"
 _RELEASE = LUA_FUNCTIONS + "return release(KEYS[1], tonumber(ARGV[1]))"
 
 
-def init_stock(redis: Redis[Any], sku: str, units: int) -> bool:
+def init_stock(redis: Redis, sku: str, units: int) -> bool:
     """Set the stock only if the sale has none yet, so a restart never refills it.
 
     Returns True when this call initialised it.
@@ -40,22 +38,22 @@ def init_stock(redis: Redis[Any], sku: str, units: int) -> bool:
     return bool(created)
 
 
-def stock_left(redis: Redis[Any], sku: str) -> int:
+def stock_left(redis: Redis, sku: str) -> int:
     value = redis.get(keys.stock(sku))
     return int(value) if value is not None else 0
 
 
-def initial_stock(redis: Redis[Any], sku: str) -> int | None:
+def initial_stock(redis: Redis, sku: str) -> int | None:
     value = redis.get(keys.initial_stock(sku))
     return int(value) if value is not None else None
 
 
-def reserve(redis: Redis[Any], sku: str, quantity: int) -> int | None:
+def reserve(redis: Redis, sku: str, quantity: int) -> int | None:
     """Take quantity units; None (and nothing taken) when fewer are left. Returns units left."""
     left = int(redis.register_script(_RESERVE)(keys=[keys.stock(sku)], args=[quantity]))
     return None if left < 0 else left
 
 
-def release(redis: Redis[Any], sku: str, quantity: int) -> int:
+def release(redis: Redis, sku: str, quantity: int) -> int:
     """Give quantity units back. Returns units left."""
     return int(redis.register_script(_RELEASE)(keys=[keys.stock(sku)], args=[quantity]))

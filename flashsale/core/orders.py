@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,7 +148,7 @@ class Order:
         )
 
     @classmethod
-    def from_hash(cls, data: dict[str, str]) -> Order:
+    def from_hash(cls, data: Mapping[str, str]) -> Order:
         def optional(name: str) -> str | None:
             return data.get(name) or None
 
@@ -192,7 +192,7 @@ def new_order_id() -> str:
 
 
 def place_order(
-    redis: Redis[Any],
+    redis: Redis,
     *,
     customer_id: str,
     token: str,
@@ -239,25 +239,25 @@ def place_order(
     return Placement(order=existing, created=False)
 
 
-def load_order(redis: Redis[Any], order_id: str) -> Order:
-    data = redis.hgetall(keys.order(order_id))
+def load_order(redis: Redis, order_id: str) -> Order:
+    data: dict[str, str] = redis.hgetall(keys.order(order_id))  # type: ignore[assignment]
     if not data:
         raise OrderNotFound(f"no order {order_id}")
     return Order.from_hash(data)
 
 
-def find_order(redis: Redis[Any], order_id: str) -> Order | None:
-    data = redis.hgetall(keys.order(order_id))
+def find_order(redis: Redis, order_id: str) -> Order | None:
+    data: dict[str, str] = redis.hgetall(keys.order(order_id))  # type: ignore[assignment]
     return Order.from_hash(data) if data else None
 
 
-def record_attempt(redis: Redis[Any], order_id: str) -> int:
+def record_attempt(redis: Redis, order_id: str) -> int:
     """Count one charge attempt (status and reconcile show it); returns the count."""
     return int(redis.hincrby(keys.order(order_id), "attempts", 1))
 
 
 def finalize(
-    redis: Redis[Any],
+    redis: Redis,
     order_id: str,
     status: str,
     *,
@@ -289,11 +289,11 @@ def finalize(
     return result == "transitioned", load_order(redis, order_id)
 
 
-def customer_order_ids(redis: Redis[Any], customer_id: str) -> list[str]:
-    return list(redis.lrange(keys.customer_orders(customer_id), 0, -1))
+def customer_order_ids(redis: Redis, customer_id: str) -> list[str]:
+    return [str(order_id) for order_id in redis.lrange(keys.customer_orders(customer_id), 0, -1)]
 
 
-def final_orders_of(redis: Redis[Any], customer_id: str) -> list[Order]:
+def final_orders_of(redis: Redis, customer_id: str) -> list[Order]:
     """The customer's orders that have a final state, oldest first (replayed on every join)."""
     ids = customer_order_ids(redis, customer_id)
     if not ids:
@@ -305,7 +305,7 @@ def final_orders_of(redis: Redis[Any], customer_id: str) -> list[Order]:
     return [order for order in found if order.final]
 
 
-def iter_orders(redis: Redis[Any], batch: int = 500) -> Iterator[Order]:
+def iter_orders(redis: Redis, batch: int = 500) -> Iterator[Order]:
     """Every order, in batches so a large sale does not load at once."""
     ids: list[str] = []
     for order_id, _score in redis.zscan_iter(keys.order_index(), count=batch):
@@ -317,17 +317,17 @@ def iter_orders(redis: Redis[Any], batch: int = 500) -> Iterator[Order]:
         yield from _load_many(redis, ids)
 
 
-def count_orders(redis: Redis[Any]) -> int:
+def count_orders(redis: Redis) -> int:
     return int(redis.zcard(keys.order_index()))
 
 
-def count_by_state(redis: Redis[Any]) -> dict[str, int]:
+def count_by_state(redis: Redis) -> dict[str, int]:
     """Orders per state, kept by the placement and finalisation scripts (no scan needed)."""
     stored = redis.hgetall(keys.state_counts())
     return {state: int(stored.get(state, 0)) for state in STATES}
 
 
-def _load_many(redis: Redis[Any], ids: list[str]) -> list[Order]:
+def _load_many(redis: Redis, ids: list[str]) -> list[Order]:
     pipe = redis.pipeline(transaction=False)
     for order_id in ids:
         pipe.hgetall(keys.order(order_id))

@@ -29,7 +29,13 @@ class ChargeOutcome:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChargeOutcome:
-        return cls(**{name: data.get(name) for name in cls.__dataclass_fields__})
+        return cls(
+            status=str(data["status"]),
+            charge_id=data.get("charge_id"),
+            code=data.get("code"),
+            decline_code=data.get("decline_code"),
+            message=data.get("message"),
+        )
 
 
 def make_client(settings: Settings) -> stripe.StripeClient:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
 from flashsale.errors import RedisUnavailable
 
 
-def connect(url: str, timeout_s: float = 5.0) -> redis.Redis[Any]:
+def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     """A client returning str (the data layer expects it); timeouts so a dead Redis fails fast."""
     return redis.Redis.from_url(
         url,
@@ -20,7 +18,7 @@ def connect(url: str, timeout_s: float = 5.0) -> redis.Redis[Any]:
     )
 
 
-def check(client: redis.Redis[Any]) -> None:
+def check(client: redis.Redis) -> None:
     """Raise RedisUnavailable with the URL-free reason when Redis does not answer PING."""
     try:
         client.ping()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from celery import Celery
@@ -18,7 +17,7 @@ from flashsale.settings import Settings
 @dataclass
 class ServerContext:
     settings: Settings
-    redis: redis.Redis[Any]
+    redis: redis.Redis
     producer: Celery
     metrics: ServerMetrics
     socketio: SocketIO

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -19,7 +18,7 @@ log = logging.getLogger("flashsale.server")
 class SaleCollector(Collector):
     """Reads order counts and stock from Redis at scrape time, so every server process agrees."""
 
-    def __init__(self, client: redis.Redis[Any], sku: str) -> None:
+    def __init__(self, client: redis.Redis, sku: str) -> None:
         self.client = client
         self.sku = sku
 
@@ -45,7 +44,7 @@ class SaleCollector(Collector):
 class ServerMetrics:
     """One registry per app, so several apps in one process never share counters."""
 
-    def __init__(self, client: redis.Redis[Any], sku: str) -> None:
+    def __init__(self, client: redis.Redis, sku: str) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "flashsale_http_requests",

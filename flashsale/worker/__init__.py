@@ -57,8 +57,7 @@ def create_celery(settings: Settings) -> Celery:
 
 def announce_ready(**_: object) -> None:
     # Supervisors (tests, rehearse) wait for this line before sending work.
-    sys.__stdout__.write("flashsale worker ready\n")
-    sys.__stdout__.flush()
+    print("flashsale worker ready", file=sys.__stdout__, flush=True)
 
 
 def run_worker(settings: Settings, concurrency: int, loglevel: str = "INFO") -> None:

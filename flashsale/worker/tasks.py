@@ -31,7 +31,7 @@ class WorkerContext:
     """What every task in this worker process shares: clients are thread-safe and reused."""
 
     settings: Settings
-    redis: redis.Redis[Any]
+    redis: redis.Redis
     stripe: stripe.StripeClient
     notifier: Notifier
     auth_failure_logged: threading.Event
