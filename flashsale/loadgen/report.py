@@ -50,6 +50,7 @@ class RunInfo:
     system: dict[str, Any] | None = None
     cpu_ms_per_customer: float | None = None
     peak_sockets: int = 0
+    open_files_limit: int = 0
 
 
 def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) -> dict[str, Any]:
@@ -65,6 +66,7 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         if run.cpu_ms_per_customer is None
         else round(run.cpu_ms_per_customer, 3),
         "peak_sockets": run.peak_sockets,
+        "open_files_limit": run.open_files_limit,
         "valid": run.valid,
         "invalid_reasons": run.invalid_reasons,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Runner:
         self.clock0 = 0.0
         self.cpu0 = 0.0
         self.dispatch_done = False
+        self.nofile_limit = 0
         self.started_at = time.time()
         self.window_cpu = 0.0
 
@@ -100,6 +102,7 @@ class Runner:
 
     async def run(self) -> RunResult:
         config = self.config
+        self.nofile_limit = raise_open_files_limit()
         await preflight(config.url)
         schedule = config.schedule
         doors = Doors() if schedule.doors_open else None
@@ -441,6 +444,7 @@ class Runner:
             system=self.system,
             cpu_ms_per_customer=1000 * cpu_s / finished if finished else None,
             peak_sockets=kit.peak_sockets if kit else 0,
+            open_files_limit=self.nofile_limit,
         )
         slo_results = evaluate(config.slos, self.stats)
         report = build_report(self.stats, info, slo_results)
@@ -486,6 +490,17 @@ class Runner:
                 self.console.print(f"report written to {path}")
         if self.interrupted:
             self.console.print(f"interrupted: {self.cancelled} customers in flight abandoned")
+
+
+def raise_open_files_limit() -> int:
+    """Each waiting customer holds a socket (plus pooled HTTP ones): lift the soft limit to the
+    hard one, as far as we are allowed; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def preflight(url: str) -> None:

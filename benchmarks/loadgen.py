@@ -1,0 +1,164 @@
+"""Benchmark the load generator itself: customers one process holds connected, CPU per journey.
+
+Starts a private pipeline (redis-server, stripe-sim, `flashsale serve`, `flashsale worker`) on
+loopback, then measures with the real `flashsale.loadgen` runner:
+
+1. held: a --doors-open run of N customers; every one loads the page, connects its websocket and
+   joins its room, then waits for the doors. `peak_sockets` is how many were connected and
+   waiting at once in this one generator process (then they all submit; stock is 500, so most
+   are sold_out, which is cheap for the server).
+2. cpu: open-model runs of full journeys (raw tokenization, charge, result on the socket); the
+   generator's own CPU time divided by the customers it played.
+
+Prints medians of --runs runs and the command that reproduces them. Never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from flashsale.loadgen.runner import LoadConfig, Runner, raise_open_files_limit
+from flashsale.loadgen.scenario import build_schedule, parse_cards
+from flashsale.ops.processes import (
+    Child,
+    flashsale_argv,
+    free_port,
+    redis_server_argv,
+    wait_for_redis,
+)
+
+WORKER_READY = re.compile(r"flashsale worker ready")
+
+
+def start_pipeline(log_dir: Path) -> tuple[list[Child], str]:
+    """A private pipeline; children inherit our raised open-files limit."""
+    children: list[Child] = []
+    port = free_port()
+    redis = Child("redis", redis_server_argv(port, log_dir), log_dir / "redis.log").start()
+    children.append(redis)
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    wait_for_redis(redis_url, redis)
+    sim = Child("sim", flashsale_argv("stripe-sim", "--port", "0"), log_dir / "sim.log").start()
+    children.append(sim)
+    sim_url = sim.wait_listening()
+    env = {
+        **os.environ,
+        "FLASHSALE_REDIS_URL": redis_url,
+        "STRIPE_API_BASE": sim_url,
+        "STRIPE_SECRET_KEY": "sk_test_bench",
+        "FLASHSALE_SECRET": "bench-secret",
+    }
+    server = Child(
+        "serve", flashsale_argv("serve", "--port", "0"), log_dir / "serve.log", env=env
+    ).start()
+    children.append(server)
+    worker = Child(
+        "worker", flashsale_argv("worker", "--concurrency", "16"), log_dir / "worker.log", env=env
+    ).start()
+    children.append(worker)
+    url = server.wait_listening(timeout_s=60)
+    worker.wait_for(WORKER_READY, timeout_s=60)
+    return children, url
+
+
+def run_once(url: str, **flags: Any) -> dict[str, Any]:
+    cards = flags.pop("cards", "visa")
+    tokenize = flags.pop("tokenize", "test-tokens")
+    timeout_s = flags.pop("timeout_s", 120.0)
+    config = LoadConfig(
+        url=url,
+        schedule=build_schedule(**flags),
+        cards=parse_cards(cards, tokenize),
+        tokenize=tokenize,
+        timeout_s=timeout_s,
+        dashboard=False,
+        max_cpu_percent=101,
+        max_lag_s=60,
+    )
+    runner = Runner(config, Console(file=io.StringIO()))
+    return asyncio.run(runner.run()).report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--held", type=int, default=10_000, help="customers to hold (doors-open)")
+    parser.add_argument("--held-rate", default="400/s", help="arrival rate while getting ready")
+    parser.add_argument("--cpu-customers", type=int, default=300)
+    parser.add_argument("--cpu-rate", default="60/s")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-held", action="store_true")
+    args = parser.parse_args()
+
+    nofile = raise_open_files_limit()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    print(f"open files limit: soft {soft}, hard {hard} (raised to {nofile})", flush=True)
+    log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-loadgen-"))
+    children, url = start_pipeline(log_dir)
+    try:
+        cpu_rows = []
+        for run in range(args.runs):
+            report = run_once(
+                url,
+                customers=args.cpu_customers,
+                rate=args.cpu_rate,
+                cards="visa=85,insufficient_funds=10,generic_decline=5",
+                tokenize="raw",
+            )
+            gen = report["generator"]
+            cpu_rows.append(gen["cpu_ms_per_customer"])
+            print(
+                f"cpu run {run + 1}: {gen['cpu_ms_per_customer']:.2f} ms CPU per journey, "
+                f"generator {gen['cpu_percent']:.0f}% of a core, outcomes "
+                f"{ {k: v for k, v in report['outcomes'].items() if v} }, "
+                f"e2e p50 {report['latency_ms']['e2e']['p50']:.1f} ms",
+                flush=True,
+            )
+        held_rows = []
+        if not args.skip_held:
+            for run in range(args.runs):
+                started = time.perf_counter()
+                report = run_once(url, customers=args.held, doors_open=True, rate=args.held_rate)
+                gen = report["generator"]
+                doors = report["run"]["doors_open"]
+                held_rows.append(gen["peak_sockets"])
+                errors = dict(list(report["errors"].items())[:3])
+                print(
+                    f"held run {run + 1}: {gen['peak_sockets']} connected and waiting at once "
+                    f"(ready {doors['ready']}, dropped {doors['dropped_out']}), "
+                    f"ready after {doors['opened_at_s']:.1f}s, submit spread "
+                    f"{doors['submit_spread_ms']:.0f} ms, outcomes "
+                    f"{ {k: v for k, v in report['outcomes'].items() if v} }, "
+                    f"generator {gen['cpu_percent']:.0f}% CPU, "
+                    f"{gen['cpu_ms_per_customer']:.2f} ms/customer, errors {errors}, "
+                    f"wall {time.perf_counter() - started:.0f}s",
+                    flush=True,
+                )
+    finally:
+        for child in reversed(children):
+            child.stop()
+    print()
+    print(f"median CPU per journey: {statistics.median(cpu_rows):.2f} ms ({args.runs} runs)")
+    if held_rows:
+        print(
+            f"median customers held connected and waiting by one loadgen process: "
+            f"{statistics.median(held_rows):.0f} of {args.held} ({args.runs} runs)"
+        )
+    print(f"logs: {log_dir}")
+    print("reproduce: .venv/bin/python benchmarks/loadgen.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
