@@ -352,5 +352,210 @@ def loadgen(
     click.get_current_context().exit(result.exit_code)
 
 
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--scenario",
+    "scenario_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A TOML scenario: [sale], [pipeline], [stripe_sim], [loadgen] (default: embedded).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False),
+    help="Where logs and reports go [./flashsale-runs/<time>].",
+)
+@click.option("--customers", type=click.IntRange(min=1), help="Customers in the sale [2000].")
+@click.option("--stock", type=click.IntRange(min=0), help="Units for sale [500].")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [2].")
+@click.option("--worker-concurrency", type=click.IntRange(min=1), help="Threads per worker [32].")
+@click.option(
+    "--sim-rate-limit", help="Simulator rate limit: test, live, off or N per second [live]."
+)
+@click.option("--sim-latency", help="Simulator latency, e.g. 0, 200ms, lognormal:p50=..,p99=..")
+@click.option("--slo", "slos", multiple=True, help="Replace the scenario's SLOs (repeatable).")
+@click.option(
+    "--redis-url",
+    help="Use this (empty) Redis database instead of starting a private redis-server.",
+)
+@click.option(
+    "--stripe",
+    type=click.Choice(["sim", "test"]),
+    default="sim",
+    show_default=True,
+    help="The simulator, or real Stripe test mode (needs STRIPE_* test keys).",
+)
+@click.option("--no-dashboard", is_flag=True, help="Print status lines instead of the live view.")
+@click.option(
+    "--drain-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds to wait for pending orders to finish before reconciling.",
+)
+@click.argument("loadgen_args", nargs=-1, type=click.UNPROCESSED)
+def rehearse(
+    scenario_path: str | None,
+    run_dir: str | None,
+    customers: int | None,
+    stock: int | None,
+    workers: int | None,
+    worker_concurrency: int | None,
+    sim_rate_limit: str | None,
+    sim_latency: str | None,
+    slos: tuple[str, ...],
+    redis_url: str | None,
+    stripe: str,
+    no_dashboard: bool,
+    drain_timeout: float,
+    loadgen_args: tuple[str, ...],
+) -> None:
+    """Run a whole flash-sale rehearsal on this machine and say whether the pipeline held.
+
+    Starts a private Redis, the Stripe simulator, the server and workers on free loopback
+    ports, sends the scenario's customers through loadgen (live dashboard), waits for every
+    order to finish, reconciles orders against Stripe's ledger, prints a verdict and writes
+    report.json and report.html into the run directory. Extra arguments after `--` go to
+    `flashsale loadgen` unchanged, e.g. `flashsale rehearse -- --rate 300/s`.
+
+    Exit codes: 0 SLOs met and integrity holds, 1 a check failed, 2 usage or setup error,
+    3 the load generator saturated (numbers untrustworthy), 130 interrupted.
+    """
+    import time
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from flashsale.ops import plan as plans
+    from flashsale.ops.rehearse import Rehearsal
+    from flashsale.ops.views import verdict_panel
+
+    settings = load_settings()
+    plan = plans.load_plan(Path(scenario_path)) if scenario_path else plans.default_plan()
+    plan = plan.with_overrides(
+        sale={"stock": stock},
+        pipeline={"workers": workers, "worker_concurrency": worker_concurrency},
+        stripe_sim={"rate_limit": sim_rate_limit, "latency": sim_latency},
+        loadgen={"customers": customers, "slo": list(slos) or None},
+    )
+    directory = Path(run_dir or Path("flashsale-runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    console = Console()
+    result = Rehearsal(
+        settings,
+        plan,
+        directory,
+        redis_url=redis_url,
+        stripe=stripe,
+        loadgen_args=loadgen_args,
+        dashboard=not no_dashboard,
+        drain_timeout_s=drain_timeout,
+        say=lambda text: console.print(f"[bold]rehearse[/]: {text}"),
+    ).run()
+    console.print(verdict_panel(result))
+    click.get_current_context().exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--redis-url", help="Redis of the sale (env FLASHSALE_REDIS_URL).")
+@click.option("--stripe-api-base", help="The simulator's URL or https://api.stripe.com.")
+@click.option("--sku", help="SKU of the sale.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON.")
+@allow_live_option
+def reconcile(
+    redis_url: str | None,
+    stripe_api_base: str | None,
+    sku: str | None,
+    as_json: bool,
+    allow_live_stripe: bool | None,
+) -> None:
+    """Compare the orders in Redis with the charges at Stripe; exit 1 on any discrepancy.
+
+    Finds orders with no charge, charges with no order, orders charged more than once,
+    paid orders whose charge did not succeed (and the reverse), amount mismatches,
+    units sold vs stock, and customers who never got a final result.
+    """
+    import json
+
+    from rich.console import Console
+
+    from flashsale.core import store
+    from flashsale.ops.reconcile import reconcile_live
+    from flashsale.ops.views import reconciliation_details, reconciliation_table
+
+    settings = load_settings(
+        redis_url=redis_url,
+        stripe_api_base=stripe_api_base,
+        sale_sku=sku,
+        allow_live_stripe=allow_live_stripe,
+    )
+    client = store.connect(settings.redis_url)
+    store.check(client)
+    result = reconcile_live(settings, client)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        console = Console()
+        console.print(reconciliation_table(result))
+        console.print(reconciliation_details(result))
+    click.get_current_context().exit(0 if result.ok() else 1)
+
+
+@cli.command()
+@click.option("--redis-url", help="Redis of the sale (env FLASHSALE_REDIS_URL).")
+@click.option("--server-url", help="A server to read sockets connected from (its /metrics).")
+@click.option("--sku", help="SKU of the sale.")
+@click.option("--json", "as_json", is_flag=True, help="Print one snapshot as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh the screen until Ctrl-C.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.2),
+    help="Seconds between refreshes with --watch.",
+)
+@allow_live_option
+def status(
+    redis_url: str | None,
+    server_url: str | None,
+    sku: str | None,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    allow_live_stripe: bool | None,
+) -> None:
+    """Show the sale at a glance: Redis, queue, workers, orders, stock, sockets, Stripe mode."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from flashsale.ops.status import collect_status
+    from flashsale.ops.views import status_panel
+
+    settings = load_settings(
+        redis_url=redis_url,
+        server_url=server_url,
+        sale_sku=sku,
+        allow_live_stripe=allow_live_stripe,
+    )
+    target = server_url or settings.server_url
+    snapshot = collect_status(settings, target)
+    if as_json:
+        click.echo(json.dumps(snapshot.as_dict(), indent=2))
+    elif not watch:
+        Console().print(status_panel(snapshot))
+    else:
+        with Live(status_panel(snapshot), refresh_per_second=4) as live:
+            try:
+                while True:
+                    time.sleep(interval)
+                    live.update(status_panel(collect_status(settings, target)))
+            except KeyboardInterrupt:
+                pass
+    click.get_current_context().exit(0 if snapshot.redis_ok else 1)
+
+
 def main() -> None:
     cli(prog_name="flashsale")

@@ -1,0 +1,193 @@
+"""Reconcile the orders in Redis against the charges at Stripe, and name every discrepancy."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import stripe
+from redis import Redis
+
+from flashsale.core import inventory, orders, payments
+from flashsale.errors import PaymentError, StripeAuthError
+from flashsale.settings import Settings
+
+PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class ChargeRecord:
+    """The part of a Stripe charge reconciliation needs."""
+
+    charge_id: str
+    order_id: str | None
+    status: str
+    amount: int
+    refunded: bool
+
+    @classmethod
+    def from_stripe(cls, charge: Any) -> ChargeRecord:
+        if hasattr(charge, "to_dict"):
+            charge = charge.to_dict()
+        metadata = charge.get("metadata") or {}
+        return cls(
+            charge_id=charge["id"],
+            order_id=metadata.get("order_id") or None,
+            status=charge.get("status", ""),
+            amount=int(charge.get("amount", 0)),
+            refunded=bool(charge.get("refunded", False)),
+        )
+
+
+@dataclass
+class Reconciliation:
+    """What the ledger and the order store agree and disagree on; ok() when nothing is off."""
+
+    sku: str
+    orders: int = 0
+    charges: int = 0
+    orders_by_state: dict[str, int] = field(default_factory=dict)
+    charges_by_status: dict[str, int] = field(default_factory=dict)
+    stock_initial: int | None = None
+    stock_left: int = 0
+    units_sold: int = 0
+    units_reserved: int = 0
+    # Discrepancies: each a list of ids (or id pairs) so the report says exactly which.
+    orders_without_charge: list[str] = field(default_factory=list)
+    charges_without_order: list[str] = field(default_factory=list)
+    orders_charged_twice: dict[str, list[str]] = field(default_factory=dict)
+    succeeded_order_charge_not_succeeded: list[str] = field(default_factory=list)
+    charge_succeeded_order_not_succeeded: list[str] = field(default_factory=list)
+    amount_mismatches: list[str] = field(default_factory=list)
+    customers_without_final_result: list[str] = field(default_factory=list)
+
+    @property
+    def oversold(self) -> int:
+        if self.stock_initial is None:
+            return 0
+        return max(0, self.units_sold - self.stock_initial)
+
+    @property
+    def stock_unaccounted(self) -> int:
+        """Units that are neither left, reserved by a pending order, nor sold (should be 0)."""
+        if self.stock_initial is None:
+            return 0
+        return self.stock_initial - self.stock_left - self.units_reserved - self.units_sold
+
+    def discrepancies(self) -> dict[str, int]:
+        """Each integrity check and how many items fail it (0 = passed)."""
+        return {
+            "orders_without_charge": len(self.orders_without_charge),
+            "charges_without_order": len(self.charges_without_order),
+            "orders_charged_twice": len(self.orders_charged_twice),
+            "succeeded_order_charge_not_succeeded": len(self.succeeded_order_charge_not_succeeded),
+            "charge_succeeded_order_not_succeeded": len(self.charge_succeeded_order_not_succeeded),
+            "amount_mismatches": len(self.amount_mismatches),
+            "customers_without_final_result": len(self.customers_without_final_result),
+            "oversold_units": self.oversold,
+            "stock_unaccounted_units": abs(self.stock_unaccounted),
+        }
+
+    def ok(self) -> bool:
+        return not any(self.discrepancies().values())
+
+    def as_dict(self) -> dict[str, Any]:
+        shown = asdict(self)
+        shown["oversold"] = self.oversold
+        shown["stock_unaccounted"] = self.stock_unaccounted
+        shown["discrepancies"] = self.discrepancies()
+        shown["ok"] = self.ok()
+        return shown
+
+
+def reconcile(
+    order_list: Iterable[orders.Order],
+    charges: Iterable[ChargeRecord],
+    *,
+    sku: str,
+    stock_initial: int | None,
+    stock_left: int,
+) -> Reconciliation:
+    """Pure comparison of orders and charges; the I/O lives in reconcile_live()."""
+    result = Reconciliation(sku=sku, stock_initial=stock_initial, stock_left=stock_left)
+    by_order: dict[str, list[ChargeRecord]] = defaultdict(list)
+    charges_by_status: dict[str, int] = defaultdict(int)
+    for charge in charges:
+        result.charges += 1
+        charges_by_status[charge.status] += 1
+        if charge.order_id is None:
+            continue  # not one of ours (another integration on the same test account)
+        by_order[charge.order_id].append(charge)
+    result.charges_by_status = dict(charges_by_status)
+
+    seen: set[str] = set()
+    states: dict[str, int] = defaultdict(int)
+    pending_customers: set[str] = set()
+    for order in order_list:
+        result.orders += 1
+        states[order.status] += 1
+        seen.add(order.order_id)
+        found = by_order.get(order.order_id, [])
+        succeeded = [c for c in found if c.status == "succeeded" and not c.refunded]
+        if order.sku == sku:
+            if order.status == orders.SUCCEEDED:
+                result.units_sold += order.quantity
+            elif order.status == orders.PENDING:
+                result.units_reserved += order.quantity
+        if order.status == orders.PENDING:
+            pending_customers.add(order.customer_id)
+        # A declined charge is recorded at Stripe as a failed charge, so both need one.
+        if order.status in (orders.SUCCEEDED, orders.DECLINED) and not found:
+            result.orders_without_charge.append(order.order_id)
+        if len(found) > 1:
+            result.orders_charged_twice[order.order_id] = [c.charge_id for c in found]
+        if order.status == orders.SUCCEEDED and found and not succeeded:
+            result.succeeded_order_charge_not_succeeded.append(order.order_id)
+        if order.status != orders.SUCCEEDED and succeeded:
+            result.charge_succeeded_order_not_succeeded.append(order.order_id)
+        if any(c.amount != order.amount for c in found):
+            result.amount_mismatches.append(order.order_id)
+    result.orders_by_state = dict(states)
+    result.customers_without_final_result = sorted(pending_customers)
+    result.charges_without_order = sorted(
+        charge.charge_id
+        for order_id, found in by_order.items()
+        if order_id not in seen
+        for charge in found
+    )
+    return result
+
+
+def iter_charges(client: stripe.StripeClient) -> Iterator[ChargeRecord]:
+    """Page through GET /v1/charges with starting_after, as real Stripe and the simulator serve."""
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if after:
+            params["starting_after"] = after
+        try:
+            page = client.v1.charges.list(params=params)  # type: ignore[arg-type]
+        except stripe.AuthenticationError as error:
+            raise StripeAuthError(f"Stripe refused the secret key: {error.user_message}") from error
+        except stripe.StripeError as error:
+            raise PaymentError(f"listing charges at Stripe failed: {error}") from error
+        for charge in page.data:
+            yield ChargeRecord.from_stripe(charge)
+        if not page.has_more or not page.data:
+            return
+        after = page.data[-1]["id"]
+
+
+def reconcile_live(settings: Settings, redis: Redis) -> Reconciliation:
+    """Read every order from Redis and every charge from Stripe, then compare them."""
+    client = payments.make_client(settings)
+    charge_list = list(iter_charges(client))
+    return reconcile(
+        orders.iter_orders(redis),
+        charge_list,
+        sku=settings.sale_sku,
+        stock_initial=inventory.initial_stock(redis, settings.sale_sku),
+        stock_left=inventory.stock_left(redis, settings.sale_sku),
+    )

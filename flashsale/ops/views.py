@@ -1,0 +1,157 @@
+"""Rich renderings of a reconciliation, a status snapshot and a rehearsal verdict (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from flashsale.ops.reconcile import Reconciliation
+from flashsale.ops.rehearse import RehearsalResult
+from flashsale.ops.status import Status
+
+PHASES = ("session", "tokenize", "connect", "submit", "result", "e2e")
+
+
+def _mark(passed: bool) -> Text:
+    return Text("PASS", style="bold green") if passed else Text("FAIL", style="bold red")
+
+
+def reconciliation_table(rec: Reconciliation) -> Table:
+    table = Table(title=f"Reconciliation of {rec.sku}", show_header=True, header_style="bold")
+    table.add_column("check")
+    table.add_column("found", justify="right")
+    table.add_column("", justify="center")
+    for name, count in rec.discrepancies().items():
+        table.add_row(name.replace("_", " "), str(count), _mark(count == 0))
+    table.caption = (
+        f"{rec.orders} orders ({_counts(rec.orders_by_state)}), "
+        f"{rec.charges} charges ({_counts(rec.charges_by_status)}); "
+        f"sold {rec.units_sold} of {rec.stock_initial if rec.stock_initial is not None else '?'}"
+        f", {rec.stock_left} left"
+    )
+    return table
+
+
+def reconciliation_details(rec: Reconciliation, limit: int = 10) -> RenderableType:
+    """The ids behind each discrepancy, a few per kind, so an operator can look them up."""
+    lines: list[str] = []
+    listed: dict[str, Any] = {
+        "orders without charge": rec.orders_without_charge,
+        "charges without order": rec.charges_without_order,
+        "orders charged twice": [
+            f"{o}: {', '.join(c)}" for o, c in rec.orders_charged_twice.items()
+        ],
+        "succeeded order, charge not": rec.succeeded_order_charge_not_succeeded,
+        "charge succeeded, order not": rec.charge_succeeded_order_not_succeeded,
+        "amount mismatches": rec.amount_mismatches,
+        "customers without a final result": rec.customers_without_final_result,
+    }
+    for name, ids in listed.items():
+        for item in ids[:limit]:
+            lines.append(f"{name}: {item}")
+        if len(ids) > limit:
+            lines.append(f"{name}: ... and {len(ids) - limit} more (use --json)")
+    return Text("\n".join(lines)) if lines else Text("")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
+
+
+def status_panel(status: Status) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    redis_line = (
+        Text("reachable", style="green")
+        if status.redis_ok
+        else Text(f"UNREACHABLE: {status.redis_error}", style="bold red")
+    )
+    table.add_row("Redis", redis_line)
+    table.add_row("Stripe", _stripe_mode(status.stripe_mode))
+    table.add_row("queue depth", _unknown(status.queue_depth))
+    table.add_row("unacknowledged", _unknown(status.unacked))
+    workers = (
+        Text(f"{len(status.workers)} alive: {', '.join(status.workers)}", style="green")
+        if status.workers
+        else Text("none answered ping", style="bold red")
+    )
+    table.add_row("workers", workers if status.redis_ok else Text("unknown"))
+    table.add_row("orders", _counts(status.orders_by_state))
+    stock = (
+        f"{status.stock_left} of {status.stock_initial}"
+        if status.stock_initial is not None
+        else "no sale initialised"
+    )
+    table.add_row(f"stock {status.sku}", stock)
+    table.add_row("sockets connected", _unknown(status.sockets_connected))
+    return Panel(table, title="flashsale status", expand=False)
+
+
+def _unknown(value: object) -> str:
+    return "unknown" if value is None else str(value)
+
+
+def _stripe_mode(mode: str) -> Text:
+    styles = {"simulator": "cyan", "test": "yellow", "live": "bold red"}
+    return Text(mode, style=styles.get(mode, ""))
+
+
+def verdict_panel(result: RehearsalResult) -> Panel:
+    """The end-of-rehearsal panel: checks, outcomes, latency and where the reports are."""
+    checks = Table(show_header=True, header_style="bold", title="integrity and SLOs")
+    checks.add_column("check")
+    checks.add_column("detail")
+    checks.add_column("", justify="center")
+    for check in result.checks:
+        checks.add_row(check.name, check.detail, _mark(check.passed))
+
+    parts: list[RenderableType] = [checks]
+    report = result.loadgen_report
+    if report:
+        outcomes = Table(title="outcomes", show_header=True, header_style="bold")
+        for name in report["outcomes"]:
+            outcomes.add_column(name, justify="right")
+        outcomes.add_row(*(str(v) for v in report["outcomes"].values()))
+        parts.append(outcomes)
+        latency = Table(title="latency (ms, from scheduled arrival)", header_style="bold")
+        latency.add_column("phase")
+        for column in ("p50", "p90", "p99", "p999", "max", "count"):
+            latency.add_column(column, justify="right")
+        for phase in PHASES:
+            row = report["latency_ms"].get(phase)
+            if row:
+                latency.add_row(
+                    phase,
+                    *(_fmt(row.get(c)) for c in ("p50", "p90", "p99", "p999", "max", "count")),
+                )
+        parts.append(latency)
+    rec = result.reconciliation
+    if rec:
+        parts.append(
+            Text(
+                f"{rec.orders} orders ({_counts(rec.orders_by_state)}); {rec.charges} charges "
+                f"({_counts(rec.charges_by_status)}); sold {rec.units_sold} of "
+                f"{rec.stock_initial}, {rec.stock_left} left"
+            )
+        )
+    parts.append(
+        Text(f"reports: {result.run_dir / 'report.json'}, {result.run_dir / 'report.html'}")
+    )
+    verdict = "PASSED" if result.passed else ("INTERRUPTED" if result.interrupted else "FAILED")
+    style = "green" if result.passed else "red"
+    return Panel(
+        Group(*parts), title=f"rehearsal {result.plan.name}: {verdict}", border_style=style
+    )
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}"
