@@ -13,7 +13,7 @@ NAMESPACE = "/"
 # server -> client
 JOINED = "joined"  # {"customer_id": ...} once the socket is in its private room
 CHARGE_RESULT = "charge_result"  # a final outcome of one order, see charge_result()
-STOCK = "stock"  # {"sku": ..., "stock_left": ...} whenever stock changes
+STOCK = "stock"  # {"sku": ..., "stock_left": ...} to stock_room(sku), coalesced (core.stock_feed)
 
 # Final order outcomes as a customer sees them.
 SUCCEEDED = "succeeded"
@@ -25,6 +25,11 @@ FINAL_STATUSES = (SUCCEEDED, DECLINED, FAILED)
 def room_for(customer_id: str) -> str:
     """The private Socket.IO room of one customer."""
     return f"customer:{customer_id}"
+
+
+def stock_room(sku: str) -> str:
+    """The room of sockets that connected with auth watch_stock=true: they get STOCK events."""
+    return f"stock:{sku}"
 
 
 def charge_result(

@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
 from flashsale.core import events, inventory, store
-from flashsale.server.context import ServerContext, make_producer
+from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
 from flashsale.server.sockets import register_handlers
@@ -50,12 +50,14 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         message_queue=settings.redis_url,
         channel=events.CHANNEL,
     )
+    metrics = ServerMetrics(client, settings.sale_sku)
     ctx = ServerContext(
         settings=settings,
         redis=client,
         producer=make_producer(settings),
-        metrics=ServerMetrics(client, settings.sale_sku),
+        metrics=metrics,
         socketio=socketio,
+        stock_feed=make_stock_feed(socketio, client, metrics),
     )
     app.extensions["flashsale"] = ctx
     app.register_blueprint(bp)

@@ -9,7 +9,8 @@ from celery import Celery
 from flask import current_app
 from flask_socketio import SocketIO
 
-from flashsale.core import jobs
+from flashsale.core import events, inventory, jobs
+from flashsale.core.stock_feed import StockFeed
 from flashsale.server.metrics import ServerMetrics
 from flashsale.settings import Settings
 
@@ -21,6 +22,7 @@ class ServerContext:
     producer: Celery
     metrics: ServerMetrics
     socketio: SocketIO
+    stock_feed: StockFeed
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""
@@ -39,6 +41,17 @@ def make_producer(settings: Settings) -> Celery:
         result_backend=None,
     )
     return producer
+
+
+def make_stock_feed(socketio: SocketIO, client: redis.Redis, metrics: ServerMetrics) -> StockFeed:
+    """Stock broadcasts to the sale's watchers, through the message queue so every server
+    process's sockets hear them (each process throttles its own, see core.stock_feed)."""
+
+    def publish(sku: str, payload: dict[str, object]) -> None:
+        socketio.emit(events.STOCK, payload, to=events.stock_room(sku), namespace=events.NAMESPACE)
+        metrics.emits.labels(events.STOCK).inc()
+
+    return StockFeed(lambda sku: inventory.stock_left(client, sku), publish)
 
 
 def context() -> ServerContext:

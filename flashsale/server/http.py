@@ -87,6 +87,7 @@ def create_charge() -> tuple[Response, int]:
     if not placement.created:
         # The same customer submitted the same card token again: that is the same order.
         return jsonify({"order_id": order.order_id, "status": order.status}), 200
+    ctx.stock_feed.changed(order.sku)
     try:
         ctx.enqueue_charge(order.order_id)
     except Exception as error:
@@ -94,6 +95,7 @@ def create_charge() -> tuple[Response, int]:
         orders.finalize(
             ctx.redis, order.order_id, orders.FAILED, code="queue_unavailable", message=str(error)
         )
+        ctx.stock_feed.changed(order.sku)  # the unit just reserved is back
         raise ApiError(503, "service_unavailable", "could not queue the charge; retry") from None
     return jsonify({"order_id": order.order_id, "status": order.status}), 202
 
@@ -157,6 +159,9 @@ def notify() -> Response:
         namespace=events.NAMESPACE,
     )
     ctx.metrics.emits.labels(events.CHARGE_RESULT).inc()
+    if order.released:
+        # In http mode the worker has no message queue, so the server tells the stock watchers.
+        ctx.stock_feed.changed(order.sku)
     return jsonify({"delivered": True, "order_id": order.order_id})
 
 

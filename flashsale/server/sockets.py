@@ -7,7 +7,7 @@ import logging
 from flask import request
 from flask_socketio import ConnectionRefusedError, SocketIO, join_room
 
-from flashsale.core import events, orders, signing
+from flashsale.core import events, inventory, orders, signing
 from flashsale.server.context import ServerContext
 
 log = logging.getLogger("flashsale.server")
@@ -17,14 +17,24 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
     settings = ctx.settings
     metrics = ctx.metrics
 
-    def welcome(sid: str, customer_id: str) -> None:
+    def welcome(sid: str, customer_id: str, watch_stock: bool) -> None:
         """Runs after the connect handler returns, so the client already counts as connected.
 
         Redis pub/sub drops emits while a listener reconnects, so every join re-sends the
-        customer's stored results; clients match them up by order_id.
+        customer's stored results; clients match them up by order_id. A stock watcher also gets
+        the current count, so a counter that missed broadcasts while disconnected catches up.
         """
         socketio.emit(events.JOINED, events.joined(customer_id), to=sid, ignore_queue=True)
         metrics.emits.labels(events.JOINED).inc()
+        if watch_stock:
+            try:
+                left = inventory.stock_left(ctx.redis, settings.sale_sku)
+            except Exception as error:
+                log.error("could not read stock for a new watcher: %s", error)
+            else:
+                payload = events.stock(settings.sale_sku, left)
+                socketio.emit(events.STOCK, payload, to=sid, ignore_queue=True)
+                metrics.emits.labels(events.STOCK).inc()
         try:
             finished = orders.final_orders_of(ctx.redis, customer_id)
         except Exception as error:  # a replay failure must not kill the socket
@@ -42,9 +52,18 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
             metrics.socket_connects.labels("refused").inc()
             raise ConnectionRefusedError("invalid or missing room_token")
         join_room(events.room_for(customer_id))
+        # Opt-in, so load generators that never show stock do not pay for its broadcasts.
+        watch_stock = isinstance(auth, dict) and auth.get("watch_stock") is True
+        if watch_stock:
+            join_room(events.stock_room(settings.sale_sku))
         metrics.socket_connects.labels("accepted").inc()
         metrics.sockets.inc()
-        socketio.start_background_task(welcome, request.sid, customer_id)  # type: ignore[attr-defined]
+        socketio.start_background_task(
+            welcome,
+            request.sid,  # type: ignore[attr-defined]
+            customer_id,
+            watch_stock,
+        )
 
     @socketio.on("disconnect")
     def on_disconnect(reason: object = None) -> None:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import socketio
 
-from flashsale.core import events, signing
+from flashsale.core import events, inventory, signing, store
 from flashsale.core.orders import Order
+from flashsale.core.stock_feed import StockFeed
 from flashsale.settings import Settings
 
 
 class Notifier(Protocol):
     def notify(self, order: Order) -> None: ...
+
+    def stock_changed(self, sku: str) -> None: ...
 
 
 class QueueNotifier:
@@ -23,6 +26,19 @@ class QueueNotifier:
     def __init__(self, redis_url: str) -> None:
         # The same channel constant as the server, or every emit is silently dropped.
         self.manager = socketio.RedisManager(redis_url, write_only=True, channel=events.CHANNEL)
+        reader = store.connect(redis_url)
+        self.stock_feed = StockFeed(
+            lambda sku: inventory.stock_left(reader, sku), self._publish_stock
+        )
+
+    def _publish_stock(self, sku: str, payload: dict[str, Any]) -> None:
+        self.manager.emit(
+            events.STOCK, payload, room=events.stock_room(sku), namespace=events.NAMESPACE
+        )
+
+    def stock_changed(self, sku: str) -> None:
+        """A released unit is for sale again: tell the watchers (coalesced per worker process)."""
+        self.stock_feed.changed(sku)
 
     def notify(self, order: Order) -> None:
         self.manager.emit(
@@ -54,6 +70,9 @@ class HttpNotifier:
             },
         )
         response.raise_for_status()
+
+    def stock_changed(self, sku: str) -> None:
+        """Nothing to do: the server broadcasts the stock when /notify brings a released order."""
 
 
 def make_notifier(settings: Settings) -> Notifier:

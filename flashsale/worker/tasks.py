@@ -73,6 +73,8 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             )
             if changed:
                 log.info("order %s %s %s", order_id, order.status, order.code or "")
+                if order.released:
+                    context.notifier.stock_changed(order.sku)
             # Notify what is stored, not what this run computed: a rerun says the same thing.
             context.notifier.notify(order)
         except INFRASTRUCTURE_ERRORS as error:
