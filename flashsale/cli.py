@@ -69,7 +69,8 @@ allow_live_option = click.option(
     "--latency",
     default="0",
     show_default=True,
-    help="Added latency per request: '200ms', '0.2s', or 'lognormal:p50=80ms,p99=600ms'.",
+    help="Added latency per request: '200ms', '0.2s', '200' (ms), or "
+    "'lognormal:p50=80ms,p99=600ms' (sampled per request).",
 )
 @click.option(
     "--error-rate",

@@ -8,10 +8,12 @@
   var script = document.currentScript;
   var apiBase = script && script.src ? new URL(script.src).origin : window.location.origin;
 
-  function field(name, placeholder, size, autocomplete) {
+  function field(name, placeholder, size, autocomplete, label) {
     var input = document.createElement("input");
     input.name = name;
     input.placeholder = placeholder;
+    // Stripe's own inputs carry accessible names inside their iframe; ours sit in the page.
+    input.setAttribute("aria-label", label);
     input.autocomplete = autocomplete;
     input.inputMode = "numeric";
     input.size = size;
@@ -36,9 +38,9 @@
     this.options = options || {};
     this.handlers = {};
     this.container = null;
-    this.number = field("cardnumber", "Card number", 20, "cc-number");
-    this.expiry = field("exp-date", "MM / YY", 7, "cc-exp");
-    this.cvc = field("cvc", "CVC", 4, "cc-csc");
+    this.number = field("cardnumber", "Card number", 20, "cc-number", "Card number");
+    this.expiry = field("exp-date", "MM / YY", 7, "cc-exp", "Expiration date (MM / YY)");
+    this.cvc = field("cvc", "CVC", 4, "cc-csc", "Security code (CVC)");
     var self = this;
     [this.number, this.expiry, this.cvc].forEach(function (input) {
       input.addEventListener("input", function () { self._emit("change", self._state()); });
