@@ -49,9 +49,47 @@ def no_query_params(allowed: frozenset[str] = frozenset()) -> None:
 
 
 @bp.get("/")
-def checkout_page() -> str:
+def checkout_page() -> Response:
     session = new_session(context())
-    return render_template("checkout.html", session=session)
+    response = Response(render_template("checkout.html", session=session), mimetype="text/html")
+    # The page embeds a fresh credential (the room token): no cache may hand it to someone else.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = checkout_csp(session, request.host)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def checkout_csp(session: dict[str, Any], host: str) -> str:
+    """Scripts only from us and Stripe, so an injected script cannot read the room token.
+
+    Stripe's hosts follow its security guide (docs.stripe.com/security/guide); in simulator
+    mode the simulator's origin takes their place. No inline script: the page keeps its code
+    in static/checkout.js.
+    """
+    stripe_js = origin_of(session["stripe_js_url"])
+    stripe_api = origin_of(session["stripe_api_base"])
+    real_stripe = "https://js.stripe.com https://*.js.stripe.com"
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {stripe_js} {real_stripe}",
+            f"connect-src 'self' ws://{host} wss://{host} {stripe_api} https://api.stripe.com",
+            f"frame-src {stripe_js} {real_stripe} https://hooks.stripe.com",
+            "img-src 'self' data: https://*.stripe.com",
+            # Stripe.js positions its iframes with inline styles.
+            "style-src 'self' 'unsafe-inline'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
 
 
 @bp.get("/session")

@@ -1,0 +1,400 @@
+/* flashsale checkout page: tokenize with Stripe.js (or the simulator's look-alike), post the token
+ * to /charges, and wait for the result in the customer's private Socket.IO room. No polling: the
+ * server pushes the result and replays stored results on every (re)join. The customer id, room
+ * token and payment in progress live in sessionStorage (this tab only, never in a URL or cookie),
+ * so a reload rejoins the same room and shows the same payment instead of starting another.
+ */
+(function () {
+  "use strict";
+
+  var STORE_KEY = "flashsale.checkout.v1";
+  var LOW_STOCK = 10;
+  // Stripe amounts are in minor units except for these currencies (docs.stripe.com/currencies).
+  var ZERO_DECIMAL = ["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf",
+    "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
+
+  function byId(id) { return document.getElementById(id); }
+
+  var embedded = JSON.parse(byId("flashsale-session").textContent);
+  var sale = embedded.sale;
+  var root = byId("checkout");
+  var form = byId("checkout-form");
+  var pay = byId("pay");
+  var payLabel = byId("pay-label");
+  var quantity = byId("quantity");
+  var statusBox = byId("status");
+  var cardErrors = byId("card-errors");
+  var connection = byId("connection");
+  var stockBox = byId("stock");
+  var stockText = byId("stock-text");
+
+  // --- this tab's identity and payment in progress -------------------------------------------
+
+  function readStore() {
+    try {
+      return JSON.parse(window.sessionStorage.getItem(STORE_KEY) || "null");
+    } catch (ignored) {
+      return null;
+    }
+  }
+
+  function writeStore() {
+    try {
+      window.sessionStorage.setItem(STORE_KEY, JSON.stringify(tab));
+    } catch (ignored) { /* private mode: the page still works, a reload just starts afresh */ }
+  }
+
+  function freshTab(identity) {
+    return {
+      sku: sale.sku,
+      customer_id: identity.customer_id,
+      room_token: identity.room_token,
+      order_id: null,   // the latest order this tab placed
+      inflight: null,   // {token, quantity} posted (or about to be) but not yet answered
+      result: null      // the latest order's final charge_result
+    };
+  }
+
+  // A stored identity wins over the one this page was rendered with: same customer, same room.
+  var saved = readStore();
+  var tab = saved && saved.sku === sale.sku && saved.customer_id && saved.room_token
+    ? saved : freshTab(embedded);
+  writeStore();
+
+  var stockLeft = sale.stock_left;
+  // ready | tokenizing | sending | pending | paid | declined | failed | sold-out | broken
+  var phase = "ready";
+  // The client-side in-flight guard: one payment at a time, whatever fires the submit event.
+  var submitting = false;
+  var results = {};  // charge_result by order id; one may arrive before /charges answers
+
+  // --- presentation ---------------------------------------------------------------------------
+
+  function money(minorUnits) {
+    var currency = sale.currency.toLowerCase();
+    var value = ZERO_DECIMAL.indexOf(currency) >= 0 ? minorUnits : minorUnits / 100;
+    try {
+      return new Intl.NumberFormat(document.documentElement.lang || "en",
+        { style: "currency", currency: currency.toUpperCase() }).format(value);
+    } catch (ignored) {
+      return value + " " + currency.toUpperCase();
+    }
+  }
+
+  function span(className, text) {
+    var node = document.createElement("span");
+    node.className = className;
+    node.textContent = text;
+    return node;
+  }
+
+  function setStatus(state, title, detail, chargeId) {
+    statusBox.setAttribute("data-state", state);
+    root.setAttribute("data-state", state);
+    statusBox.textContent = "";
+    if (state === "ready") return;
+    if (state === "pending") statusBox.appendChild(span("spinner", ""));
+    var text = document.createElement("span");
+    text.appendChild(span("status-title", title));
+    var more = span("status-detail", detail || "");
+    if (chargeId) {
+      var code = document.createElement("code");
+      code.id = "charge-id";
+      code.textContent = chargeId;
+      more.appendChild(code);
+    }
+    text.appendChild(more);
+    statusBox.appendChild(text);
+  }
+
+  function busy() {
+    return phase === "tokenizing" || phase === "sending" || phase === "pending";
+  }
+
+  function refreshButton() {
+    var total = money(sale.amount * (parseInt(quantity.value, 10) || 1));
+    var label = "Pay " + total;
+    var disabled = false;
+    if (busy()) {
+      label = phase === "tokenizing" ? "Securing your card…" : "Payment pending…";
+      disabled = true;
+    } else if (phase === "paid") {
+      label = "Paid";
+      disabled = true;
+    } else if (phase === "broken") {
+      label = "Unavailable";
+      disabled = true;
+    } else if (stockLeft <= 0) {
+      label = "Sold out";
+      disabled = true;
+    } else if (phase === "failed") {
+      label = "Try again · " + total;
+    }
+    pay.disabled = disabled;
+    pay.setAttribute("aria-busy", busy() ? "true" : "false");
+    quantity.disabled = busy() || phase === "paid";
+    payLabel.textContent = label;
+  }
+
+  function announceFinal() {
+    // Final states move focus to the message, so keyboard and screen reader users land on it.
+    statusBox.setAttribute("tabindex", "-1");
+    statusBox.focus();
+  }
+
+  function showSoldOut(wasAsking) {
+    phase = "sold-out";
+    setStatus("sold-out", "Sold out", wasAsking
+      ? "The last unit went while you were paying. You were not charged."
+      : "Every unit of this sale is taken.");
+    refreshButton();
+  }
+
+  function showFailed(title, detail) {
+    phase = "failed";
+    submitting = false;
+    setStatus("failed", title, detail);
+    refreshButton();
+    announceFinal();
+  }
+
+  function showPending() {
+    phase = "pending";
+    setStatus("pending", "Payment pending",
+      "Waiting for your bank. You can keep this page open or reload it; you will be charged once.");
+    refreshButton();
+  }
+
+  function showResult(result, quiet) {
+    tab.result = result;
+    tab.inflight = null;
+    writeStore();
+    submitting = false;
+    if (result.status === "succeeded") {
+      phase = "paid";
+      setStatus("paid", "Paid. Thank you!", "Charge ", result.charge_id);
+    } else if (result.status === "declined") {
+      phase = "declined";
+      setStatus("declined", "Card declined",
+        (result.message || "Your card was declined.") + " You can try another card.");
+    } else {
+      phase = "failed";
+      setStatus("failed", "Payment failed",
+        (result.message || "The payment could not be completed.") + " Please try again.");
+    }
+    refreshButton();
+    if (!quiet) announceFinal();
+  }
+
+  function updateStock(left) {
+    stockLeft = left;
+    stockBox.setAttribute("data-level", left <= 0 ? "none" : left <= LOW_STOCK ? "low" : "ok");
+    stockText.textContent = "";
+    if (left > 0) {
+      var count = span("", String(left));
+      count.id = "stock-count";
+      stockText.appendChild(count);
+      stockText.appendChild(document.createTextNode(" left"));
+    } else {
+      stockText.textContent = "Sold out";
+    }
+    if (left <= 0 && (phase === "ready" || phase === "declined" || phase === "failed")) {
+      showSoldOut(false);
+    } else if (left > 0 && phase === "sold-out") {
+      phase = "ready";  // a declined buyer's unit came back
+      setStatus("ready");
+    }
+    refreshButton();
+  }
+
+  function broken(title, detail) {
+    phase = "broken";
+    setStatus("failed", title, detail);
+    refreshButton();
+  }
+
+  // --- talking to the server ------------------------------------------------------------------
+
+  function renewIdentity() {
+    // A new customer: the stored room token was refused (expired, or the server's secret changed).
+    return fetch("/session", { credentials: "same-origin" }).then(function (response) {
+      if (!response.ok) throw new Error("session " + response.status);
+      return response.json();
+    }).then(function (identity) {
+      tab = freshTab(identity);
+      writeStore();
+    });
+  }
+
+  function loadOrder(orderId) {
+    // One look-up for an order the server says is already final (never a polling loop).
+    fetch("/orders/" + encodeURIComponent(orderId), {
+      headers: { "X-Room-Token": tab.room_token }, credentials: "same-origin"
+    }).then(function (response) { return response.json(); }).then(function (order) {
+      if (order.status && order.status !== "pending" && !results[orderId]) {
+        results[orderId] = order;
+        if (tab.order_id === orderId) showResult(order, false);
+      }
+    }, function () { /* the socket's replay on the next join still brings it */ });
+  }
+
+  function send(inflight) {
+    phase = "sending";
+    setStatus("pending", "Sending your payment…", "");
+    refreshButton();
+    fetch("/charges", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify({
+        customer_id: tab.customer_id,
+        room_token: tab.room_token,
+        token: inflight.token,
+        quantity: inflight.quantity
+      })
+    }).then(function (response) {
+      return response.json().then(function (body) { return { response: response, body: body }; });
+    }).then(function (answer) {
+      var response = answer.response;
+      var body = answer.body || {};
+      var error = body.error || {};
+      if (response.ok) {
+        tab.order_id = body.order_id;
+        writeStore();
+        if (results[body.order_id]) showResult(results[body.order_id], false);
+        else if (body.status && body.status !== "pending") loadOrder(body.order_id);
+        else showPending();
+        return;
+      }
+      tab.inflight = null;
+      writeStore();
+      submitting = false;
+      if (response.status === 409 && error.code === "sold_out") {
+        showSoldOut(true);
+        announceFinal();
+      } else if (error.code === "invalid_room_token" || error.code === "forbidden") {
+        renewIdentity().then(function () { socket.disconnect().connect(); });
+        showFailed("Your session expired", "Nothing was charged. Please pay again.");
+      } else {
+        showFailed("Payment not accepted", (error.message || "Please try again.") + "");
+      }
+    }).catch(function () {
+      // Unknown whether the server got it: keep the token, so "Try again" resends the same one
+      // and the server's customer + token de-duplication makes it the same order.
+      showFailed("Connection problem",
+        "We could not reach the shop. Try again; you will not be charged twice.");
+    });
+  }
+
+  // --- wiring ---------------------------------------------------------------------------------
+
+  byId("price").textContent = money(sale.amount);  // the same format as the pay button
+
+  if (typeof window.Stripe !== "function") {
+    broken("The payment form could not load", "Check your connection and reload the page.");
+    return;
+  }
+  if (typeof window.io !== "function") {
+    broken("Live updates could not load", "Check your connection and reload the page.");
+    return;
+  }
+
+  var stripe = window.Stripe(embedded.publishable_key);
+  var card = stripe.elements().create("card", {
+    hidePostalCode: true,
+    style: {
+      base: { fontSize: "16px", color: "#1a1f36", "::placeholder": { color: "#6b7385" } },
+      invalid: { color: "#b4173a" }
+    }
+  });
+  card.mount("#card-element");
+  card.on("change", function (event) {
+    cardErrors.textContent = event && event.error ? event.error.message : "";
+  });
+
+  var identityRenewed = false;
+  var socket = window.io({
+    transports: ["websocket"],
+    // A function, so every reconnect presents the tab's current room token.
+    auth: function (callback) { callback({ room_token: tab.room_token, watch_stock: true }); }
+  });
+  socket.on("joined", function () { connection.hidden = true; });
+  socket.on("disconnect", function (reason) {
+    connection.hidden = false;
+    if (reason === "io server disconnect") socket.connect();
+  });
+  socket.on("connect_error", function () {
+    connection.hidden = false;
+    if (socket.active) return;  // a network failure: socket.io retries with backoff by itself
+    // Refused by the server: our room token is no longer valid. Start over once as a new customer.
+    if (identityRenewed) {
+      broken("Live updates unavailable", "Please reload the page.");
+      return;
+    }
+    identityRenewed = true;
+    var hadPayment = busy();
+    renewIdentity().then(function () {
+      if (hadPayment) {
+        showFailed("Your session expired", "We cannot show that payment here any more.");
+      }
+      socket.connect();
+    }, function () { broken("Live updates unavailable", "Please reload the page."); });
+  });
+  socket.on("stock", function (payload) {
+    if (payload && payload.sku === sale.sku) updateStock(payload.stock_left);
+  });
+  socket.on("charge_result", function (result) {
+    if (!result || !result.order_id) return;
+    results[result.order_id] = result;
+    // Replays bring every finished order of this customer: only the latest one is on screen.
+    if (result.order_id === tab.order_id && busy()) showResult(result, false);
+  });
+
+  quantity.addEventListener("change", refreshButton);
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (submitting || busy() || pay.disabled) return;
+    submitting = true;
+    cardErrors.textContent = "";
+    if (tab.inflight && !tab.order_id) {
+      send(tab.inflight);  // after a connection problem: the same token, so the same order
+      return;
+    }
+    phase = "tokenizing";
+    setStatus("pending", "Securing your card…", "");
+    refreshButton();
+    stripe.createToken(card).then(function (outcome) {
+      if (outcome.error) {
+        submitting = false;
+        phase = "ready";
+        setStatus("ready");
+        refreshButton();
+        cardErrors.textContent = outcome.error.message || "Check your card details.";
+        return;
+      }
+      tab.inflight = { token: outcome.token.id, quantity: parseInt(quantity.value, 10) || 1 };
+      tab.order_id = null;
+      tab.result = null;
+      writeStore();
+      send(tab.inflight);
+    }, function () {
+      showFailed("Connection problem", "We could not reach Stripe. Please try again.");
+    });
+  });
+
+  // --- where this tab left off ----------------------------------------------------------------
+
+  if (tab.order_id && tab.result && tab.result.order_id === tab.order_id) {
+    showResult(tab.result, true);     // already final; the replay on join says the same
+  } else if (tab.order_id) {
+    showPending();                     // the result arrives live or in the replay on join
+  } else if (tab.inflight) {
+    submitting = true;
+    send(tab.inflight);                // reloaded mid-send: the same token, so the same order
+  } else if (stockLeft <= 0) {
+    showSoldOut(false);
+  } else {
+    refreshButton();
+  }
+})();

@@ -1,0 +1,290 @@
+"""The checkout page in Debian's headless Chromium (Playwright) on the real sim, server, worker."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipeline_fixtures import Pipeline
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+STOCK = 50
+RESULT_TIMEOUT_MS = 20_000
+SUCCESS_CARD = "4242424242424242"
+INSUFFICIENT_FUNDS_CARD = "4000000000009995"
+
+
+def require_chromium() -> None:
+    """Skip without Chromium locally; in CI (CI set) a missing browser is a failure, not a skip."""
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(
+            f"CI must run the browser tests but {CHROMIUM} is missing (apt-get install chromium)"
+        )
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); CI installs and runs these")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # Never a downloaded browser: Debian's Chromium, headless.
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(browser: Any, pipeline_factory: Any) -> Pipeline:
+    return pipeline_factory(server_flags=("--stock", str(STOCK), "--sku", "BROWSER-1"))
+
+
+class PageProblems:
+    """Console errors and uncaught exceptions of the pages a test opened (CSP refusals included)."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def watch(self, page: Any) -> Any:
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        return page
+
+
+@pytest.fixture
+def open_page(browser: Any) -> Iterator[Any]:
+    """open_page(url) -> a new tab (own context and sessionStorage); asserts a clean console."""
+    contexts: list[Any] = []
+    problems = PageProblems()
+
+    def open_(url: str, viewport: dict[str, int] | None = None) -> Any:
+        context = browser.new_context(viewport=viewport or {"width": 1100, "height": 760})
+        contexts.append(context)
+        page = problems.watch(context.new_page())
+        page.goto(url)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert problems.errors == []
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def fill_card(page: Any, number: str) -> None:
+    # By accessible name: the inputs must be labelled for this to find them.
+    page.get_by_label("Card number").fill(number)
+    page.get_by_label("Expiration date (MM / YY)").fill("12 / 34")
+    page.get_by_label("Security code (CVC)").fill("123")
+
+
+def wait_state(page: Any, state: str, timeout_ms: int = RESULT_TIMEOUT_MS) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#status")).to_have_attribute("data-state", state, timeout=timeout_ms)
+
+
+def stored(page: Any) -> dict[str, Any]:
+    """The tab's sessionStorage record: customer id, room token, order in progress."""
+    return dict(page.evaluate("JSON.parse(sessionStorage.getItem('flashsale.checkout.v1'))"))
+
+
+def orders_of(pipeline: Pipeline, customer_id: str) -> list[str]:
+    client = pipeline.redis()
+    try:
+        return list(client.lrange(f"flashsale:customer:{customer_id}:orders", 0, -1))
+    finally:
+        client.close()
+
+
+def test_pay_with_a_success_card_shows_paid_with_the_charge_id(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    page = open_page(pipeline.server_url + "/")
+    assert page.locator("#stock-count").inner_text().isdigit()
+    assert page.get_by_role("button", name="Pay $49.99").is_enabled()
+    page.get_by_label("Quantity").select_option("2")
+    assert page.get_by_role("button").inner_text().strip() == "Pay $99.98"
+    fill_card(page, SUCCESS_CARD)
+    page.get_by_role("button", name="Pay $99.98").click()
+    wait_state(page, "paid")
+    charge_id = page.locator("#charge-id").inner_text()
+    assert charge_id.startswith("ch_") and "Paid" in page.locator("#status").inner_text()
+    assert page.locator("#pay").is_disabled()
+    shot(page, "paid")
+    (order_id,) = orders_of(pipeline, stored(page)["customer_id"])
+    (charge,) = pipeline.sim_charges(order_id)
+    assert (charge["id"], charge["amount"]) == (charge_id, 2 * 4999)
+
+
+def test_keyboard_only_decline_shows_stripes_message_and_allows_another_card(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    page = open_page(pipeline.server_url + "/")
+    page.get_by_label("Quantity").focus()
+    page.keyboard.press("Tab")
+    page.keyboard.type(INSUFFICIENT_FUNDS_CARD)
+    page.keyboard.press("Tab")
+    page.keyboard.type("12 / 34")
+    page.keyboard.press("Tab")
+    page.keyboard.type("123")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "pay"
+    page.keyboard.press("Enter")
+    wait_state(page, "declined")
+    status = page.locator("#status").inner_text()
+    assert "Card declined" in status and "Your card has insufficient funds." in status
+    # Focus moved to the message; the form is usable again for another card.
+    assert page.evaluate("document.activeElement.id") == "status"
+    assert page.locator("#pay").is_enabled()
+    shot(page, "declined")
+    page.get_by_label("Card number").fill(SUCCESS_CARD)
+    page.locator("#pay").click()
+    wait_state(page, "paid")
+    assert len(orders_of(pipeline, stored(page)["customer_id"])) == 2
+
+
+def test_reload_while_pending_rejoins_and_shows_the_result_charging_once(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    page = open_page(pipeline.server_url + "/")
+    fill_card(page, SUCCESS_CARD)
+    pipeline.sim_config(latency="2s")  # slow Stripe: tokenizing and charging take 2 s each
+    try:
+        page.locator("#pay").click()
+        wait_state(page, "pending")
+        assert page.locator("#pay").is_disabled()
+        assert page.locator("#pay").get_attribute("aria-busy") == "true"
+        # The page's CSP forbids eval, so wait_for_function cannot run: poll from here instead.
+        deadline = time.monotonic() + RESULT_TIMEOUT_MS / 1000
+        while stored(page)["order_id"] is None and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        shot(page, "pending")
+        before = stored(page)
+        page.reload()
+        # Same tab, same customer and room; the order is still pending at Stripe.
+        assert stored(page)["customer_id"] == before["customer_id"]
+        wait_state(page, "pending", timeout_ms=2000)
+        wait_state(page, "paid")
+    finally:
+        pipeline.sim_config(latency="0")
+    order_ids = orders_of(pipeline, before["customer_id"])
+    assert order_ids == [before["order_id"]]
+    assert len(pipeline.sim_charges(before["order_id"])) == 1
+    # Another reload shows the stored result straight away, and the replay agrees.
+    page.reload()
+    wait_state(page, "paid", timeout_ms=5000)
+    assert page.locator("#charge-id").inner_text().startswith("ch_")
+    assert orders_of(pipeline, before["customer_id"]) == order_ids
+
+
+def test_double_click_and_double_submit_pay_once(pipeline: Pipeline, open_page: Any) -> None:
+    page = open_page(pipeline.server_url + "/")
+    fill_card(page, SUCCESS_CARD)
+    page.locator("#pay").dblclick()
+    wait_state(page, "paid")
+    (order_id,) = orders_of(pipeline, stored(page)["customer_id"])
+    assert len(pipeline.sim_charges(order_id)) == 1
+
+    # Bypassing the disabled button: two submits in one tick; the in-flight guard stops the second.
+    other = open_page(pipeline.server_url + "/")
+    fill_card(other, SUCCESS_CARD)
+    other.evaluate(
+        "() => { const f = document.getElementById('checkout-form');"
+        " f.requestSubmit(); f.requestSubmit(); f.requestSubmit(); }"
+    )
+    wait_state(other, "paid")
+    (other_order,) = orders_of(pipeline, stored(other)["customer_id"])
+    assert len(pipeline.sim_charges(other_order)) == 1
+
+
+def test_sold_out_live_in_an_open_page_and_on_a_fresh_one(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    # A second sale of one unit on the same Redis and worker.
+    server = pipeline.add_server("--stock", "1", "--sku", "BROWSER-LAST-ONE")
+    watcher = open_page(server + "/")
+    buyer = open_page(server + "/")
+    assert watcher.locator("#stock-count").inner_text() == "1"
+    fill_card(buyer, SUCCESS_CARD)
+    buyer.locator("#pay").click()
+    wait_state(buyer, "paid")
+    # The page that only watched sees the stock run out, live, and cannot pay any more.
+    wait_state(watcher, "sold-out", timeout_ms=5000)
+    assert watcher.locator("#stock").inner_text().strip() == "Sold out"
+    assert watcher.locator("#pay").is_disabled()
+    assert watcher.locator("#pay").inner_text().strip() == "Sold out"
+    shot(watcher, "sold-out-live")
+    fresh = open_page(server + "/", viewport={"width": 390, "height": 760})
+    wait_state(fresh, "sold-out", timeout_ms=2000)
+    assert fresh.locator("#pay").is_disabled()
+    shot(fresh, "sold-out-mobile")
+
+
+def test_stock_count_updates_live_in_a_second_page(pipeline: Pipeline, open_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    watcher = open_page(pipeline.server_url + "/")
+    buyer = open_page(pipeline.server_url + "/")
+    before = int(watcher.locator("#stock-count").inner_text())
+    fill_card(buyer, SUCCESS_CARD)
+    buyer.get_by_label("Quantity").select_option("3")
+    buyer.locator("#pay").click()
+    wait_state(buyer, "paid")
+    expect(watcher.locator("#stock-count")).to_have_text(str(before - 3), timeout=5000)
+
+
+def test_a_cross_origin_post_is_refused(pipeline: Pipeline, browser: Any) -> None:
+    """Another site (here: the simulator's origin) cannot spend a customer's session."""
+    session = pipeline.session()
+    token = pipeline.tokenize()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(pipeline.sim_url + "/v3/stripe.js")
+        # A form-encoded POST is a "simple" request: the browser sends it without a preflight.
+        page.evaluate(
+            """([url, body]) => fetch(url, {method: 'POST', mode: 'no-cors',
+                 body: new URLSearchParams(body)})""",
+            [
+                pipeline.server_url + "/charges",
+                {
+                    "customer_id": session["customer_id"],
+                    "room_token": session["room_token"],
+                    "token": token,
+                },
+            ],
+        )
+    finally:
+        context.close()
+    assert orders_of(pipeline, session["customer_id"]) == []
+    metrics = pipeline.http.get(pipeline.server_url + "/metrics").text
+    assert 'route="/charges",status="403"} 1.0' in metrics
+    # The same body without a browser's Origin (loadgen, curl) is accepted.
+    accepted = pipeline.charge(session, token)
+    assert accepted.status_code == 202
