@@ -20,6 +20,14 @@ from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
 FALLBACK_POLL_S = 0.2
+# A restarting server (a deploy, a crash) refuses or cuts connections for a moment, or answers
+# 503 while its Redis is away: like a checkout page, a customer tries again within the phase's
+# timeout. Retrying POST /charges is safe: the same customer + card token is the same order.
+RETRY_PAUSE_S = 0.25
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Pub/sub emits are fire-and-forget: one published while the server's listener reconnects is
+# lost although the socket stays up. A customer still waiting this long asks GET /orders/<id>.
+RESULT_CHECK_S = 5.0
 # httpcore scans its whole pool on every request start and end, so one pool of thousands of
 # connections costs O(n) per request; customers are spread over many small pools instead.
 HTTP_POOLS = 32
@@ -178,7 +186,7 @@ class Customer:
     async def load_page(self) -> dict[str, Any]:
         self.enter("session")
         try:
-            response = await self.http.get(f"{self.kit.target.url}/session")
+            response = await self.request("GET", f"{self.kit.target.url}/session")
         except httpx.HTTPError as error:
             raise self.finish("error", f"session: {type(error).__name__}") from None
         if response.status_code != 200:
@@ -239,15 +247,22 @@ class Customer:
         sio.on(events.CHARGE_RESULT, self.on_result)
         sio.on("disconnect", self.on_disconnect)
         timeout = self.kit.target.timeout_s
-        try:
-            await sio.connect(
-                self.kit.target.url,
-                auth={"room_token": session["room_token"]},
-                transports=["websocket"],
-                wait_timeout=timeout,
-            )
-        except (TimeoutError, socketio.exceptions.SocketIOError, OSError) as error:
-            raise self.finish("error", f"connect: {_describe(error)}") from None
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                await sio.connect(
+                    self.kit.target.url,
+                    auth={"room_token": session["room_token"]},
+                    transports=["websocket"],
+                    wait_timeout=max(1.0, deadline - time.perf_counter()),
+                )
+                break
+            except (TimeoutError, socketio.exceptions.SocketIOError, OSError) as error:
+                # A refused room token is final; a server that is not there (yet) is not.
+                refused = "room_token" in str(error)
+                if refused or time.perf_counter() + RETRY_PAUSE_S >= deadline:
+                    raise self.finish("error", f"connect: {_describe(error)}") from None
+            await asyncio.sleep(RETRY_PAUSE_S)
         self.counted = True
         self.kit.sockets += 1
         self.kit.peak_sockets = max(self.kit.peak_sockets, self.kit.sockets)
@@ -275,7 +290,8 @@ class Customer:
         self.journey.submit_started = self.phase_started
         self.kit.submit_starts.append(self.phase_started)
         try:
-            response = await self.http.post(
+            response = await self.request(
+                "POST",
                 f"{self.kit.target.url}/charges",
                 json={
                     "customer_id": session["customer_id"],
@@ -301,15 +317,24 @@ class Customer:
     async def wait_for_result(self, session: dict[str, Any], order_id: str) -> None:
         self.enter("result")
         deadline = time.perf_counter() + self.kit.target.timeout_s
+        check_at = time.perf_counter() + RESULT_CHECK_S
         while order_id not in self.results and not self.dropped:
-            remaining = deadline - time.perf_counter()
+            now = time.perf_counter()
+            remaining = deadline - now
             if remaining <= 0:
                 raise self.finish("timeout")
+            if self.kit.target.fallback and now >= check_at:
+                check_at = now + RESULT_CHECK_S
+                result = await self.check_order(session, order_id)
+                if result is not None:
+                    self.done("result")
+                    self.journey.fallback = True
+                    raise self.settle(result)
+                continue
             self.news.clear()
-            try:
-                await asyncio.wait_for(self.news.wait(), remaining)
-            except TimeoutError:
-                raise self.finish("timeout") from None
+            wait = min(remaining, check_at - now) if self.kit.target.fallback else remaining
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.news.wait(), wait)
         if order_id in self.results:
             self.done("result")
             raise self.settle(self.results[order_id])
@@ -322,6 +347,33 @@ class Customer:
                 self.journey.fallback = True
                 raise self.settle(result)
         raise self.finish("disconnected")
+
+    async def check_order(self, session: dict[str, Any], order_id: str) -> dict[str, Any] | None:
+        """The order's final result from GET /orders/<id>, or None (pending, or no answer)."""
+        url = f"{self.kit.target.url}/orders/{order_id}"
+        try:
+            response = await self.http.get(url, params={"room_token": session["room_token"]})
+        except httpx.HTTPError:
+            return None
+        body = _json(response)
+        if response.status_code == 200 and body.get("status") in events.FINAL_STATUSES:
+            return body
+        return None
+
+    async def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One HTTP request, tried again while the server is briefly away (see RETRY_PAUSE_S)."""
+        deadline = time.perf_counter() + self.kit.target.timeout_s
+        while True:
+            try:
+                response = await self.http.request(method, url, **options)
+            except httpx.TransportError:
+                if time.perf_counter() + RETRY_PAUSE_S >= deadline:
+                    raise
+            else:
+                late = time.perf_counter() + RETRY_PAUSE_S >= deadline
+                if response.status_code not in RETRYABLE_STATUS or late:
+                    return response
+            await asyncio.sleep(RETRY_PAUSE_S)
 
     async def poll_order(
         self, session: dict[str, Any], order_id: str, deadline: float

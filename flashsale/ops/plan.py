@@ -11,7 +11,17 @@ from typing import Any
 from flashsale.errors import ConfigError
 
 SALE_KEYS = {"stock", "price", "currency", "sku", "name", "max_quantity"}
-PIPELINE_KEYS = {"workers", "worker_concurrency", "server_workers"}
+# Worker timings a fault rehearsal shortens (a killed worker's tasks return after
+# visibility_timeout), mapped onto `flashsale worker` flags.
+WORKER_FLAG_KEYS = ("visibility_timeout", "stripe_timeout", "retry_backoff_max", "max_retries")
+PIPELINE_KEYS = {
+    "workers",
+    "worker_concurrency",
+    "server_workers",
+    "chaos",
+    "redis_durable",
+    *WORKER_FLAG_KEYS,
+}
 TABLES = {"sale", "pipeline", "stripe_sim", "loadgen"}
 
 
@@ -32,6 +42,19 @@ class RehearsalPlan:
     @property
     def worker_concurrency(self) -> int:
         return int(self.pipeline.get("worker_concurrency", 32))
+
+    @property
+    def chaos(self) -> str | None:
+        """The fault spec (see flashsale.ops.chaos), or None for a run without faults."""
+        spec = self.pipeline.get("chaos")
+        return str(spec) if spec else None
+
+    @property
+    def redis_durable(self) -> bool:
+        return bool(self.pipeline.get("redis_durable", False))
+
+    def worker_flags(self) -> list[str]:
+        return as_flags({key: self.pipeline.get(key) for key in WORKER_FLAG_KEYS})
 
     def with_overrides(
         self,
@@ -93,6 +116,14 @@ def parse_plan(text: str, source: str) -> RehearsalPlan:
                 f"{source}: unknown key(s) in [{table}]: {', '.join(sorted(extra))}; "
                 f"allowed: {', '.join(sorted(allowed))}"
             )
+    spec = tables["pipeline"].get("chaos")
+    if spec is not None:
+        from flashsale.ops.chaos import parse_spec
+
+        try:
+            parse_spec(spec)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: [pipeline] chaos: {error}") from None
     return RehearsalPlan(name=str(data.get("name", Path(source).stem)), **tables)
 
 

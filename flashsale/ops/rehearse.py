@@ -19,6 +19,7 @@ import redis as redis_lib
 
 from flashsale.core import keys, orders, store
 from flashsale.errors import ComponentFailed, ConfigError
+from flashsale.ops.chaos import Fault, FaultRecord, Injector, check_target, parse_spec
 from flashsale.ops.plan import RehearsalPlan, as_flags
 from flashsale.ops.processes import (
     Child,
@@ -31,6 +32,10 @@ from flashsale.ops.reconcile import Reconciliation, reconcile_live
 from flashsale.settings import Settings
 
 WORKER_READY = re.compile(r"flashsale worker ready")
+# Faults that strand a worker's unacknowledged tasks until the broker's visibility timeout: a
+# fault rehearsal shortens it (and what it must exceed) unless the scenario sets them.
+REDELIVERY_FAULTS = {"kill-worker", "restart-redis"}
+FAST_REDELIVERY = {"visibility_timeout": 12, "stripe_timeout": 4, "retry_backoff_max": 4}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -51,6 +56,7 @@ class RehearsalResult:
     loadgen_report: dict[str, Any] | None = None
     reconciliation: Reconciliation | None = None
     checks: list[Check] = field(default_factory=list)
+    chaos: list[FaultRecord] = field(default_factory=list)
     interrupted: bool = False
     exit_code: int = EXIT_FAILED
 
@@ -84,6 +90,7 @@ class Rehearsal:
         *,
         redis_url: str | None = None,
         redis_durable: bool = False,
+        chaos: str | None = None,
         stripe: str = "sim",
         loadgen_args: tuple[str, ...] = (),
         dashboard: bool = True,
@@ -100,8 +107,23 @@ class Rehearsal:
         self.settings = settings
         self.plan = plan
         self.run_dir = run_dir
-        self.redis_url = redis_url
-        self.redis_durable = redis_durable
+        self.external_redis_url = redis_url
+        self.redis_durable = redis_durable or plan.redis_durable
+        spec = chaos or plan.chaos
+        self.faults: list[Fault] = parse_spec(spec) if spec else []
+        check_target(self.faults, has_simulator=stripe == "sim")
+        if redis_url and any(fault.name == "restart-redis" for fault in self.faults):
+            raise ConfigError("restart-redis needs the private Redis of rehearse, not --redis-url")
+        if {fault.name for fault in self.faults} & REDELIVERY_FAULTS and not any(
+            key in plan.pipeline for key in FAST_REDELIVERY
+        ):
+            plan = plan.with_overrides(pipeline=FAST_REDELIVERY)
+            self.plan = plan
+        # Set once the pipeline runs; the chaos injector reaches the children through these.
+        self.redis_url = ""
+        self.sim_url: str | None = None
+        self.server_port = 0
+        self.env: dict[str, str] = {}
         self.stripe = stripe
         self.loadgen_args = loadgen_args
         self.dashboard = dashboard
@@ -116,7 +138,15 @@ class Rehearsal:
         with self._stop_children_on_exit():
             try:
                 pipeline = self.start_pipeline()
-                result.loadgen_exit, result.loadgen_report = self.run_loadgen(pipeline)
+                injector = Injector(self, self.faults, say=self.say) if self.faults else None
+                if injector is not None:
+                    self.say(f"chaos: {', '.join(str(fault) for fault in self.faults)}")
+                    injector.start()
+                try:
+                    result.loadgen_exit, result.loadgen_report = self.run_loadgen(pipeline)
+                finally:
+                    if injector is not None:
+                        result.chaos = injector.stop()
                 self.say("waiting for every order to reach a final state ...")
                 self.drain(pipeline)
                 result.reconciliation = reconcile_live(
@@ -155,15 +185,15 @@ class Rehearsal:
         return child
 
     def start_redis(self) -> str:
-        if self.redis_url:
-            client = store.connect(self.redis_url)
+        if self.external_redis_url:
+            client = store.connect(self.external_redis_url)
             store.check(client)
             if client.exists(keys.order_index()) or client.exists(keys.stock("*")):
                 raise ConfigError(
-                    f"{self.redis_url} already holds a sale (orders or stock); rehearse on an "
-                    "empty database, e.g. another /N, or let rehearse start a private Redis"
+                    f"{self.external_redis_url} already holds a sale (orders or stock); rehearse "
+                    "on an empty database, e.g. another /N, or let rehearse start a private Redis"
                 )
-            return self.redis_url
+            return self.external_redis_url
         data_dir = self.run_dir / "redis"
         data_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -185,6 +215,7 @@ class Rehearsal:
             # Marks every child of this run, so an operator (or a test) can find strays.
             "FLASHSALE_RUN_DIR": str(self.run_dir),
         }
+        self.env = env
         sim_url = None
         if self.stripe == "sim":
             sim = self._child(
@@ -197,25 +228,58 @@ class Rehearsal:
             env.pop("STRIPE_SECRET_KEY", None)
             env.pop("STRIPE_PUBLISHABLE_KEY", None)
             self.say(f"stripe-sim: {sim_url}")
-        server = self._child(
-            "server",
-            flashsale_argv("serve", "--port", "0", *as_flags(self.plan.sale)),
-            env=env,
-        )
-        workers = [
-            self._child(
-                f"worker{index}",
-                flashsale_argv("worker", "--concurrency", str(self.plan.worker_concurrency)),
-                env=env,
-            )
-            for index in range(self.plan.workers)
-        ]
+        server = self._child("server", self.server_argv(0), env=env)
+        workers = [self._start_worker(f"worker{index}") for index in range(self.plan.workers)]
         server_url = server.wait_listening()
+        self.server_port = int(server_url.rsplit(":", 1)[1])
+        self.redis_url, self.sim_url = redis_url, sim_url
         self.say(f"server: {server_url}")
         for worker in workers:
             worker.wait_for(WORKER_READY)
         self.say(f"workers: {len(workers)} x {self.plan.worker_concurrency} threads ready")
         return Pipeline(redis_url, sim_url, server_url, env, list(self.children))
+
+    def server_argv(self, port: int) -> list[str]:
+        return flashsale_argv("serve", "--port", str(port), *as_flags(self.plan.sale))
+
+    def _start_worker(self, name: str) -> Child:
+        argv = flashsale_argv(
+            "worker",
+            "--concurrency",
+            str(self.plan.worker_concurrency),
+            *self.plan.worker_flags(),
+        )
+        return self._child(name, argv, env=self.env)
+
+    # --- what chaos acts on (flashsale.ops.chaos.ChaosTarget) -------------------------------
+
+    def workers(self) -> list[Child]:
+        return [child for child in self.children if child.name.startswith("worker")]
+
+    def replace_worker(self, dead: Child) -> Child:
+        child = self._start_worker(f"worker{len(self.workers())}")
+        child.wait_for(WORKER_READY)
+        return child
+
+    def server(self) -> Child:
+        return [child for child in self.children if child.name.startswith("server")][-1]
+
+    def restart_server(self) -> Child:
+        """Same port, so customers (and loadgen's fallback) find it where it was."""
+        self.server().stop()
+        restarts = len([c for c in self.children if c.name.startswith("server")])
+        argv = self.server_argv(self.server_port)
+        child = self._child(f"server-restart{restarts}", argv, self.env)
+        child.wait_listening()
+        return child
+
+    def restart_redis(self) -> None:
+        """SIGTERM (Redis writes its AOF on a clean shutdown), then the same port and directory."""
+        old = [child for child in self.children if child.name.startswith("redis")][-1]
+        old.stop()
+        restarts = len([c for c in self.children if c.name.startswith("redis")])
+        child = self._child(f"redis-restart{restarts}", old.argv)
+        wait_for_redis(self.redis_url, child)
 
     def pipeline_settings(self, pipeline: Pipeline) -> Settings:
         """The settings the children run with, for reconciliation in this process."""
@@ -287,6 +351,8 @@ class Rehearsal:
                 "extra_loadgen_args": list(self.loadgen_args),
             },
             "stripe": self.stripe,
+            "redis_durable": self.redis_durable,
+            "chaos": [record.as_dict() for record in result.chaos],
             "passed": result.passed,
             "exit_code": result.exit_code,
             "interrupted": result.interrupted,
@@ -306,6 +372,16 @@ def judge(result: RehearsalResult) -> list[Check]:
     rec = result.reconciliation
     if result.interrupted:
         checks.append(Check("completed", False, "interrupted before the rehearsal finished"))
+    if result.chaos:
+        failed = [r.fault for r in result.chaos if r.error or r.skipped]
+        checks.append(
+            Check(
+                "chaos faults injected",
+                not failed,
+                f"not injected: {', '.join(failed)}" if failed else f"{len(result.chaos)} of "
+                f"{len(result.chaos)}",
+            )
+        )
     if report is not None:
         slo = report.get("slo", {})
         failed = [r["slo"] for r in slo.get("results", []) if not r.get("passed")]
