@@ -159,6 +159,13 @@ def pipeline_options(command: Any) -> Any:
 @click.option("--name", default=None, help="Name of the item on sale.")
 @click.option("--max-quantity", type=int, default=None, help="Most units one order may take.")
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Server processes behind the one port (more than 1: gunicorn, gevent websocket worker).",
+)
 @pipeline_options
 def serve(
     host: str,
@@ -170,17 +177,13 @@ def serve(
     name: str | None,
     max_quantity: int | None,
     access_log: bool,
+    workers: int,
     redis_url: str | None,
     stripe_api_base: str | None,
     notify: str | None,
     allow_live_stripe: bool | None,
 ) -> None:
     """Serve the checkout page, the charge API and Socket.IO rooms (Flask-SocketIO, gevent)."""
-    # Before flask, redis or socket are used: gevent must own the process's I/O. Done here, not
-    # at import, because other commands (the simulator, loadgen) run asyncio.
-    from gevent import monkey
-
-    monkey.patch_all()
     settings = load_settings(
         redis_url=redis_url,
         stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
@@ -193,6 +196,17 @@ def serve(
         sale_name=name,
         max_quantity=max_quantity,
     )
+    if workers > 1:
+        # gunicorn's master stays unpatched; each worker patches gevent before building the app.
+        from flashsale.server.serving import serve_workers
+
+        serve_workers(settings, host, port, workers, access_log=access_log)
+        return
+    # Before flask, redis or socket are used: gevent must own the process's I/O. Done here, not
+    # at import, because other commands (the simulator, loadgen) run asyncio.
+    from gevent import monkey
+
+    monkey.patch_all()
     from flashsale.server.serving import serve as run_server
 
     run_server(settings, host, port, access_log=access_log)

@@ -1,18 +1,24 @@
-"""Run the app on gevent's WSGI server from a socket bound first, so port 0 reports its port."""
+"""Run the app: one gevent process, or N gunicorn workers sharing one socket bound first."""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import gevent
-from gevent import pywsgi
-from geventwebsocket.handler import WebSocketHandler
-
-from flashsale.server import create_app
+from flashsale.errors import ComponentFailed, FlashsaleError
 from flashsale.settings import Settings
+
+# Every response says which server process answered: with several behind one port, operators
+# (and the multi-process test) can tell who took a request.
+PID_HEADER = "X-Flashsale-Pid"
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
@@ -26,14 +32,39 @@ def bind(host: str, port: int, backlog: int = 4096) -> socket.socket:
     return listener
 
 
+def with_pid_header(app: WsgiApp) -> WsgiApp:
+    """Wrap a WSGI app so every HTTP response carries this process's id."""
+    pid = str(os.getpid())
+
+    def tagged(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers.append((PID_HEADER, pid))
+            return start_response(status, headers, *exc_info)
+
+        return app(environ, start)
+
+    return tagged
+
+
+def load_app(settings: Settings) -> WsgiApp:
+    """The server's WSGI app for this process. Call only after gevent.monkey.patch_all()."""
+    from flashsale.server import create_app
+
+    return with_pid_header(create_app(settings))
+
+
 def serve(settings: Settings, host: str, port: int, access_log: bool = False) -> None:
-    """Serve until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
+    """Serve from one process until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
+    import gevent
+    from gevent import pywsgi
+    from geventwebsocket.handler import WebSocketHandler
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # geventwebsocket logs every request at INFO on its own logger: that is the access log.
     logging.getLogger("geventwebsocket.handler").setLevel(
         logging.INFO if access_log else logging.WARNING
     )
-    app = create_app(settings)
+    app = load_app(settings)
     listener = bind(host, port)
     bound_port = listener.getsockname()[1]
     server = pywsgi.WSGIServer(
@@ -52,3 +83,50 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
         flush=True,
     )
     server.serve_forever()
+
+
+def serve_workers(
+    settings: Settings, host: str, port: int, workers: int, access_log: bool = False
+) -> None:
+    """Serve from `workers` gunicorn processes (gevent websocket worker) behind one port.
+
+    This process binds the socket (so port 0 works and the printed port is real) and becomes
+    gunicorn's master; it stays unpatched and never imports the app. Each worker patches gevent,
+    builds its own app and joins the others through the Redis message queue. The last worker to
+    boot prints the "listening on" line (gunicorn_conf.post_worker_init).
+    """
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.errors import AppImportError
+
+    from flashsale.server import gunicorn_conf
+
+    listener = bind(host, port)
+    listener.set_inheritable(True)
+
+    class FlashsaleGunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for name, value in gunicorn_conf.options().items():
+                # Skip settings an older gunicorn does not know (the -c path ignores them too).
+                if name in self.cfg.settings:
+                    self.cfg.set(name, value)
+            # gunicorn adopts the socket bound above instead of binding its own.
+            self.cfg.set("bind", [f"fd://{listener.fileno()}"])
+            self.cfg.set("workers", workers)
+            if access_log:
+                self.cfg.set("accesslog", "-")
+
+        def load(self) -> WsgiApp:
+            # Runs in each worker, after its gevent worker class ran monkey.patch_all().
+            try:
+                return load_app(settings)
+            except FlashsaleError as error:
+                # gunicorn prints the message alone and stops every worker.
+                raise AppImportError(str(error)) from None
+
+    try:
+        FlashsaleGunicorn().run()
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise ComponentFailed(
+                f"gunicorn stopped with code {stop.code}: a server process failed to start"
+            ) from None

@@ -1,0 +1,75 @@
+"""gunicorn settings for the server: `gunicorn -c python:flashsale.server.gunicorn_conf ...`.
+
+Also the base of `flashsale serve --workers N`, which overrides bind and workers. Several
+workers need no sticky sessions: clients use the websocket transport only, and every worker
+joins the others through the Redis message queue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from typing import Any
+
+# Heroku/Dokku style: $PORT, loopback unless told (the Procfile binds 0.0.0.0:$PORT itself).
+bind = [f"{os.environ.get('FLASHSALE_HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+# Greenlets per worker, i.e. open sockets per process (one gevent process held 10,000).
+worker_connections = 10000
+backlog = 4096
+# Matches the single-process server: open websockets get 5 s to finish, then are cut.
+graceful_timeout = 5
+timeout = 30
+keepalive = 5
+proc_name = "flashsale-serve"
+# Heartbeat files on tmpfs, so a slow disk never makes the master think a worker hung.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+accesslog = "-" if os.environ.get("FLASHSALE_ACCESS_LOG") else None
+errorlog = "-"
+# gunicorn >= 24 opens a control socket under $HOME by default: two servers would fight over it.
+control_socket_disable = True
+
+# Workers booted since the master loaded this module; shared memory inherited by fork.
+_booted = multiprocessing.Value("i", 0)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Once all workers have built their app, say so once, in the line supervisors parse."""
+    with _booted.get_lock():
+        _booted.value += 1
+        booted = _booted.value
+    if booted != worker.cfg.workers:
+        return
+    host, port = worker.sockets[0].getsockname()[:2]
+    print(
+        f"flashsale serve: listening on http://{host}:{port} "
+        f"(gunicorn, {worker.cfg.workers} workers)",
+        file=sys.stdout,
+        flush=True,
+    )
+
+
+_SETTINGS = (
+    "bind",
+    "workers",
+    "worker_class",
+    "worker_connections",
+    "backlog",
+    "graceful_timeout",
+    "timeout",
+    "keepalive",
+    "proc_name",
+    "worker_tmp_dir",
+    "accesslog",
+    "errorlog",
+    "control_socket_disable",
+    "post_worker_init",
+)
+
+
+def options() -> dict[str, Any]:
+    """This module's settings as gunicorn names them, for an embedded gunicorn application."""
+    module = sys.modules[__name__]
+    return {name: getattr(module, name) for name in _SETTINGS}

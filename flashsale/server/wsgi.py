@@ -1,0 +1,17 @@
+"""WSGI entry for gunicorn and PaaS: `gunicorn -c python:flashsale.server.gunicorn_conf
+flashsale.server.wsgi:app`; settings come from the environment (Settings.from_env)."""
+
+from __future__ import annotations
+
+# gevent must own the process's I/O before flask, redis or celery import socket or threading.
+# gunicorn's gevent worker has patched already; this covers --preload and other servers.
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+
+from flashsale.server.serving import load_app  # noqa: E402
+from flashsale.settings import Settings  # noqa: E402
+
+app = load_app(Settings.from_env(os.environ).checked())
