@@ -458,6 +458,21 @@ def test_test_mode_rate_limit_answers_429_with_stripes_headers(
     assert counted["ledger"]["charges"] == counted["requests"]["POST /v1/charges"]["200"]
 
 
+def test_rate_limit_spares_customers_tokenizing_with_the_publishable_key(
+    sim_factory: Callable[..., str],
+) -> None:
+    url = sim_factory("--rate-limit", "5", "--error-rate", "1")
+    browser = {"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"}
+    with httpx.Client(base_url=url) as http:
+        tokens = [
+            http.post("/v1/tokens", data=form_card("4242424242424242"), headers=browser)
+            for _ in range(20)
+        ]
+        charges = [http.get("/v1/charges", headers=SECRET) for _ in range(20)]
+    assert [r.status_code for r in tokens] == [200] * 20
+    assert {r.status_code for r in charges} == {429, 500}
+
+
 def test_concurrency_limit_answers_429_when_too_many_are_in_flight(
     sim_factory: Callable[..., str],
 ) -> None:

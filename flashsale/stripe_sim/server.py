@@ -179,13 +179,6 @@ class Simulator:
         try:
             if config.concurrency_limit and self.in_flight > config.concurrency_limit:
                 raise self.limited("global-concurrency", CONCURRENCY_LIMITED)
-            if self.bucket is not None and not self.bucket.take(time.monotonic()):
-                raise self.limited("global-rate", RATE_LIMITED)
-            if config.error_rate and random.random() < config.error_rate:
-                self.events["injected_errors"] += 1
-                raise StripeApiError(
-                    500, API_ERROR, type="api_error", headers={"Stripe-Should-Retry": "true"}
-                )
             query = request.query_string
             params: Params = parse_form(query) if query else {}
             if method == "POST":
@@ -193,6 +186,17 @@ class Simulator:
                 if body:
                     parse_form(body, params)
             caller = self.authenticate(request, params, route.publishable_ok)
+            # The rate limit and injected errors shape the account's server-side budget (secret
+            # keys). Customers' browsers tokenizing with the publishable key are exempt, so a
+            # rehearsal measures the pipeline's Stripe calls, not a guess at Stripe.js limits.
+            if not caller.publishable:
+                if self.bucket is not None and not self.bucket.take(time.monotonic()):
+                    raise self.limited("global-rate", RATE_LIMITED)
+                if config.error_rate and random.random() < config.error_rate:
+                    self.events["injected_errors"] += 1
+                    raise StripeApiError(
+                        500, API_ERROR, type="api_error", headers={"Stripe-Should-Retry": "true"}
+                    )
             key = request.headers.get("Idempotency-Key") if method == "POST" else None
             if key is not None:
                 return await self.idempotent(
