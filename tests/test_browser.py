@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pipeline_fixtures import Pipeline
+
+from flashsale.ops.processes import Child, flashsale_argv
 
 pytestmark = pytest.mark.browser
 
@@ -25,6 +29,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 STOCK = 50
+SOCKET_IO = re.compile(r"/socket\.io/")
 RESULT_TIMEOUT_MS = 20_000
 SUCCESS_CARD = "4242424242424242"
 INSUFFICIENT_FUNDS_CARD = "4000000000009995"
@@ -66,8 +71,12 @@ class PageProblems:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def watch(self, page: Any) -> Any:
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+    def watch(self, page: Any, tolerate: str | None = None) -> Any:
+        def console(message: Any) -> None:
+            if message.type == "error" and not (tolerate and re.search(tolerate, message.text)):
+                self.errors.append(message.text)
+
+        page.on("console", console)
         page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         return page
 
@@ -78,10 +87,19 @@ def open_page(browser: Any) -> Iterator[Any]:
     contexts: list[Any] = []
     problems = PageProblems()
 
-    def open_(url: str, viewport: dict[str, int] | None = None) -> Any:
+    def open_(
+        url: str,
+        viewport: dict[str, int] | None = None,
+        sockets: Callable[[Any], None] | None = None,
+        tolerate: str | None = None,
+    ) -> Any:
+        """sockets, when given, handles the page's Socket.IO websockets (Playwright route);
+        tolerate is a regex of console errors the test expects."""
         context = browser.new_context(viewport=viewport or {"width": 1100, "height": 760})
         contexts.append(context)
-        page = problems.watch(context.new_page())
+        page = problems.watch(context.new_page(), tolerate)
+        if sockets is not None:
+            page.route_web_socket(SOCKET_IO, sockets)
         page.goto(url)
         return page
 
@@ -112,6 +130,16 @@ def wait_state(page: Any, state: str, timeout_ms: int = RESULT_TIMEOUT_MS) -> No
 def stored(page: Any) -> dict[str, Any]:
     """The tab's sessionStorage record: customer id, room token, order in progress."""
     return dict(page.evaluate("JSON.parse(sessionStorage.getItem('flashsale.checkout.v1'))"))
+
+
+def wait_stored_order(page: Any) -> dict[str, Any]:
+    """The tab's record once /charges has answered with an order id."""
+    # The page's CSP forbids eval, so wait_for_function cannot run: poll from here instead.
+    deadline = time.monotonic() + RESULT_TIMEOUT_MS / 1000
+    while (record := stored(page))["order_id"] is None:
+        assert time.monotonic() < deadline, "no order id stored"
+        page.wait_for_timeout(50)
+    return record
 
 
 def orders_of(pipeline: Pipeline, customer_id: str) -> list[str]:
@@ -180,10 +208,7 @@ def test_reload_while_pending_rejoins_and_shows_the_result_charging_once(
         wait_state(page, "pending")
         assert page.locator("#pay").is_disabled()
         assert page.locator("#pay").get_attribute("aria-busy") == "true"
-        # The page's CSP forbids eval, so wait_for_function cannot run: poll from here instead.
-        deadline = time.monotonic() + RESULT_TIMEOUT_MS / 1000
-        while stored(page)["order_id"] is None and time.monotonic() < deadline:
-            page.wait_for_timeout(50)
+        wait_stored_order(page)
         shot(page, "pending")
         before = stored(page)
         page.reload()
@@ -288,3 +313,63 @@ def test_a_cross_origin_post_is_refused(pipeline: Pipeline, browser: Any) -> Non
     # The same body without a browser's Origin (loadgen, curl) is accepted.
     accepted = pipeline.charge(session, token)
     assert accepted.status_code == 202
+
+
+def test_server_crash_while_pending_rejoins_and_shows_the_result(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    """The socket drops and the result is emitted while no server listens (so it is lost); the
+    page reconnects to the restarted server and the replay on join shows it."""
+    from playwright.sync_api import expect
+
+    def serve(port: int) -> tuple[Child, str]:
+        child = Child(
+            f"server-{port}",
+            flashsale_argv("serve", "--port", str(port), "--sku", "BROWSER-CRASH"),
+            pipeline.log_dir / f"server-crash-{port or 'first'}.log",
+            env=pipeline.env,
+        ).start()
+        pipeline.children.append(child)
+        return child, child.wait_listening(timeout_s=30)
+
+    server, url = serve(0)
+    # Reconnect attempts while the server is down fail loudly in the console, as they should.
+    page = open_page(url + "/", tolerate=r"WebSocket connection to .* failed")
+    fill_card(page, SUCCESS_CARD)
+    pipeline.sim_config(latency="2s")
+    try:
+        page.locator("#pay").click()
+        wait_state(page, "pending")
+        record = wait_stored_order(page)
+        server.signal(signal.SIGKILL)
+        server.stop()
+        expect(page.locator("#connection")).to_be_visible(timeout=5000)
+        # Another server on the same Redis answers for the order meanwhile.
+        final = pipeline.wait_final(record, record["order_id"])
+        assert final["status"] == "succeeded"
+        assert page.locator("#status").get_attribute("data-state") == "pending"
+    finally:
+        pipeline.sim_config(latency="0")
+    serve(int(url.rsplit(":", 1)[1]))
+    wait_state(page, "paid")
+    assert page.locator("#charge-id").inner_text() == final["charge_id"]
+    expect(page.locator("#connection")).to_be_hidden()
+    assert len(pipeline.sim_charges(record["order_id"])) == 1
+
+
+def test_paying_after_the_last_unit_went_shows_sold_out(pipeline: Pipeline, open_page: Any) -> None:
+    server = pipeline.add_server("--stock", "1", "--sku", "BROWSER-RACE")
+    # No live updates reach this page (its websocket is answered by nobody), so it still offers
+    # the unit that another customer buys meanwhile: the server's 409 must be shown.
+    page = open_page(
+        server + "/", sockets=lambda page_side: None, tolerate=r"status of 409 \(CONFLICT\)"
+    )
+    assert page.locator("#stock-count").inner_text() == "1"
+    other = pipeline.session(server)
+    assert pipeline.charge(other, pipeline.tokenize(), server_url=server).status_code == 202
+    fill_card(page, SUCCESS_CARD)
+    page.locator("#pay").click()
+    wait_state(page, "sold-out")
+    assert "You were not charged" in page.locator("#status").inner_text()
+    assert page.locator("#pay").inner_text().strip() == "Sold out"
+    assert orders_of(pipeline, stored(page)["customer_id"]) == []

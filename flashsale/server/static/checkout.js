@@ -270,6 +270,7 @@
       writeStore();
       submitting = false;
       if (response.status === 409 && error.code === "sold_out") {
+        updateStock(0);  // the server knows better than our last stock update
         showSoldOut(true);
         announceFinal();
       } else if (error.code === "invalid_room_token" || error.code === "forbidden") {
