@@ -226,6 +226,12 @@ def serve(
     default=None,
     help="Seconds before an unacknowledged task is redelivered (after a worker dies).",
 )
+@click.option(
+    "--stripe-rate",
+    default=None,
+    help="Stripe requests/s shared by all workers on this Redis: 'auto' (90% of the key's "
+    "mode limit, 97% of the simulator's), 'off', or a number [auto; env FLASHSALE_STRIPE_RATE].",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @pipeline_options
 def worker(
@@ -235,6 +241,7 @@ def worker(
     stripe_timeout: float | None,
     retry_backoff_max: float | None,
     visibility_timeout: int | None,
+    stripe_rate: str | None,
     loglevel: str,
     redis_url: str | None,
     stripe_api_base: str | None,
@@ -252,6 +259,7 @@ def worker(
         stripe_timeout_s=stripe_timeout,
         retry_backoff_max_s=retry_backoff_max,
         visibility_timeout_s=visibility_timeout,
+        stripe_rate=stripe_rate,
     )
     from flashsale.worker import run_worker
 

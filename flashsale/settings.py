@@ -53,6 +53,8 @@ class Settings:
     # A task unacked this long is redelivered; it must outlast the longest retry countdown plus
     # one Stripe call, or a waiting retry would be delivered twice.
     visibility_timeout_s: int = 300
+    # Stripe requests per second shared by all workers (core.rate_budget): "auto", "off" or N.
+    stripe_rate: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -70,6 +72,7 @@ class Settings:
             stripe_js_url=environ.get("FLASHSALE_STRIPE_JS_URL", defaults.stripe_js_url),
             secret=environ.get("FLASHSALE_SECRET") or defaults.secret,
             server_url=environ.get("FLASHSALE_SERVER_URL") or defaults.server_url,
+            stripe_rate=environ.get("FLASHSALE_STRIPE_RATE") or defaults.stripe_rate,
         )
 
     def replace(self, **changes: object) -> Settings:

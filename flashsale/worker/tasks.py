@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ import redis
 import stripe
 from celery import Celery, Task
 
-from flashsale.core import events, jobs, orders, payments, store
+from flashsale.core import events, jobs, orders, payments, rate_budget, store
 from flashsale.core.payments import ChargeOutcome
 from flashsale.errors import StripeAuthError, StripeUnavailable
 from flashsale.settings import Settings
@@ -24,6 +25,8 @@ log = logging.getLogger("flashsale.worker")
 # Infrastructure hiccups (our Redis, the server's /notify) are retried like Stripe outages;
 # with acks_late an unhandled exception would ack the message and strand the order as pending.
 INFRASTRUCTURE_ERRORS = (redis.RedisError, httpx.HTTPError)
+# A thread waits this long at most for its Stripe slot; past it the task comes back later.
+BUDGET_MAX_WAIT_S = 5.0
 
 
 @dataclass
@@ -35,16 +38,50 @@ class WorkerContext:
     stripe: stripe.StripeClient
     notifier: Notifier
     auth_failure_logged: threading.Event
+    # The Stripe budget all workers share; None when off.
+    budget: rate_budget.RateBudget | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> WorkerContext:
+        client = store.connect(settings.redis_url)
         return cls(
             settings=settings,
-            redis=store.connect(settings.redis_url),
+            redis=client,
             stripe=payments.make_client(settings),
             notifier=make_notifier(settings),
             auth_failure_logged=threading.Event(),
+            budget=make_budget(settings, client),
         )
+
+
+def say(line: str) -> None:
+    print(f"flashsale worker: {line}", file=sys.stderr, flush=True)
+
+
+def make_budget(settings: Settings, client: redis.Redis) -> rate_budget.RateBudget | None:
+    """The shared Stripe budget --stripe-rate asks for; 'auto' follows the simulator's limit."""
+    rate = rate_budget.parse_rate(settings.stripe_rate)
+    if rate == "auto":
+        simulator_limit = None
+        if settings.stripe_mode == "simulator":
+            try:
+                response = httpx.get(f"{settings.stripe_api_base}/_sim/config", timeout=5)
+                simulator_limit = str(response.json().get("rate_limit", "off"))
+            except (httpx.HTTPError, ValueError) as error:
+                log.warning("could not read the simulator's rate limit (%s): no budget", error)
+        rate = rate_budget.auto_rate(settings.stripe_mode, simulator_limit)
+    # Printed, not logged: this runs before Celery configures logging, and operators need it.
+    if not isinstance(rate, float):
+        say("Stripe budget: off (each worker sends as fast as Stripe answers)")
+        return None
+    say(f"Stripe budget: {rate:.4g} requests/s shared by every worker on this Redis")
+    return rate_budget.RateBudget(
+        client,
+        rate_budget.budget_key(settings.stripe_secret_key),
+        rate,
+        burst=max(1, int(rate / 10)),  # 100 ms worth at once, well inside Stripe's 1 s bucket
+        max_wait_s=BUDGET_MAX_WAIT_S,
+    )
 
 
 def backoff_s(settings: Settings, retries: int) -> float:
@@ -95,6 +132,17 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 # Redelivered after its result was stored: make sure the room heard it.
                 context.notifier.notify(order)
                 return order.status
+            if context.budget is not None:
+                slot = context.budget.acquire()
+                if not slot.granted:
+                    # The shared budget is booked beyond our wait: not a Stripe failure, so come
+                    # back once a slot frees up with the retry count (Stripe errors) unchanged.
+                    create_charge.apply_async(
+                        (order_id,),
+                        countdown=slot.wait_s * random.uniform(0.5, 1.0),
+                        retries=self.request.retries,
+                    )
+                    return "deferred"
             orders.record_attempt(context.redis, order_id)
         except INFRASTRUCTURE_ERRORS as error:
             raise self.retry(

@@ -1,0 +1,132 @@
+"""One Stripe request budget shared by every worker process and thread: a GCRA bucket in Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import redis
+
+from flashsale.core import keys
+from flashsale.errors import ConfigError
+
+# Stripe's documented global limits (requests per second, per account).
+STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
+# 'auto' keeps this share of the limit: against real Stripe the account's other traffic (the
+# Dashboard, refunds, webhooks replays) spends the same budget; the simulator has no other user.
+STRIPE_HEADROOM = 0.9
+SIMULATOR_HEADROOM = 0.97
+
+# Generic cell rate algorithm: one key holds the theoretical arrival time (TAT, microseconds on
+# Redis's clock, so every host agrees) of the next free slot. A caller reserves the next slot and
+# learns how long to sleep until it; slots are 1/rate apart, `burst` of them may be due at once.
+# A slot further away than max_wait is not taken, so a refused caller costs the others nothing.
+_RESERVE = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then
+  tat = now
+end
+local wait = tat - tolerance - now
+if wait < 0 then
+  wait = 0
+end
+if wait > max_wait then
+  return {0, wait}
+end
+local next_tat = tat + interval
+local ttl_ms = math.ceil((next_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', ttl_ms)
+return {1, wait}
+"""
+
+
+def budget_key(secret_key: str) -> str:
+    """One budget per Stripe account (its secret key), never the key itself in Redis."""
+    digest = hashlib.sha256(secret_key.encode()).hexdigest()[:16]
+    return f"{keys.PREFIX}stripe-budget:{digest}"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    granted: bool
+    wait_s: float  # until the slot (granted), or until the next free slot (refused)
+
+
+class RateBudget:
+    """At most `rate` requests per second (plus `burst` at once) across everyone sharing `key`."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        rate: float,
+        burst: int = 1,
+        max_wait_s: float = 5.0,
+    ) -> None:
+        if rate <= 0:
+            raise ConfigError("a Stripe rate budget needs a positive rate")
+        self.client = client
+        self.key = key
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.max_wait_s = max_wait_s
+        self._script = client.register_script(_RESERVE)
+        self._interval_us = 1_000_000 / rate
+
+    def reserve(self) -> Reservation:
+        """Take the next slot if it is at most max_wait_s away; say how long until it."""
+        granted, wait_us = self._script(
+            keys=[self.key],
+            args=[
+                repr(self._interval_us),
+                repr((self.burst - 1) * self._interval_us),
+                repr(self.max_wait_s * 1_000_000),
+            ],
+        )
+        return Reservation(bool(granted), int(wait_us) / 1_000_000)
+
+    def acquire(self) -> Reservation:
+        """Wait for a slot (at most max_wait_s); refused means: try again later, nothing spent."""
+        reservation = self.reserve()
+        if reservation.granted and reservation.wait_s > 0:
+            time.sleep(reservation.wait_s)
+        return reservation
+
+
+def parse_rate(text: str) -> float | None | str:
+    """--stripe-rate: 'auto', 'off' (None) or requests per second."""
+    value = text.strip().lower()
+    if value in ("auto", ""):
+        return "auto"
+    if value in ("off", "none", "0"):
+        return None
+    if value in STRIPE_LIMITS:
+        return STRIPE_LIMITS[value]
+    try:
+        rate = float(value.removesuffix("/s"))
+    except ValueError:
+        raise ConfigError(
+            f"--stripe-rate takes auto, off, test, live or requests per second, not {text!r}"
+        ) from None
+    if rate <= 0:
+        raise ConfigError("--stripe-rate must be positive (or 'off')")
+    return rate
+
+
+def auto_rate(stripe_mode: str, simulator_limit: str | None = None) -> float | None:
+    """The default budget: a share of Stripe's limit for the key's mode, or of the simulator's
+    configured limit (its /_sim/config rate_limit: 'off', 'test', 'live' or a number)."""
+    if stripe_mode != "simulator":
+        return STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"]) * STRIPE_HEADROOM
+    if simulator_limit is None:
+        return None
+    limit = parse_rate(simulator_limit)
+    if not isinstance(limit, float):
+        return None
+    return limit * SIMULATOR_HEADROOM
