@@ -259,7 +259,7 @@ class Customer:
                 break
             except (TimeoutError, socketio.exceptions.SocketIOError, OSError) as error:
                 # A refused room token is final; a server that is not there (yet) is not.
-                refused = "room_token" in str(error)
+                refused = "namespaces failed to connect" in str(error)
                 if refused or time.perf_counter() + RETRY_PAUSE_S >= deadline:
                     raise self.finish("error", f"connect: {_describe(error)}") from None
             await asyncio.sleep(RETRY_PAUSE_S)
