@@ -315,7 +315,20 @@ def worker(
     show_default=True,
     help="Generator CPU %% above which the run is invalid (exit 3).",
 )
+@click.option(
+    "--max-release-lag",
+    default="1s",
+    show_default=True,
+    help="Doors-open: p99 from the doors opening to each submit leaving, above which the run "
+    "is invalid (exit 3).",
+)
 @click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generator processes sharing the schedule [one per core]; 1 = this process only.",
+)
 def loadgen(
     url: str,
     customers: int | None,
@@ -339,7 +352,9 @@ def loadgen(
     interval: str,
     max_lag: str,
     max_cpu: float,
+    max_release_lag: str,
     no_fallback: bool,
+    processes: int | None,
 ) -> None:
     """Play simulated customers through the sale and measure every phase.
 
@@ -375,9 +390,18 @@ def loadgen(
         interval_s=scenario.parse_duration(interval, what="--interval"),
         max_lag_s=scenario.parse_duration(max_lag, default_unit="ms", what="--max-lag"),
         max_cpu_percent=max_cpu,
+        max_release_lag_s=scenario.parse_duration(
+            max_release_lag, default_unit="ms", what="--max-release-lag"
+        ),
         fallback=not no_fallback,
     )
-    result = runner.run(config)
+    count = processes if processes is not None else os.cpu_count() or 1
+    if count == 1:
+        result = runner.run(config)
+    else:
+        from flashsale.loadgen import coordinator
+
+        result = coordinator.run_processes(config, count)
     click.get_current_context().exit(result.exit_code)
 
 

@@ -8,6 +8,7 @@ import datetime
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,15 +45,21 @@ class Target:
 
 
 class Doors:
-    """Doors-open mode: customers get ready, then all submit the moment the last one is ready."""
+    """Doors-open mode: customers get ready, then all submit the moment the last one is ready.
 
-    def __init__(self) -> None:
+    In a multi-process run each process only knows its own customers: `on_ready` then tells
+    the coordinator, which opens every process's doors at one agreed instant (`open(at=)`).
+    """
+
+    def __init__(self, on_ready: Callable[[], None] | None = None) -> None:
         self.expected: int | None = None  # known once every arrival has been dispatched
         self.ready = 0
         self.dropped_out = 0
         self.opened = asyncio.Event()
         self.opened_at: float | None = None
         self.last_ready_at: float | None = None
+        self.on_ready = on_ready
+        self.all_ready = False
 
     def arrive_ready(self) -> None:
         self.ready += 1
@@ -64,14 +71,19 @@ class Doors:
         self.check()
 
     def check(self) -> None:
-        if self.opened.is_set() or self.expected is None:
+        if self.opened.is_set() or self.expected is None or self.all_ready:
             return
         if self.ready + self.dropped_out >= self.expected:
-            self.open()
+            if self.on_ready is None:
+                self.open()
+            else:
+                self.all_ready = True
+                self.on_ready()
 
-    def open(self) -> None:
+    def open(self, at: float | None = None) -> None:
+        """Open now, or record the agreed instant `at` (perf_counter) that was just reached."""
         if not self.opened.is_set():
-            self.opened_at = time.perf_counter()
+            self.opened_at = time.perf_counter() if at is None else at
             self.opened.set()
 
 

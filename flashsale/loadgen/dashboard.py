@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -42,6 +43,7 @@ class Snapshot:
     warnings: list[str] = field(default_factory=list)
     system: dict[str, object] | None = None
     stopping: bool = False
+    processes: list[dict[str, Any]] = field(default_factory=list)  # one row per shard
 
 
 def _ms(value: float) -> str:
@@ -152,6 +154,27 @@ def _system(system: dict[str, object]) -> Table:
     return table
 
 
+def _processes(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="generator processes", expand=True, show_edge=False)
+    for name in ("#", "where", "status", "started", "done", "cpu", "loop lag p99", "release p99"):
+        table.add_column(name, justify="left" if name in ("where", "status") else "right")
+    for row in rows:
+        lost = bool(row.get("lost"))
+        release = row.get("release_lag_p99_ms")
+        table.add_row(
+            f"{row['kind']} {row['shard']}",
+            str(row["where"]),
+            Text(str(row["status"]), style="bold red" if lost else ""),
+            str(row["arrived"]),
+            str(row["finished"]),
+            f"{row['cpu_percent']:.0f}%",
+            _ms(float(row["loop_lag_p99_ms"])),
+            "-" if release is None else _ms(float(release)),
+            style="red" if lost else "",
+        )
+    return table
+
+
 def render(snap: Snapshot) -> RenderableType:
     """Draw one frame; pure, so tests render it into a capture console."""
     middle = Table.grid(expand=True, padding=(0, 1))
@@ -162,6 +185,8 @@ def render(snap: Snapshot) -> RenderableType:
         _funnel(snap), _outcomes(snap), _system(snap.system) if snap.system else Text("")
     )
     parts: list[RenderableType] = [_header(snap), middle, _latency(snap)]
+    if snap.processes:
+        parts.append(_processes(snap.processes))
     problems = _problems(snap)
     if problems is not None:
         parts.append(problems)

@@ -51,6 +51,10 @@ class RunInfo:
     cpu_ms_per_customer: float | None = None
     peak_sockets: int = 0
     open_files_limit: int = 0
+    loop_lag_by_stage_ms: dict[str, Any] = field(default_factory=dict)
+    release_lag_ms: dict[str, Any] | None = None
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
 
 def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) -> dict[str, Any]:
@@ -67,6 +71,10 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         else round(run.cpu_ms_per_customer, 3),
         "peak_sockets": run.peak_sockets,
         "open_files_limit": run.open_files_limit,
+        "loop_lag_by_stage_ms": run.loop_lag_by_stage_ms,
+        "release_lag_ms": run.release_lag_ms,
+        "processes": run.processes,
+        "lost": run.lost,
         "valid": run.valid,
         "invalid_reasons": run.invalid_reasons,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -81,6 +82,15 @@ class CardMix:
             best = max(range(len(current)), key=current.__getitem__)
             current[best] -= total
             yield self.weights[best][0]
+
+    @functools.cached_property
+    def cycle(self) -> tuple[TestCard, ...]:
+        """One period of the round-robin: it repeats every sum(weights) customers."""
+        return tuple(self.first(sum(weight for _, weight in self.weights)))
+
+    def card_at(self, index: int) -> TestCard:
+        """The card of customer `index`, the same whichever process plays that customer."""
+        return self.cycle[index % len(self.cycle)]
 
     def first(self, count: int) -> list[TestCard]:
         cards = self.sequence()

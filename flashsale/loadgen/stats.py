@@ -25,6 +25,9 @@ HIGHEST_US = 3_600_000_000  # one hour: nothing a customer waits for lasts longe
 SIGNIFICANT_DIGITS = 3
 # The charts only need coarse per-interval shapes; 2 digits keeps each histogram ~25 KB.
 INTERVAL_DIGITS = 2
+# Where the generator was when it measured its own event-loop lag: lag while customers get
+# ready, during the doors-open release burst, and after it distorts different numbers.
+STAGES = ("run", "ready", "release", "results")
 
 
 def new_histogram(digits: int = SIGNIFICANT_DIGITS) -> HdrHistogram:
@@ -95,6 +98,9 @@ class RunStats:
         self.by_outcome = {outcome: new_histogram() for outcome in OUTCOMES}
         self.schedule_lag = new_histogram()
         self.loop_lag = new_histogram()
+        self.loop_lag_by_stage = {stage: new_histogram() for stage in STAGES}
+        # Doors-open: from the agreed opening instant to each customer's submit leaving.
+        self.release_lag = new_histogram()
         self.outcomes: Counter[str] = Counter({outcome: 0 for outcome in OUTCOMES})
         self.decline_codes: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -127,8 +133,10 @@ class RunStats:
         self.arrivals += 1
         self._interval(t).arrivals += 1
 
-    def record_loop_lag(self, seconds: float) -> None:
-        self.loop_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(seconds * 1e6))))
+    def record_loop_lag(self, seconds: float, stage: str = "run") -> None:
+        micros = max(LOWEST_US, min(HIGHEST_US, round(seconds * 1e6)))
+        self.loop_lag.record_value(micros)
+        self.loop_lag_by_stage[stage].record_value(micros)
 
     def record(self, journey: Journey) -> None:
         """Fold one finished customer into every view."""
@@ -146,6 +154,8 @@ class RunStats:
             self.integrity_problems.append(journey.integrity)
         lag = journey.lag
         self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
+        if journey.lag_phase == "submit":
+            self.release_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
         for phase, seconds in journey.phases.items():
             self.uncorrected[phase].record_value(self._us(seconds))
             extra = lag if phase == journey.lag_phase else 0.0
@@ -212,6 +222,9 @@ class RunStats:
                 mine[name].add(histogram)
         self.schedule_lag.add(other.schedule_lag)
         self.loop_lag.add(other.loop_lag)
+        for stage, histogram in other.loop_lag_by_stage.items():
+            self.loop_lag_by_stage[stage].add(histogram)
+        self.release_lag.add(other.release_lag)
         self.outcomes.update(other.outcomes)
         self.decline_codes.update(other.decline_codes)
         self.errors.update(other.errors)
@@ -238,6 +251,8 @@ class RunStats:
             "by_outcome": {k: encode(h) for k, h in self.by_outcome.items()},
             "schedule_lag": encode(self.schedule_lag),
             "loop_lag": encode(self.loop_lag),
+            "loop_lag_by_stage": {k: encode(h) for k, h in self.loop_lag_by_stage.items()},
+            "release_lag": encode(self.release_lag),
             "outcomes": dict(self.outcomes),
             "decline_codes": dict(self.decline_codes),
             "errors": dict(self.errors),
@@ -266,6 +281,11 @@ class RunStats:
         stats.by_outcome = {k: decode(v) for k, v in data["by_outcome"].items()}
         stats.schedule_lag = decode(data["schedule_lag"])
         stats.loop_lag = decode(data["loop_lag"])
+        # Reports written before stages and release lag existed still load.
+        for stage, text in data.get("loop_lag_by_stage", {}).items():
+            stats.loop_lag_by_stage[stage] = decode(text)
+        if "release_lag" in data:
+            stats.release_lag = decode(data["release_lag"])
         stats.outcomes = Counter(data["outcomes"])
         stats.decline_codes = Counter(data["decline_codes"])
         stats.errors = Counter(data["errors"])
