@@ -16,7 +16,7 @@ from celery import Celery, Task
 
 from flashsale.core import events, jobs, orders, payments, rate_budget, store
 from flashsale.core.payments import ChargeOutcome
-from flashsale.errors import StripeAuthError, StripeUnavailable
+from flashsale.errors import InvalidTransition, OrderNotFound, StripeAuthError, StripeUnavailable
 from flashsale.settings import Settings
 from flashsale.worker.notify import Notifier, make_notifier
 
@@ -25,6 +25,10 @@ log = logging.getLogger("flashsale.worker")
 # Infrastructure hiccups (our Redis, the server's /notify) are retried like Stripe outages;
 # with acks_late an unhandled exception would ack the message and strand the order as pending.
 INFRASTRUCTURE_ERRORS = (redis.RedisError, httpx.HTTPError)
+# A message no retry can fix (an order hash missing fields or holding junk, an outcome that is
+# not one): with acks_late an exception would be acked anyway, but as a traceback nobody reads.
+# Named and logged once, the poison message is dropped; the order, if any, stays for reconcile.
+POISON_ERRORS = (KeyError, ValueError, TypeError, OrderNotFound, InvalidTransition)
 # A thread waits this long at most for its Stripe slot; past it the task comes back later.
 BUDGET_MAX_WAIT_S = 5.0
 
@@ -97,8 +101,8 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
     def process_response(self: Task, order_id: str, outcome: dict[str, Any]) -> str:
         """Store the one final state, release stock if unsold, then tell the customer's room."""
-        result = ChargeOutcome.from_dict(outcome)
         try:
+            result = ChargeOutcome.from_dict(outcome)
             changed, order = orders.finalize(
                 context.redis,
                 order_id,
@@ -118,13 +122,20 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             raise self.retry(
                 countdown=backoff_s(settings, self.request.retries), exc=error
             ) from error
+        except POISON_ERRORS as error:
+            log.error("dropping process_response for order %r: %r", order_id, error)
+            return "dropped"
         return order.status
 
     @app.task(name=jobs.CREATE_CHARGE, bind=True, max_retries=settings.charge_max_retries)
     def create_charge(self: Task, order_id: str) -> str:
         """Charge the order at Stripe (idempotently) and hand the outcome to process_response."""
         try:
-            order = orders.find_order(context.redis, order_id)
+            try:
+                order = orders.find_order(context.redis, order_id)
+            except POISON_ERRORS as error:
+                log.error("dropping create_charge: order %r is corrupted: %r", order_id, error)
+                return "dropped"
             if order is None:
                 log.error("order %s does not exist; nothing to charge", order_id)
                 return "missing"
@@ -150,6 +161,10 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             ) from error
 
         try:
+            if context.auth_failure_logged.is_set():
+                # The key is read once at start: after Stripe refused it, every call would be
+                # refused too. Stop charging; each order fails at once with the same clear code.
+                raise StripeAuthError("the secret key was refused earlier in this worker")
             outcome = payments.charge_order(context.stripe, order)
         except StripeAuthError as error:
             if not context.auth_failure_logged.is_set():
