@@ -230,7 +230,7 @@ def serve(
     "--stripe-rate",
     default=None,
     help="Stripe requests/s shared by all workers on this Redis: 'auto' (90% of the key's "
-    "mode limit, 97% of the simulator's), 'off', or a number [auto; env FLASHSALE_STRIPE_RATE].",
+    "mode limit, 99% of the simulator's), 'off', or a number [auto; env FLASHSALE_STRIPE_RATE].",
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 @pipeline_options

@@ -122,8 +122,8 @@ def test_rates_from_flags_and_modes() -> None:
         rate_budget.parse_rate("-3")
     assert rate_budget.auto_rate("live") == pytest.approx(90.0)
     assert rate_budget.auto_rate("test") == pytest.approx(22.5)
-    assert rate_budget.auto_rate("simulator", "live") == pytest.approx(97.0)
-    assert rate_budget.auto_rate("simulator", "40") == pytest.approx(38.8)
+    assert rate_budget.auto_rate("simulator", "live") == pytest.approx(99.0)
+    assert rate_budget.auto_rate("simulator", "40") == pytest.approx(39.6)
     assert rate_budget.auto_rate("simulator", "off") is None
     assert rate_budget.auto_rate("simulator", None) is None
     key = rate_budget.budget_key("sk_test_abc")
@@ -150,4 +150,4 @@ def test_two_workers_keep_to_the_simulators_limit(
     assert stats["rate_limited"]["total"] == 0, stats["rate_limited"]
     assert stats["charges"]["total"] == len(placed)
     for worker in workers:
-        assert "Stripe budget: 24.25 requests/s" in worker.log_text()
+        assert "Stripe budget: 24.75 requests/s" in worker.log_text()

@@ -16,7 +16,7 @@ STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
 # 'auto' keeps this share of the limit: against real Stripe the account's other traffic (the
 # Dashboard, refunds, webhooks replays) spends the same budget; the simulator has no other user.
 STRIPE_HEADROOM = 0.9
-SIMULATOR_HEADROOM = 0.97
+SIMULATOR_HEADROOM = 0.99
 
 # Generic cell rate algorithm: one key holds the theoretical arrival time (TAT, microseconds on
 # Redis's clock, so every host agrees) of the next free slot. A caller reserves the next slot and

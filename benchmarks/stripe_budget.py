@@ -1,0 +1,211 @@
+"""Benchmark the shared Stripe budget: charges/s against Stripe's limit during a burst of orders.
+
+Starts a private redis-server, the simulator at live-mode limits (100 requests/s, answered 429
+beyond) and N `flashsale worker` processes; then places a burst of orders exactly the way the
+server's POST /charges does (reserve stock + store the order in one Lua script, enqueue
+create_charge through Celery) and lets the workers drain them. Once with the shared Redis
+budget (`--stripe-rate auto`: 99% of the simulator's limit) and once without (`off`), each on
+a fresh database and simulator.
+
+Figures: charges per second while draining (succeeded orders / time from the first to the last
+final order) as a share of the limit, 429s the simulator answered, failed orders, worker CPU ms
+per order. Prints the command that reproduces them. Never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from celery import Celery
+
+from flashsale.core import inventory, jobs, orders
+from flashsale.ops.processes import (
+    Child,
+    flashsale_argv,
+    free_port,
+    redis_server_argv,
+    wait_for_redis,
+)
+
+WORKER_READY = re.compile(r"flashsale worker ready")
+SKU = "BENCH-BUDGET"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def place_burst(redis_url: str, customers: int) -> None:
+    """What POST /charges does per customer, as fast as one process can: order, then enqueue."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    producer = Celery("bench-producer", set_as_current=False)
+    producer.conf.update(broker_url=redis_url, task_serializer="json", task_ignore_result=True)
+    inventory.init_stock(client, SKU, customers)
+    with (
+        producer.connection_for_write() as connection,
+        producer.producer_or_acquire(producer.amqp.Producer(connection)) as publisher,
+    ):
+        for _ in range(customers):
+            placed = orders.place_order(
+                client,
+                customer_id=str(uuid.uuid4()),
+                token="tok_visa",
+                sku=SKU,
+                quantity=1,
+                unit_price=4999,
+                currency="usd",
+            )
+            producer.send_task(
+                jobs.CREATE_CHARGE,
+                args=[placed.order.order_id],
+                queue=jobs.QUEUE,
+                producer=publisher,
+            )
+    client.close()
+
+
+def run_mode(
+    log_dir: Path, redis_url: str, stripe_rate: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A fresh simulator and database, N workers with --stripe-rate, one burst, drained."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    sim = Child(
+        "sim",
+        flashsale_argv("stripe-sim", "--port", "0", "--rate-limit", args.limit),
+        log_dir / f"sim-{stripe_rate}.log",
+    ).start()
+    workers: list[Child] = []
+    try:
+        sim_url = sim.wait_listening()
+        env = {
+            **os.environ,
+            "FLASHSALE_REDIS_URL": redis_url,
+            "STRIPE_API_BASE": sim_url,
+            "STRIPE_SECRET_KEY": "sk_test_bench_budget",
+        }
+        for index in range(args.workers):
+            workers.append(
+                Child(
+                    f"worker{index}",
+                    flashsale_argv(
+                        "worker",
+                        "--concurrency",
+                        str(args.concurrency),
+                        "--stripe-rate",
+                        stripe_rate,
+                        "--loglevel",
+                        "WARNING",
+                    ),
+                    log_dir / f"worker{index}-{stripe_rate}.log",
+                    env=env,
+                ).start()
+            )
+        for worker in workers:
+            worker.wait_for(WORKER_READY, timeout_s=60)
+        cpu_before = sum(process_cpu_s(worker.pid) for worker in workers)
+        started = time.monotonic()
+        place_burst(redis_url, args.customers)
+        placed_s = time.monotonic() - started
+        deadline = started + args.timeout
+        while time.monotonic() < deadline:
+            counts = orders.count_by_state(client)
+            if counts.get("pending", 0) == 0 and sum(counts.values()) >= args.customers:
+                break
+            time.sleep(0.5)
+        drained_s = time.monotonic() - started
+        cpu_s = sum(process_cpu_s(worker.pid) for worker in workers) - cpu_before
+        finals = [order.updated_at for order in orders.iter_orders(client) if order.final]
+        counts = orders.count_by_state(client)
+        stats = httpx.get(f"{sim_url}/_sim/stats", timeout=10).json()
+    finally:
+        for worker in workers:
+            worker.stop()
+        sim.stop()
+        client.close()
+    succeeded = counts.get("succeeded", 0)
+    span = (max(finals) - min(finals)) if len(finals) > 1 else float("nan")
+    return {
+        "stripe_rate": stripe_rate,
+        "placed_s": placed_s,
+        "drained_s": drained_s,
+        "counts": counts,
+        "charges_per_s": succeeded / span if span else float("nan"),
+        "rate_limited": stats["rate_limited"]["total"],
+        "requests": stats["requests_total"],
+        "cpu_ms_per_order": cpu_s * 1000 / max(1, len(finals)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=5000, help="orders in the burst")
+    parser.add_argument("--workers", type=int, default=2, help="flashsale worker processes")
+    parser.add_argument("--concurrency", type=int, default=32, help="threads per worker")
+    parser.add_argument("--limit", default="live", help="simulator --rate-limit (live = 100/s)")
+    parser.add_argument("--modes", default="auto,off", help="--stripe-rate values to compare")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each mode")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain, max")
+    args = parser.parse_args()
+
+    limit = {"live": 100.0, "test": 25.0}.get(args.limit)
+    if limit is None and args.limit != "off":
+        limit = float(args.limit)
+    log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-budget-"))
+    port = free_port()
+    redis_child = Child("redis", redis_server_argv(port, log_dir), log_dir / "redis.log").start()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    results: dict[str, list[dict[str, Any]]] = {}
+    try:
+        wait_for_redis(redis_url, redis_child)
+        for run in range(args.runs):
+            for mode in args.modes.split(","):
+                result = run_mode(log_dir, redis_url, mode, args)
+                results.setdefault(mode, []).append(result)
+                share = f" = {result['charges_per_s'] / limit:.3f} of the limit" if limit else ""
+                print(
+                    f"run {run + 1} --stripe-rate {mode}: {result['charges_per_s']:.1f} "
+                    f"charges/s{share}; orders {result['counts']}; 429s {result['rate_limited']} "
+                    f"of {result['requests']} requests; burst placed in {result['placed_s']:.1f}s, "
+                    f"drained in {result['drained_s']:.1f}s; worker CPU "
+                    f"{result['cpu_ms_per_order']:.2f} ms/order",
+                    flush=True,
+                )
+    finally:
+        redis_child.stop()
+    print()
+    print(
+        f"{args.customers} orders, {args.workers} workers x {args.concurrency} threads, simulator "
+        f"--rate-limit {args.limit}; logs {log_dir}"
+    )
+    for mode, rows in results.items():
+        rate = statistics.median(row["charges_per_s"] for row in rows)
+        failed = max(row["counts"].get("failed", 0) for row in rows)
+        limited = statistics.median(row["rate_limited"] for row in rows)
+        cpu = statistics.median(row["cpu_ms_per_order"] for row in rows)
+        share = f" ({rate / limit:.3f} of the limit)" if limit else ""
+        print(
+            f"--stripe-rate {mode}: median {rate:.1f} charges/s{share}, failed orders (worst run) "
+            f"{failed}, 429s {limited:.0f}, worker CPU {cpu:.2f} ms/order ({len(rows)} runs)"
+        )
+    print("reproduce: .venv/bin/python benchmarks/stripe_budget.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
