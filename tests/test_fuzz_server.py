@@ -20,7 +20,7 @@ import pytest
 import socketio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from pipeline_fixtures import TEST_SECRET, Pipeline
 
 from flashsale.core import events, inventory, signing
@@ -113,11 +113,12 @@ def ledger(pipeline: Pipeline) -> Ledger:
 def expired_token(customer_id: str) -> str:
     """A genuine signature made two hours ago: past the server's one-hour TTL."""
 
-    class Past(URLSafeTimedSerializer):
+    class PastSigner(TimestampSigner):
         def get_timestamp(self) -> int:
             return int(time.time()) - 7200
 
-    return Past(TEST_SECRET, salt="flashsale.room-token").dumps(customer_id)
+    serializer = URLSafeTimedSerializer(TEST_SECRET, salt="flashsale.room-token", signer=PastSigner)
+    return serializer.dumps(customer_id)
 
 
 class Cast:

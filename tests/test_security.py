@@ -1,0 +1,198 @@
+"""Keeping strangers out: live keys, expired or foreign room tokens, client-set amounts, and
+secrets that must never reach a log or a report.
+
+Covered elsewhere and not repeated here: /notify without a valid HMAC, forged room tokens on
+/charges, /orders and the socket, cross-origin POST /charges and bodies above the limit
+(tests/test_server_http.py); a customer hearing only its own room (tests/test_pipeline.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from pipeline_fixtures import TEST_SECRET, Pipeline, receive_results
+
+from flashsale.core import events, signing
+from flashsale.ops.plan import parse_plan
+from flashsale.ops.processes import flashsale_argv
+from flashsale.ops.rehearse import Rehearsal
+from flashsale.settings import SIM_SECRET_KEY, Settings
+
+PRICE = 1234
+LIVE_KEY = "sk_live_" + "q" * 24  # built here: no live-key pattern in tracked files
+
+
+@pytest.fixture(scope="module")
+def pipeline(pipeline_factory: Any) -> Pipeline:
+    return pipeline_factory(server_flags=("--stock", "20", "--price", str(PRICE)))
+
+
+def expired_token(customer_id: str) -> str:
+    """Genuinely signed two hours ago: past the one-hour room-token TTL."""
+
+    class PastSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - 7200
+
+    serializer = URLSafeTimedSerializer(TEST_SECRET, salt="flashsale.room-token", signer=PastSigner)
+    return serializer.dumps(customer_id)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--port", "0"],
+        ["worker"],
+        ["rehearse", "--no-dashboard"],
+        ["reconcile"],
+        ["status", "--json"],
+    ],
+)
+def test_every_command_refuses_a_live_secret_key(command: list[str], tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "STRIPE_SECRET_KEY": LIVE_KEY,
+        "FLASHSALE_REDIS_URL": "redis://127.0.0.1:1",
+    }
+    done = subprocess.run(
+        flashsale_argv(*command),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "refusing a live Stripe secret key" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert LIVE_KEY not in done.stdout + done.stderr  # not even in the refusal
+    assert not (tmp_path / "flashsale-runs").exists()  # rehearse started nothing
+
+
+def test_an_expired_room_token_opens_nothing(pipeline: Pipeline) -> None:
+    session = pipeline.session()
+    order_id = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+    pipeline.wait_final(session, order_id)
+    stale = expired_token(session["customer_id"])
+    assert signing.verify_room_token(TEST_SECRET, stale, 10**6) == session["customer_id"]
+    assert signing.verify_room_token(TEST_SECRET, stale, 3600) is None
+
+    order = pipeline.http.get(
+        f"{pipeline.server_url}/orders/{order_id}", params={"room_token": stale}
+    )
+    assert (order.status_code, order.json()["error"]["code"]) == (403, "invalid_room_token")
+    charge = pipeline.charge({**session, "room_token": stale}, pipeline.tokenize())
+    assert (charge.status_code, charge.json()["error"]["code"]) == (403, "invalid_room_token")
+    client = socketio.SimpleClient()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(pipeline.server_url, auth={"room_token": stale}, transports=["websocket"])
+    client.disconnect()
+
+
+def test_a_customer_cannot_join_or_read_another_customers_room(pipeline: Pipeline) -> None:
+    victim = pipeline.session()
+    victim_order = pipeline.charge(victim, pipeline.tokenize()).json()["order_id"]
+    pipeline.wait_final(victim, victim_order)
+    intruder = pipeline.session()
+    # The intruder's own genuine token, plus the victim's id wherever it might be believed.
+    client = socketio.SimpleClient()
+    client.connect(
+        pipeline.server_url,
+        auth={
+            "room_token": intruder["room_token"],
+            "customer_id": victim["customer_id"],
+            "room": events.room_for(victim["customer_id"]),
+        },
+        transports=["websocket"],
+        wait_timeout=10,
+    )
+    try:
+        event, data = client.receive(timeout=10)
+        assert (event, data) == (events.JOINED, {"customer_id": intruder["customer_id"]})
+        # The victim's stored result is replayed to the victim's joins only.
+        with pytest.raises(socketio.exceptions.TimeoutError):
+            receive_results(client, 1, timeout_s=1.5)
+    finally:
+        client.disconnect()
+    peek = pipeline.http.get(
+        f"{pipeline.server_url}/orders/{victim_order}",
+        params={"room_token": intruder["room_token"]},
+    )
+    assert peek.status_code == 404 and victim["customer_id"] not in peek.text
+
+
+@pytest.mark.parametrize(
+    "extra", [{"amount": 1}, {"price": 1}, {"amount": 1, "currency": "jpy"}, {"unit_price": 0}]
+)
+def test_the_client_cannot_set_the_amount(pipeline: Pipeline, extra: dict[str, Any]) -> None:
+    session = pipeline.session()
+    refused = pipeline.charge(session, pipeline.tokenize(), **extra)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unknown_field"
+    with pipeline.redis() as client:
+        assert client.llen(f"flashsale:customer:{session['customer_id']}:orders") == 0
+
+
+def test_the_charge_uses_the_servers_price_times_quantity(pipeline: Pipeline) -> None:
+    session = pipeline.session()
+    order_id = pipeline.charge(session, pipeline.tokenize(), quantity=2).json()["order_id"]
+    final = pipeline.wait_final(session, order_id)
+    (charge,) = pipeline.sim_charges(order_id)
+    assert final["amount"] == charge["amount"] == 2 * PRICE
+
+
+TINY = """
+name = "secrets"
+[sale]
+stock = 10
+[pipeline]
+workers = 1
+worker_concurrency = 4
+[stripe_sim]
+rate_limit = "off"
+latency = "10ms"
+[loadgen]
+customers = 30
+rate = "30/s"
+cards = "visa=80,insufficient_funds=20"
+timeout = "30s"
+max_lag = "2s"
+max_cpu = 100
+"""
+# Room tokens are itsdangerous strings: payload.timestamp.signature.
+ROOM_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_\-]{20,}\.[A-Za-z0-9_\-]{4,8}\.[A-Za-z0-9_\-]{20,}")
+CARD_NUMBER = re.compile(r"(?<!\d)(?:4242424242424242|4000\d{12})(?!\d)")
+CARD_TOKEN = re.compile(r"\btok_[A-Za-z0-9]{6,}")
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_the_logs_or_reports_of_a_rehearsal(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    rehearsal = Rehearsal(
+        Settings(), parse_plan(TINY, "secrets.toml"), run_dir, dashboard=False, say=lambda _: None
+    )
+    result = rehearsal.run()
+    assert result.reconciliation is not None and result.reconciliation.orders > 0
+    secret = rehearsal.env["FLASHSALE_SECRET"]
+    files = [
+        run_dir / "report.json",
+        run_dir / "report.html",
+        run_dir / "loadgen.json",
+        *sorted((run_dir / "logs").glob("*.log")),
+    ]
+    assert len(files) >= 7
+    for path in files:
+        text = path.read_text(errors="replace")
+        assert secret not in text, path
+        assert SIM_SECRET_KEY not in text, path
+        assert not CARD_NUMBER.search(text), path
+        assert not CARD_TOKEN.search(text), (path, CARD_TOKEN.search(text))
+        for candidate in ROOM_TOKEN_SHAPE.findall(text):
+            assert signing.verify_room_token(secret, candidate, 10**6) is None, (path, candidate)
