@@ -323,10 +323,10 @@ def worker(
 )
 @click.option(
     "--max-release-lag",
-    default="1s",
+    default="10%",
     show_default=True,
     help="Doors-open: p99 from the doors opening to each submit leaving, above which the run "
-    "is invalid (exit 3).",
+    "is invalid (exit 3): a time, or a share of the median e2e latency it is added to.",
 )
 @click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
 @click.option(
@@ -371,6 +371,9 @@ def loadgen(
 
     from flashsale.loadgen import runner, scenario, stats
 
+    release_lag_s, release_lag_ratio = scenario.parse_share_or_duration(
+        max_release_lag, "--max-release-lag"
+    )
     config = runner.LoadConfig(
         url=url.rstrip("/"),
         schedule=scenario.build_schedule(
@@ -396,9 +399,8 @@ def loadgen(
         interval_s=scenario.parse_duration(interval, what="--interval"),
         max_lag_s=scenario.parse_duration(max_lag, default_unit="ms", what="--max-lag"),
         max_cpu_percent=max_cpu,
-        max_release_lag_s=scenario.parse_duration(
-            max_release_lag, default_unit="ms", what="--max-release-lag"
-        ),
+        max_release_lag_s=release_lag_s,
+        max_release_lag_ratio=release_lag_ratio or 0.10,
         fallback=not no_fallback,
     )
     count = processes if processes is not None else os.cpu_count() or 1

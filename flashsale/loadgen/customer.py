@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import ssl
 import time
 from collections import Counter
@@ -21,6 +22,41 @@ from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
 FALLBACK_POLL_S = 0.2
+
+
+class CountingHandler(logging.Handler):
+    """Counts the socket client libraries' log lines instead of printing them.
+
+    Under overload engineio logs "packet queue is empty, aborting" per socket (its write loop
+    gave up waiting for the server's pings) straight onto the dashboard; the run reports the
+    counts, and the drops themselves are counted per journey with their reason.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[f"{record.name}: {record.getMessage()}"[:120]] += 1
+
+    def drain(self) -> Counter[str]:
+        counts, self.counts = self.counts, Counter()
+        return counts
+
+
+CLIENT_LOG = CountingHandler()
+
+
+def _quiet_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(CLIENT_LOG)
+    return logger
+
+
+SOCKETIO_LOG = _quiet_logger("flashsale.loadgen.socketio")
+ENGINEIO_LOG = _quiet_logger("flashsale.loadgen.engineio")
 # A restarting server (a deploy, a crash) refuses or cuts connections for a moment, or answers
 # 503 while its Redis is away: like a checkout page, a customer tries again within the phase's
 # timeout. Retrying POST /charges is safe: the same customer + card token is the same order.
@@ -149,6 +185,7 @@ class Customer:
         self.news = asyncio.Event()  # a result arrived or the socket dropped
         self.dropped = False
         self.counted = False  # in kit.sockets, the live gauge of open sockets
+        self.hanging_up = False
         self.results: dict[str, dict[str, Any]] = {}
 
     # -- timing ----------------------------------------------------------------------------
@@ -249,6 +286,8 @@ class Customer:
     async def connect(self, session: dict[str, Any]) -> None:
         self.enter("connect")
         sio = socketio.AsyncClient(
+            logger=SOCKETIO_LOG,
+            engineio_logger=ENGINEIO_LOG,
             reconnection=False,
             handle_sigint=False,
             http_session=self.kit.ws_http,
@@ -411,6 +450,7 @@ class Customer:
         return self.finish(str(status))
 
     async def hang_up(self) -> None:
+        self.hanging_up = True
         sio, self.sio = self.sio, None
         self.uncount()
         if sio is None:
@@ -445,6 +485,9 @@ class Customer:
             self.kit.sockets -= 1
 
     async def on_disconnect(self, reason: Any = None) -> None:
+        if not self.hanging_up:
+            # A real drop (server, transport, or the client library giving up), not our hang-up.
+            self.journey.drop_reason = str(reason or "unknown")
         self.uncount()
         self.dropped = True
         self.news.set()

@@ -138,6 +138,8 @@ def _problems(snap: Snapshot) -> RenderableType | None:
         lines.append(Text(f"{count:>6}  {error}", style="red"))
     for problem in snap.stats.integrity_problems[:3]:
         lines.append(Text(f"integrity: {problem}", style="bold red"))
+    for reason, count in snap.stats.socket_drops.most_common(3):
+        lines.append(Text(f"{count:>6}  sockets dropped: {reason}", style="magenta"))
     if snap.stats.fallbacks:
         lines.append(Text(f"{snap.stats.fallbacks} results fetched by GET /orders fallback"))
     if not lines:

@@ -105,6 +105,8 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         "cards": dict(stats.cards),
         "fallbacks": stats.fallbacks,
         "disconnects": stats.disconnects,
+        "socket_drops": dict(stats.socket_drops.most_common()),
+        "socket_client_log": dict(stats.client_log.most_common()),
         "integrity_problems": stats.integrity_problems,
         "clamped_to_1us": stats.clamped,
         "run": asdict(run),

@@ -19,7 +19,15 @@ from rich.console import Console
 from rich.live import Live
 
 from flashsale.errors import ConfigError
-from flashsale.loadgen.customer import Customer, Doors, Kit, Target, close_kit, create_kit
+from flashsale.loadgen.customer import (
+    CLIENT_LOG,
+    Customer,
+    Doors,
+    Kit,
+    Target,
+    close_kit,
+    create_kit,
+)
 from flashsale.loadgen.dashboard import Snapshot, render, status_line
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
 from flashsale.loadgen.scenario import CardMix, Schedule, TestCard
@@ -55,7 +63,9 @@ class LoadConfig:
     max_lag_s: float = 0.1
     max_cpu_percent: float = 90.0
     fallback: bool = True
-    max_release_lag_s: float = 1.0
+    # Doors-open release: an absolute limit, or (None) a share of the median e2e it distorts.
+    max_release_lag_s: float | None = None
+    max_release_lag_ratio: float = 0.10
 
 
 @dataclass
@@ -412,6 +422,7 @@ class Runner:
     # -- the verdict -----------------------------------------------------------------------
 
     def finish(self) -> RunResult:
+        self.stats.client_log.update(CLIENT_LOG.drain())
         config = self.config
         schedule = config.schedule
         elapsed = time.perf_counter() - self.clock0
@@ -555,7 +566,8 @@ def generator_reasons(
     or wait for results delay the clocks of the phases they fall in: --max-lag. In doors-open
     mode the release burst is judged on its own: every customer's clock starts at the agreed
     opening instant, so the time this process takes to get each submit out is added to that
-    customer's submit phase; its p99 must stay under --max-release-lag.
+    customer's submit phase; its p99 must stay under --max-release-lag (default: 10% of the
+    median e2e latency it is added to, and never less than --max-lag).
     """
     reasons = []
     if cpu_percent > config.max_cpu_percent:
@@ -577,12 +589,22 @@ def generator_reasons(
     if loop_p99 > limit_ms:
         reasons.append(f"event-loop lag p99 {loop_p99}ms > {limit_ms:g}ms")
     release = summarize(stats.release_lag)
-    release_limit_ms = config.max_release_lag_s * 1000
-    if release["count"] and float(release["p99"]) > release_limit_ms:
-        reasons.append(
-            f"doors-open release too slow: submits left {release['p99']}ms (p99) after the "
-            f"doors opened > {release_limit_ms:g}ms"
-        )
+    if release["count"]:
+        if config.max_release_lag_s is not None:
+            release_limit_ms = config.max_release_lag_s * 1000
+            allowed = f"{release_limit_ms:g}ms"
+        else:
+            e2e_p50 = float(stats.phase_summary("e2e")["p50"])
+            release_limit_ms = max(limit_ms, config.max_release_lag_ratio * e2e_p50)
+            allowed = (
+                f"{release_limit_ms:.0f}ms ({config.max_release_lag_ratio:.0%} of e2e p50 "
+                f"{e2e_p50:.0f}ms, at least --max-lag)"
+            )
+        if float(release["p99"]) > release_limit_ms:
+            reasons.append(
+                f"doors-open release too slow: submits left {release['p99']}ms (p99) after the "
+                f"doors opened > {allowed}"
+            )
     return reasons
 
 

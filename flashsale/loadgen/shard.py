@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from flashsale.loadgen.customer import Doors
+from flashsale.loadgen.customer import CLIENT_LOG, Doors
 from flashsale.loadgen.runner import LoadConfig, Runner, RunResult
 from flashsale.loadgen.scenario import ArrivalRate, Schedule, parse_cards
 from flashsale.loadgen.stats import RunStats, encode, summarize
@@ -64,6 +64,7 @@ def config_to_spec(config: LoadConfig) -> dict[str, Any]:
         "max_lag_s": config.max_lag_s,
         "max_cpu_percent": config.max_cpu_percent,
         "max_release_lag_s": config.max_release_lag_s,
+        "max_release_lag_ratio": config.max_release_lag_ratio,
         "fallback": config.fallback,
     }
 
@@ -82,6 +83,7 @@ def config_from_spec(spec: dict[str, Any]) -> LoadConfig:
         max_lag_s=spec["max_lag_s"],
         max_cpu_percent=spec["max_cpu_percent"],
         max_release_lag_s=spec["max_release_lag_s"],
+        max_release_lag_ratio=spec["max_release_lag_ratio"],
         fallback=spec["fallback"],
         dashboard=False,
     )
@@ -171,6 +173,7 @@ class ShardRunner(Runner):
 
     def tick(self, kind: str) -> dict[str, Any]:
         """The stats since the last tick (then forgotten here) and the live gauges."""
+        self.stats.client_log.update(CLIENT_LOG.drain())
         delta, self.stats = self.stats, RunStats(interval_s=self.config.interval_s)
         kit = self.kit
         doors = kit.doors if kit else None

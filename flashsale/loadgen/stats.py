@@ -68,6 +68,7 @@ class Journey:
     disconnected: bool = False
     integrity: str | None = None
     submit_started: float | None = None
+    drop_reason: str | None = None  # the socket dropped under the customer (not our hang-up)
 
     @property
     def lag(self) -> float:
@@ -111,6 +112,8 @@ class RunStats:
         self.disconnects = 0
         self.integrity_problems: list[str] = []
         self.arrivals = 0
+        self.socket_drops: Counter[str] = Counter()  # real drops by reason
+        self.client_log: Counter[str] = Counter()  # socket client library log lines
 
     # -- recording -------------------------------------------------------------------------
 
@@ -152,6 +155,8 @@ class RunStats:
             self.disconnects += 1
         if journey.integrity:
             self.integrity_problems.append(journey.integrity)
+        if journey.drop_reason:
+            self.socket_drops[journey.drop_reason] += 1
         lag = journey.lag
         self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
         if journey.lag_phase == "submit":
@@ -240,6 +245,8 @@ class RunStats:
         self.disconnects += other.disconnects
         self.integrity_problems.extend(other.integrity_problems)
         self.arrivals += other.arrivals
+        self.socket_drops.update(other.socket_drops)
+        self.client_log.update(other.client_log)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -271,6 +278,8 @@ class RunStats:
             "disconnects": self.disconnects,
             "integrity_problems": list(self.integrity_problems),
             "arrivals": self.arrivals,
+            "socket_drops": dict(self.socket_drops),
+            "client_log": dict(self.client_log),
         }
 
     @classmethod
@@ -304,6 +313,8 @@ class RunStats:
         stats.disconnects = data["disconnects"]
         stats.integrity_problems = list(data["integrity_problems"])
         stats.arrivals = data["arrivals"]
+        stats.socket_drops = Counter(data.get("socket_drops", {}))
+        stats.client_log = Counter(data.get("client_log", {}))
         return stats
 
 
