@@ -3,41 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from flashsale.core import inventory, orders, store
+from flashsale.errors import ConfigError
+from flashsale.ops.chaos import parse_spec
 from flashsale.ops.plan import RehearsalPlan, parse_plan
+from flashsale.ops.processes import (
+    Child,
+    flashsale_argv,
+    free_port,
+    redis_server_argv,
+    wait_for_redis,
+)
 from flashsale.ops.rehearse import Rehearsal, RehearsalResult
 from flashsale.settings import Settings
 
-# 500 customers over 25 s (open model, 20/s): light enough for a 2-core machine shared with the
-# pipeline, long enough that every fault lands while orders are in flight. Stock a little under
-# the demand, so selling out is possible and oversell would show. 100 ms of simulator latency
-# keeps a few charges in flight at each worker, so a killed worker really strands some.
-SCENARIO = """
-name = "chaos"
-[sale]
-stock = 480
-[pipeline]
-workers = 2
-worker_concurrency = 8
-visibility_timeout = 12
-stripe_timeout = 4
-retry_backoff_max = 4
-[stripe_sim]
-rate_limit = "off"
-latency = "100ms"
-[loadgen]
-customers = 500
-rate = "20/s"
-cards = "visa=90,insufficient_funds=10"
-timeout = "45s"
-max_lag = "2s"
-max_cpu = 100
-slo = ["timeout.ratio<0.1%"]
-"""
+# The embedded fault scenario: 500 customers at 20/s, stock 480, 100 ms simulator latency,
+# worker timings short enough that a killed worker's tasks return within the run.
+SCENARIO = resources.files("flashsale.ops").joinpath("scenarios/chaos.toml").read_text()
 CUSTOMERS = 500
 
 FAULTS = [
@@ -125,3 +115,87 @@ def test_durable_redis_restart_mid_sale_keeps_orders_stock_and_queue(tmp_path: P
     (record,) = report["chaos"]
     assert record["detail"].startswith("redis answering again")
     assert (tmp_path / "run" / "redis" / "appendonlydir").is_dir()
+
+
+# --- the spec, and what a Redis restart keeps (fast: no rehearsal) ----------------------------
+
+
+def test_spec_parses_times_and_durations() -> None:
+    faults = parse_spec("sim-429@4s:3s, kill-worker@5,pause-server@8s:500ms,redis-listener@1.5s")
+    assert [str(fault) for fault in faults] == [
+        "redis-listener@1.5s",
+        "sim-429@4s:3s",
+        "kill-worker@5s",
+        "pause-server@8s:0.5s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("", "at least one fault"),
+        ("boom@1s", "unknown chaos fault 'boom'"),
+        ("kill-worker", "FAULT@START"),
+        ("kill-worker@5s:2s", "instantaneous"),
+        ("pause-server@5s", "needs a duration"),
+        ("sim-429@soon:1s", "time like"),
+        ("sim-429@1s:0s", "above 0"),
+        (",".join(["kill-worker@1s"] * 21), "at most 20"),
+    ],
+)
+def test_spec_mistakes_are_config_errors(spec: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        parse_spec(spec)
+
+
+def test_chaos_mistakes_are_one_line_usage_errors(tmp_path: Path) -> None:
+    done = subprocess.run(
+        flashsale_argv("rehearse", "--chaos", "kill-worker@5s:2s", "--run-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "instantaneous" in done.stderr
+    assert "Traceback" not in done.stderr
+    with pytest.raises(ConfigError, match=r"team\.toml: \[pipeline\] chaos"):
+        parse_plan('[pipeline]\nchaos = "boom@1s"\n', "team.toml")
+    assert parse_plan('[pipeline]\nchaos = "kill-worker@1s"\n', "t.toml").chaos == "kill-worker@1s"
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_what_a_redis_restart_keeps(tmp_path: Path, durable: bool) -> None:
+    """Default settings: a restart empties the sale. --redis-durable: orders, stock, queue stay."""
+    port = free_port()
+    argv = redis_server_argv(port, tmp_path, durable=durable)
+    url = f"redis://127.0.0.1:{port}/0"
+    first = Child("redis", argv, tmp_path / "redis.log").start()
+    try:
+        wait_for_redis(url, first)
+        client = store.connect(url)
+        inventory.init_stock(client, "SKU", 10)
+        placed = orders.place_order(
+            client,
+            customer_id="c1",
+            token="tok_x",
+            sku="SKU",
+            quantity=1,
+            unit_price=100,
+            currency="usd",
+        ).order
+        client.lpush("flashsale.charges", "a queued task")
+        client.close()
+    finally:
+        first.stop()  # SIGTERM: a clean shutdown (a durable Redis flushes its AOF)
+    second = Child("redis", argv, tmp_path / "redis2.log").start()
+    try:
+        wait_for_redis(url, second)
+        client = store.connect(url)
+        kept = (
+            orders.find_order(client, placed.order_id) is not None,
+            inventory.initial_stock(client, "SKU"),
+            client.llen("flashsale.charges"),
+        )
+        client.close()
+    finally:
+        second.stop()
+    assert kept == ((True, 10, 1) if durable else (False, None, 0))
