@@ -131,9 +131,7 @@ def parse_spec(spec: str) -> list[Fault]:
         name = match.group("name")
         kind = FAULT_KINDS.get(name)
         if kind is None:
-            raise ConfigError(
-                f"unknown chaos fault {name!r}; known: {', '.join(FAULT_KINDS)}"
-            )
+            raise ConfigError(f"unknown chaos fault {name!r}; known: {', '.join(FAULT_KINDS)}")
         start = parse_time(match.group("start"), f"the start of {name}")
         if start > MAX_START_S:
             raise ConfigError(f"{name} starts at most {MAX_START_S:.0f}s into the run")

@@ -378,8 +378,9 @@ def judge(result: RehearsalResult) -> list[Check]:
             Check(
                 "chaos faults injected",
                 not failed,
-                f"not injected: {', '.join(failed)}" if failed else f"{len(result.chaos)} of "
-                f"{len(result.chaos)}",
+                f"not injected: {', '.join(failed)}"
+                if failed
+                else f"{len(result.chaos)} of {len(result.chaos)}",
             )
         )
     if report is not None:
