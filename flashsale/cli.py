@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from flashsale import __version__
-from flashsale.errors import FlashsaleError
+from flashsale.errors import ConfigError, FlashsaleError
 from flashsale.settings import Settings
 
 
@@ -335,6 +335,25 @@ def worker(
     default=None,
     help="Generator processes sharing the schedule [one per core]; 1 = this process only.",
 )
+@click.option(
+    "--agents",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Play the scenario on N `flashsale loadgen-agent` workers instead of local processes.",
+)
+@click.option("--agents-redis-url", default=None, help="The Redis the agents listen on.")
+@click.option(
+    "--accept-timeout",
+    default="30s",
+    show_default=True,
+    help="How long all agents (or processes) have to accept the run.",
+)
+@click.option(
+    "--lost-after",
+    default="10s",
+    show_default=True,
+    help="A shard silent this long is reported lost and the run is invalid.",
+)
 def loadgen(
     url: str,
     customers: int | None,
@@ -361,11 +380,17 @@ def loadgen(
     max_release_lag: str,
     no_fallback: bool,
     processes: int | None,
+    agents: int | None,
+    agents_redis_url: str | None,
+    accept_timeout: str,
+    lost_after: str,
 ) -> None:
     """Play simulated customers through the sale and measure every phase.
 
-    Exit codes: 0 all SLOs met, 1 an SLO failed, 2 usage or setup error,
-    3 the run is invalid because the generator itself saturated.
+    Exit codes: 0 all SLOs met, 1 an SLO failed, 2 usage or setup error (including agents
+    that did not accept the run), 3 the run is invalid because the generator itself
+    saturated or a generator process or agent was lost. Ctrl-C stops every customer, still
+    writes the report, and exits with the code of what was measured so far.
     """
     from pathlib import Path
 
@@ -403,14 +428,39 @@ def loadgen(
         max_release_lag_ratio=release_lag_ratio or 0.10,
         fallback=not no_fallback,
     )
-    count = processes if processes is not None else os.cpu_count() or 1
-    if count == 1:
+    lost_after_s = scenario.parse_duration(lost_after, what="--lost-after")
+    if agents is not None:
+        if not agents_redis_url:
+            raise ConfigError("--agents needs --agents-redis-url: the Redis the agents listen on")
+        from flashsale.loadgen import agents as agent_fleet
+
+        result = agent_fleet.run_agents(
+            config,
+            agents,
+            agents_redis_url,
+            accept_timeout_s=scenario.parse_duration(accept_timeout, what="--accept-timeout"),
+            lost_after_s=lost_after_s,
+        )
+    elif (processes if processes is not None else os.cpu_count() or 1) == 1:
         result = runner.run(config)
     else:
         from flashsale.loadgen import coordinator
 
-        result = coordinator.run_processes(config, count)
+        count = processes if processes is not None else os.cpu_count() or 1
+        result = coordinator.run_processes(config, count, lost_after_s=lost_after_s)
     click.get_current_context().exit(result.exit_code)
+
+
+@cli.command("loadgen-agent")
+@click.option("--redis-url", required=True, help="The Redis `flashsale loadgen --agents` uses.")
+@click.option("--name", default=None, help="Node name [loadgen-HOST-PID].")
+@click.option("--loglevel", default="INFO", show_default=True)
+def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
+    """A load machine's agent: a Celery worker on the `loadgen` queue playing one shard at a
+    time of `flashsale loadgen --agents N` runs. Start one per load machine."""
+    from flashsale.loadgen.agents import run_agent
+
+    run_agent(redis_url, loglevel=loglevel.upper(), name=name)
 
 
 @cli.command(

@@ -563,7 +563,9 @@ def plural(kind: str) -> str:
     return "processes" if kind == "process" else f"{kind}s"
 
 
-def run_processes(config: LoadConfig, processes: int, console: Console | None = None) -> RunResult:
+def run_processes(
+    config: LoadConfig, processes: int, console: Console | None = None, *, lost_after_s: float = 10
+) -> RunResult:
     """Run a scenario over `processes` local generator processes and merge them."""
     fleet = LocalProcesses(processes)
-    return asyncio.run(Coordinator(config, fleet, console).run())
+    return asyncio.run(Coordinator(config, fleet, console, lost_after_s=lost_after_s).run())
