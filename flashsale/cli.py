@@ -451,6 +451,26 @@ def loadgen(
     click.get_current_context().exit(result.exit_code)
 
 
+@cli.group()
+def report() -> None:
+    """Look at loadgen reports."""
+
+
+@report.command("compare")
+@click.argument("base", type=click.Path(dir_okay=False, exists=True))
+@click.argument("new", type=click.Path(dir_okay=False, exists=True))
+def report_compare(base: str, new: str) -> None:
+    """Show two loadgen JSON reports side by side with the change of every figure."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from flashsale.loadgen.compare import compare_view, load_report
+
+    view = compare_view(load_report(Path(base)), load_report(Path(new)))
+    Console().print(view)
+
+
 @cli.command("loadgen-agent")
 @click.option("--redis-url", required=True, help="The Redis `flashsale loadgen --agents` uses.")
 @click.option("--name", default=None, help="Node name [loadgen-HOST-PID].")
