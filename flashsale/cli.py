@@ -325,8 +325,9 @@ def worker(
     "--max-release-lag",
     default="10%",
     show_default=True,
-    help="Doors-open: p99 from the doors opening to each submit leaving, above which the run "
-    "is invalid (exit 3): a time, or a share of the median e2e latency it is added to.",
+    help="Doors-open: generator lag p99 from the doors opening on (each submit leaving, then "
+    "the loop) above which the run is invalid (exit 3): a time, or a share of the median "
+    "e2e latency it is added to.",
 )
 @click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
 @click.option(
