@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 
 from flashsale.loadgen.runner import LoadConfig, Runner, raise_open_files_limit
@@ -61,8 +62,12 @@ def start_pipeline(log_dir: Path) -> tuple[list[Child], str]:
         "STRIPE_SECRET_KEY": "sk_test_bench",
         "FLASHSALE_SECRET": "bench-secret",
     }
+    # Stock for every run: a sold-out journey is cheaper and would flatter the CPU figure.
     server = Child(
-        "serve", flashsale_argv("serve", "--port", "0"), log_dir / "serve.log", env=env
+        "serve",
+        flashsale_argv("serve", "--port", "0", "--stock", "10000000"),
+        log_dir / "serve.log",
+        env=env,
     ).start()
     children.append(server)
     worker = Child(
@@ -74,7 +79,20 @@ def start_pipeline(log_dir: Path) -> tuple[list[Child], str]:
     return children, url
 
 
+def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    """The server is still closing the last run's 10,000 sockets: wait before the next."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+
+
 def run_once(url: str, **flags: Any) -> dict[str, Any]:
+    wait_healthy(url)
     cards = flags.pop("cards", "visa")
     tokenize = flags.pop("tokenize", "test-tokens")
     timeout_s = flags.pop("timeout_s", 120.0)
