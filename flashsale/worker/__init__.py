@@ -27,8 +27,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_ignore_result": True,
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
-        # Task events (for Flower / `celery events`) cost ~40% of the worker's CPU per order
-        # (measured: 7.2 -> 4.4 ms, benchmarks/stripe_budget.py): opt in with --events.
+        # `flashsale worker` turns task events on (-E) for Flower / `celery events` unless
+        # --no-events: they cost ~40% of the worker's CPU per order (7.2 vs 4.4 ms measured with
+        # benchmarks/stripe_budget.py), which a benchmark may want to leave out.
         "worker_send_task_events": False,
         "task_send_sent_event": False,
         "worker_redirect_stdouts": False,
@@ -63,9 +64,9 @@ def announce_ready(**_: object) -> None:
 
 
 def run_worker(
-    settings: Settings, concurrency: int, loglevel: str = "INFO", events: bool = False
+    settings: Settings, concurrency: int, loglevel: str = "INFO", events: bool = True
 ) -> None:
-    """Run a threads-pool worker until SIGTERM/SIGINT; task events and heartbeats if asked."""
+    """Run a threads-pool worker until SIGTERM/SIGINT; task events and heartbeats unless not."""
     store.check(store.connect(settings.redis_url))
     app = create_celery(settings)
     worker_ready.connect(announce_ready, weak=False)
