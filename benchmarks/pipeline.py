@@ -91,7 +91,13 @@ class Pipeline:
         }
 
     def start_app(
-        self, sku: str, server_workers: int, workers: int, concurrency: int, notify: str
+        self,
+        sku: str,
+        server_workers: int,
+        workers: int,
+        concurrency: int,
+        notify: str,
+        worker_flags: tuple[str, ...] = (),
     ) -> None:
         """(Re)start server and workers for one sale; redis and the simulator stay."""
         for name in ("server", "worker"):
@@ -122,7 +128,7 @@ class Pipeline:
         for index in range(workers):
             worker = Child(
                 f"worker{index}",
-                flashsale_argv("worker", "--concurrency", str(concurrency), *flags),
+                flashsale_argv("worker", "--concurrency", str(concurrency), *flags, *worker_flags),
                 self.log_dir / f"worker{index}-{sku}.log",
                 env=env,
             ).start()
@@ -159,7 +165,12 @@ def start_pipeline(log_dir: Path) -> Pipeline:
 
 
 def run_step(
-    pipeline: Pipeline, rate: float, duration_s: float, tag: str, processes: int = 1
+    pipeline: Pipeline,
+    rate: float,
+    duration_s: float,
+    tag: str,
+    processes: int = 1,
+    tokenize: str = "raw",
 ) -> dict[str, Any]:
     """One open-model loadgen run at rate; its report plus CPU ms per checkout per component."""
     report_path = pipeline.log_dir / f"loadgen-{tag}.json"
@@ -176,7 +187,7 @@ def run_step(
             "--cards",
             "visa",
             "--tokenize",
-            "raw",
+            tokenize,
             "--timeout",
             "30s",
             "--no-dashboard",
@@ -254,6 +265,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="threads per worker")
     parser.add_argument("--compare-rate", type=float, default=100.0, help="queue vs http rate")
     parser.add_argument("--compare-runs", type=int, default=1, help="runs of each notify mode")
+    parser.add_argument("--no-events", action="store_true", help="worker --no-events")
+    parser.add_argument(
+        "--tokenize", choices=["raw", "test-tokens"], default="raw", help="loadgen --tokenize"
+    )
     parser.add_argument("--skip-ramp", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
@@ -262,12 +277,15 @@ def main() -> None:
     print(f"logs: {log_dir}; machine: {os.cpu_count()} cores", flush=True)
     pipeline = start_pipeline(log_dir)
     shape = (args.server_workers, args.workers, args.concurrency)
+    worker_flags = ("--no-events",) if args.no_events else ()
     best: dict[str, Any] | None = None
     try:
         if not args.skip_ramp:
-            pipeline.start_app("BENCH-RAMP", *shape, notify="queue")
+            pipeline.start_app("BENCH-RAMP", *shape, notify="queue", worker_flags=worker_flags)
             for rate in (float(text) for text in args.rates.split(",")):
-                step = run_step(pipeline, rate, args.duration, f"ramp-{rate:g}")
+                step = run_step(
+                    pipeline, rate, args.duration, f"ramp-{rate:g}", tokenize=args.tokenize
+                )
                 print(describe(step), flush=True)
                 if not sustained(step, args.p99_limit):
                     print(f"  not sustained at {rate:g}/s: ramp ends", flush=True)
@@ -277,8 +295,19 @@ def main() -> None:
         if not args.skip_compare:
             for run in range(args.compare_runs):
                 for notify in ("queue", "http"):
-                    pipeline.start_app(f"BENCH-{notify.upper()}-{run}", *shape, notify=notify)
-                    step = run_step(pipeline, args.compare_rate, args.duration, f"{notify}-{run}")
+                    pipeline.start_app(
+                        f"BENCH-{notify.upper()}-{run}",
+                        *shape,
+                        notify=notify,
+                        worker_flags=worker_flags,
+                    )
+                    step = run_step(
+                        pipeline,
+                        args.compare_rate,
+                        args.duration,
+                        f"{notify}-{run}",
+                        tokenize=args.tokenize,
+                    )
                     print(f"notify {notify}: {describe(step)}", flush=True)
                     compare[notify].append(step)
     finally:
@@ -287,7 +316,8 @@ def main() -> None:
     print()
     print(
         f"shape: serve --workers {args.server_workers}, {args.workers} worker process(es) x "
-        f"{args.concurrency} threads, stripe-sim latency 0 and no rate limit, one loadgen"
+        f"{args.concurrency} threads{' --no-events' if args.no_events else ''}, stripe-sim "
+        f"latency 0 and no rate limit, one loadgen process (--tokenize {args.tokenize})"
     )
     if best:
         cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in best["cpu_ms"].items())

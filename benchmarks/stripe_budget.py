@@ -112,6 +112,7 @@ def run_mode(
                         stripe_rate,
                         "--loglevel",
                         "WARNING",
+                        *args.worker_flag,
                     ),
                     log_dir / f"worker{index}-{stripe_rate}.log",
                     env=env,
@@ -162,6 +163,9 @@ def main() -> None:
     parser.add_argument("--modes", default="auto,off", help="--stripe-rate values to compare")
     parser.add_argument("--runs", type=int, default=1, help="runs of each mode")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain, max")
+    parser.add_argument(
+        "--worker-flag", action="append", default=[], help="extra worker flag, e.g. --no-events"
+    )
     args = parser.parse_args()
 
     limit = {"live": 100.0, "test": 25.0}.get(args.limit)
