@@ -98,26 +98,30 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
     """Define the two tasks on app, bound to this process's clients and settings."""
     settings = context.settings
 
+    def store_and_notify(order_id: str, result: ChargeOutcome) -> orders.Order:
+        """Store the one final state, release stock if unsold, then tell the customer's room."""
+        changed, order = orders.finalize(
+            context.redis,
+            order_id,
+            result.status,
+            charge_id=result.charge_id,
+            code=result.code,
+            decline_code=result.decline_code,
+            message=result.message,
+        )
+        if changed:
+            log.info("order %s %s %s", order_id, order.status, order.code or "")
+            if order.released:
+                context.notifier.stock_changed(order.sku)
+        # Notify what is stored, not what this run computed: a rerun says the same thing.
+        context.notifier.notify(order)
+        return order
+
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
     def process_response(self: Task, order_id: str, outcome: dict[str, Any]) -> str:
-        """Store the one final state, release stock if unsold, then tell the customer's room."""
+        """Store and notify an outcome create_charge could not store itself, with retries."""
         try:
-            result = ChargeOutcome.from_dict(outcome)
-            changed, order = orders.finalize(
-                context.redis,
-                order_id,
-                result.status,
-                charge_id=result.charge_id,
-                code=result.code,
-                decline_code=result.decline_code,
-                message=result.message,
-            )
-            if changed:
-                log.info("order %s %s %s", order_id, order.status, order.code or "")
-                if order.released:
-                    context.notifier.stock_changed(order.sku)
-            # Notify what is stored, not what this run computed: a rerun says the same thing.
-            context.notifier.notify(order)
+            order = store_and_notify(order_id, ChargeOutcome.from_dict(outcome))
         except INFRASTRUCTURE_ERRORS as error:
             raise self.retry(
                 countdown=backoff_s(settings, self.request.retries), exc=error
@@ -129,7 +133,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
 
     @app.task(name=jobs.CREATE_CHARGE, bind=True, max_retries=settings.charge_max_retries)
     def create_charge(self: Task, order_id: str) -> str:
-        """Charge the order at Stripe (idempotently) and hand the outcome to process_response."""
+        """Charge the order at Stripe (idempotently), then store and notify the outcome."""
         try:
             try:
                 order = orders.find_order(context.redis, order_id)
@@ -191,5 +195,16 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 raise self.retry(
                     countdown=backoff_s(settings, self.request.retries), exc=error
                 ) from error
-        process_response.delay(order_id, outcome.as_dict())
-        return outcome.status
+        try:
+            # In this task, not a process_response message: that message queued behind every
+            # charge still waiting, so in a burst no customer heard a result until the whole
+            # backlog was charged (benchmarks/stripe_budget.py); it also cost ~13% worker CPU.
+            return store_and_notify(order_id, outcome).status
+        except INFRASTRUCTURE_ERRORS:
+            # Never charge again for a storage or notify hiccup: process_response retries
+            # only that part, with backoff.
+            process_response.delay(order_id, outcome.as_dict())
+            return outcome.status
+        except POISON_ERRORS as error:
+            log.error("dropping the outcome of order %r: %r", order_id, error)
+            return "dropped"
