@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +143,17 @@ def run_mode(
         client.close()
     succeeded = counts.get("succeeded", 0)
     span = (max(finals) - min(finals)) if len(finals) > 1 else float("nan")
+    # Orders finished per whole second, first and last (partial) seconds left out.
+    per_second = Counter(int(stamp) for stamp in finals)
+    whole = [per_second[second] for second in sorted(per_second)[1:-1]]
     return {
         "stripe_rate": stripe_rate,
         "placed_s": placed_s,
         "drained_s": drained_s,
         "counts": counts,
         "charges_per_s": succeeded / span if span else float("nan"),
+        "steady_per_s": statistics.median(whole) if whole else float("nan"),
+        "per_second": whole,
         "rate_limited": stats["rate_limited"]["total"],
         "requests": stats["requests_total"],
         "cpu_ms_per_order": cpu_s * 1000 / max(1, len(finals)),
@@ -188,7 +194,8 @@ def main() -> None:
                     f"charges/s{share}; orders {result['counts']}; 429s {result['rate_limited']} "
                     f"of {result['requests']} requests; burst placed in {result['placed_s']:.1f}s, "
                     f"drained in {result['drained_s']:.1f}s; worker CPU "
-                    f"{result['cpu_ms_per_order']:.2f} ms/order",
+                    f"{result['cpu_ms_per_order']:.2f} ms/order; per second: "
+                    f"{result['per_second']} (median {result['steady_per_s']:g})",
                     flush=True,
                 )
     finally:
