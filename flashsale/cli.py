@@ -239,6 +239,14 @@ def serve(
     help="Celery task events and heartbeats (-E, for Flower and `celery events`); "
     "--no-events saves ~40% of the worker's CPU per order.",
 )
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Exit (code 3) when charges wait in the queue but this worker started none for this "
+    "long, so its supervisor restarts it (Celery can reconnect without consuming); 0 = off.",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @pipeline_options
 def worker(
@@ -250,6 +258,7 @@ def worker(
     visibility_timeout: int | None,
     stripe_rate: str | None,
     events: bool,
+    stall_timeout: float,
     loglevel: str,
     redis_url: str | None,
     stripe_api_base: str | None,
@@ -271,7 +280,13 @@ def worker(
     )
     from flashsale.worker import run_worker
 
-    run_worker(settings, concurrency, loglevel=loglevel.upper(), events=events)
+    run_worker(
+        settings,
+        concurrency,
+        loglevel=loglevel.upper(),
+        events=events,
+        stall_timeout_s=stall_timeout,
+    )
 
 
 @cli.command("loadgen")

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 from flashsale.errors import ConfigError
 from flashsale.ops.plan import as_flags, default_plan, parse_plan
 from flashsale.ops.processes import flashsale_argv
+from flashsale.ops.rehearse import WORKER_READY, Rehearsal
+from flashsale.settings import Settings
 
 TINY = """
 name = "tiny"
@@ -131,6 +134,53 @@ def test_ctrl_c_mid_run_stops_every_child(tmp_path: Path) -> None:
     assert "INTERRUPTED" in output.read_text()
     assert json.loads((run_dir / "report.json").read_text())["interrupted"] is True
     assert processes_of(run_dir) == []
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_on_its_own_is_replaced_and_reported(tmp_path: Path) -> None:
+    """Not a chaos fault: the worker just exits (here SIGKILL from outside). Rehearse starts
+    another, which finishes the dead one's charges after the visibility timeout."""
+    # Short redelivery, so the dead worker's unacknowledged charges come back within the run.
+    text = TINY.format(customers=80, rate="10/s").replace(
+        "worker_concurrency = 8\n",
+        "worker_concurrency = 8\nvisibility_timeout = 8\nstripe_timeout = 2\n"
+        "retry_backoff_max = 2\n",
+    )
+    lines: list[str] = []
+    rehearsal = Rehearsal(
+        Settings(),
+        parse_plan(text, "tiny.toml"),
+        tmp_path / "run",
+        dashboard=False,
+        say=lines.append,
+    )
+    killed: list[int] = []
+
+    def kill_first_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = rehearsal.workers()
+            if workers and WORKER_READY.search(workers[0].log_text()):
+                time.sleep(3)  # customers are paying
+                killed.append(workers[0].pid)
+                os.killpg(workers[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_first_worker, daemon=True)
+    killer.start()
+    result = rehearsal.run()
+    killer.join(timeout=5)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert killed, lines
+    (restart,) = report["worker_restarts"]
+    assert (restart["worker"], restart["exit_code"]) == ("worker0", -signal.SIGKILL)
+    assert restart["replacement"] == "worker1"
+    assert any("worker0 exited unexpectedly" in line for line in lines)
+    rec = report["reconciliation"]
+    assert rec["ok"] and rec["orders_by_state"].get("pending", 0) == 0, rec
+    assert result.reconciliation is not None
+    assert processes_of(tmp_path / "run") == []
 
 
 def test_default_scenario_is_a_real_flash_sale() -> None:

@@ -8,6 +8,7 @@ import re
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +58,8 @@ class RehearsalResult:
     reconciliation: Reconciliation | None = None
     checks: list[Check] = field(default_factory=list)
     chaos: list[FaultRecord] = field(default_factory=list)
+    # Workers that died on their own and were replaced (not those chaos killed on purpose).
+    worker_restarts: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     exit_code: int = EXIT_FAILED
 
@@ -130,6 +133,10 @@ class Rehearsal:
         self.drain_timeout_s = drain_timeout_s
         self.say = say
         self.children: list[Child] = []
+        # Workers already dealt with (killed by chaos and replaced, or restarted on their death).
+        self._workers_lock = threading.Lock()
+        self._replaced: set[int] = set()
+        self.worker_restarts: list[dict[str, Any]] = []
 
     # --- the whole run ----------------------------------------------------------------------
 
@@ -138,17 +145,22 @@ class Rehearsal:
         with self._stop_children_on_exit():
             try:
                 pipeline = self.start_pipeline()
-                injector = Injector(self, self.faults, say=self.say) if self.faults else None
-                if injector is not None:
-                    self.say(f"chaos: {', '.join(str(fault) for fault in self.faults)}")
-                    injector.start()
+                supervisor = WorkerSupervisor(self).start()
                 try:
-                    result.loadgen_exit, result.loadgen_report = self.run_loadgen(pipeline)
-                finally:
+                    injector = Injector(self, self.faults, say=self.say) if self.faults else None
                     if injector is not None:
-                        result.chaos = injector.stop()
-                self.say("waiting for every order to reach a final state ...")
-                self.drain(pipeline)
+                        self.say(f"chaos: {', '.join(str(fault) for fault in self.faults)}")
+                        injector.start()
+                    try:
+                        result.loadgen_exit, result.loadgen_report = self.run_loadgen(pipeline)
+                    finally:
+                        if injector is not None:
+                            result.chaos = injector.stop()
+                    self.say("waiting for every order to reach a final state ...")
+                    self.drain(pipeline)
+                finally:
+                    supervisor.stop()
+                    result.worker_restarts = list(self.worker_restarts)
                 result.reconciliation = reconcile_live(
                     self.pipeline_settings(pipeline), store.connect(pipeline.redis_url)
                 )
@@ -257,9 +269,45 @@ class Rehearsal:
         return [child for child in self.children if child.name.startswith("worker")]
 
     def replace_worker(self, dead: Child) -> Child:
-        child = self._start_worker(f"worker{len(self.workers())}")
+        with self._workers_lock:
+            self._replaced.add(id(dead))
+            child = self._start_worker(f"worker{len(self.workers())}")
         child.wait_for(WORKER_READY)
         return child
+
+    def restart_dead_workers(self, suspects: set[int], t0: float) -> set[int]:
+        """Replace each worker that exited without being asked (seen dead on two polls, so a
+        chaos kill, which replaces its victim at once, is never replaced twice); returns the
+        workers seen dead on this poll."""
+        dead_now: set[int] = set()
+        for child in self.workers():
+            if child.alive() or id(child) in self._replaced:
+                continue
+            if id(child) not in suspects:
+                dead_now.add(id(child))
+                continue
+            with self._workers_lock:
+                if id(child) in self._replaced:
+                    continue
+                self._replaced.add(id(child))
+                code = child.process.returncode if child.process else None
+                last = (child.tail(1) or "").strip()[:300]
+                replacement = self._start_worker(f"worker{len(self.workers())}")
+            self.say(
+                f"{child.name} exited unexpectedly (code {code}): {last!r}; "
+                f"started {replacement.name} in its place"
+            )
+            replacement.wait_for(WORKER_READY)
+            self.worker_restarts.append(
+                {
+                    "worker": child.name,
+                    "exit_code": code,
+                    "at_s": round(time.monotonic() - t0, 2),
+                    "last_line": last,
+                    "replacement": replacement.name,
+                }
+            )
+        return dead_now
 
     def server(self) -> Child:
         return [child for child in self.children if child.name.startswith("server")][-1]
@@ -353,6 +401,7 @@ class Rehearsal:
             "stripe": self.stripe,
             "redis_durable": self.redis_durable,
             "chaos": [record.as_dict() for record in result.chaos],
+            "worker_restarts": result.worker_restarts,
             "passed": result.passed,
             "exit_code": result.exit_code,
             "interrupted": result.interrupted,
@@ -363,6 +412,40 @@ class Rehearsal:
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+class WorkerSupervisor:
+    """Restarts workers that die on their own during the sale and drain, like systemd would.
+
+    A worker exits when Celery cannot recover its broker connection (after a Redis restart)
+    or when its watchdog finds the consumer stalled; its unacknowledged tasks come back after
+    the visibility timeout, so the replacement finishes them.
+    """
+
+    POLL_S = 0.5
+
+    def __init__(self, rehearsal: Rehearsal) -> None:
+        self.rehearsal = rehearsal
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+
+    def start(self) -> WorkerSupervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        suspects: set[int] = set()
+        while not self._stop.wait(self.POLL_S):
+            try:
+                suspects = self.rehearsal.restart_dead_workers(suspects, t0)
+            except ComponentFailed as error:
+                # The replacement did not come up: say so; the drain and reconcile will show it.
+                self.rehearsal.say(f"could not restart a worker: {error}")
 
 
 def judge(result: RehearsalResult) -> list[Check]:

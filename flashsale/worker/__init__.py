@@ -6,11 +6,23 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from flashsale.core import jobs, store
+from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.settings import Settings
-from flashsale.worker.tasks import WorkerContext, register_tasks
+from flashsale.worker.tasks import BUDGET_MAX_WAIT_S, WorkerContext, register_tasks
+from flashsale.worker.watchdog import ConsumerWatchdog
+
+# The longest one task spends beside its Stripe call: its wait for a Stripe slot, plus slack.
+# The watchdog's stall time must exceed a whole task, or busy threads would look stalled.
+TASK_OVERHEAD_S = BUDGET_MAX_WAIT_S + 1.0
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -63,13 +75,43 @@ def announce_ready(**_: object) -> None:
     print("flashsale worker ready", file=sys.__stdout__, flush=True)
 
 
+def check_stall_timeout(settings: Settings, stall_timeout_s: float) -> None:
+    minimum = settings.stripe_timeout_s + TASK_OVERHEAD_S
+    if 0 < stall_timeout_s <= minimum:
+        raise ConfigError(
+            f"--stall-timeout must exceed the Stripe timeout plus {TASK_OVERHEAD_S:.0f}s "
+            f"({minimum:g}s), or threads busy in slow charges would look stalled (0 turns it off)"
+        )
+
+
 def run_worker(
-    settings: Settings, concurrency: int, loglevel: str = "INFO", events: bool = True
+    settings: Settings,
+    concurrency: int,
+    loglevel: str = "INFO",
+    events: bool = True,
+    stall_timeout_s: float = 60.0,
 ) -> None:
-    """Run a threads-pool worker until SIGTERM/SIGINT; task events and heartbeats unless not."""
+    """Run a threads-pool worker until SIGTERM/SIGINT; task events and heartbeats unless not.
+
+    Raises ComponentFailed when Celery stopped the worker on an error (its worker_main would
+    return normally and the process exit 0, hiding the failure from any supervisor).
+    """
+    check_stall_timeout(settings, stall_timeout_s)
     store.check(store.connect(settings.redis_url))
     app = create_celery(settings)
     worker_ready.connect(announce_ready, weak=False)
+    if stall_timeout_s > 0:
+        watchdog = ConsumerWatchdog(store.connect(settings.redis_url, timeout_s=2), stall_timeout_s)
+        task_prerun.connect(watchdog.progress, weak=False)
+        task_postrun.connect(watchdog.progress, weak=False)
+        worker_ready.connect(lambda **_: watchdog.start(), weak=False)
+    exit_codes: list[int] = []
+    signalled: list[object] = []  # SIGINT/SIGTERM stops also exit 1: those are asked for
+    worker_shutting_down.connect(lambda **kwargs: signalled.append(kwargs.get("sig")), weak=False)
+    worker_shutdown.connect(
+        lambda sender, **_: exit_codes.append(int(getattr(sender, "exitcode", 0) or 0)),
+        weak=False,
+    )
     app.worker_main(
         argv=[
             "worker",
@@ -85,3 +127,10 @@ def run_worker(
             f"--hostname=flashsale-{os.getpid()}@%h",
         ]
     )
+    if any(exit_codes) and not signalled:
+        # Seen after a Redis restart: kombu closes the lost connection twice and the second
+        # close raises ("Unrecoverable error" above); a supervisor restarts a worker that exits.
+        raise ComponentFailed(
+            f"the worker stopped after an unrecoverable error (Celery exit code {max(exit_codes)});"
+            " see the log above; restart it"
+        )
