@@ -247,6 +247,14 @@ def serve(
     help="Exit (code 3) when charges wait in the queue but this worker started none for this "
     "long, so its supervisor restarts it (Celery can reconnect without consuming); 0 = off.",
 )
+@click.option(
+    "--sweep-after",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Re-queue orders still pending after this many seconds (placed but never queued: "
+    "Redis or the server failed in between); safe, the charge is idempotent "
+    "[the visibility timeout; 0 = off].",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @pipeline_options
 def worker(
@@ -259,6 +267,7 @@ def worker(
     stripe_rate: str | None,
     events: bool,
     stall_timeout: float,
+    sweep_after: float | None,
     loglevel: str,
     redis_url: str | None,
     stripe_api_base: str | None,
@@ -286,6 +295,7 @@ def worker(
         loglevel=loglevel.upper(),
         events=events,
         stall_timeout_s=stall_timeout,
+        sweep_after_s=sweep_after,
     )
 
 

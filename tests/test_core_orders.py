@@ -169,6 +169,25 @@ def test_transitions_are_checked(client: Any) -> None:
         orders.finalize(client, str(uuid.uuid4()), orders.FAILED)
 
 
+def test_stale_pending_orders_are_claimed_once_per_window_until_final(client: Any) -> None:
+    inventory.init_stock(client, SKU, 10)
+    old, fresh, done = (place(client).order for _ in range(3))
+    orders.finalize(client, done.order_id, orders.SUCCEEDED, charge_id="ch_1")
+    later = old.created_at + 60
+    # The fresh order is young at claim time; the final one left the pending index.
+    client.zadd(keys.pending_orders(), {fresh.order_id: int((later - 5) * 1000)}, xx=True)
+    assert orders.claim_stale_pending(client, 30, now=later) == [old.order_id]
+    # Claimed means "handed to the queue now": not again until another window has passed.
+    assert orders.claim_stale_pending(client, 30, now=later + 1) == []
+    assert set(orders.claim_stale_pending(client, 30, now=later + 31)) == {
+        old.order_id,
+        fresh.order_id,
+    }
+    orders.finalize(client, old.order_id, orders.DECLINED, code="card_declined")
+    assert orders.claim_stale_pending(client, 30, now=later + 100) == [fresh.order_id]
+    assert client.zscore(keys.pending_orders(), done.order_id) is None
+
+
 def test_iteration_and_replay_lists(client: Any) -> None:
     inventory.init_stock(client, SKU, 50)
     customer = str(uuid.uuid4())

@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 from pipeline_fixtures import Pipeline
 
-from flashsale.core import jobs, orders
+from flashsale.core import jobs, keys, orders
 
 WORKER_FLAGS = ("--visibility-timeout", "6", "--stripe-timeout", "2", "--retry-backoff-max", "1")
 
@@ -72,7 +72,9 @@ def test_a_stalled_consumer_exits_and_its_replacement_finishes_every_order(
     wait in the queue, nothing starts or ends. The watchdog must end the process (code 3)."""
     assert pipeline.worker is not None
     pipeline.worker.stop()
-    stalled = pipeline.start_worker(*WORKER_FLAGS, "--concurrency", "1", "--stall-timeout", "8.5")
+    stalled = pipeline.start_worker(
+        *WORKER_FLAGS, "--concurrency", "1", "--stall-timeout", "8.5", "--sweep-after", "0"
+    )
     ids = [place(pipeline) for _ in range(4)]
     pipeline.sim_config(latency="1s")
     admin = pipeline.redis()
@@ -105,7 +107,9 @@ def test_busy_threads_are_not_a_stall(pipeline: Pipeline, producer: Celery) -> N
     """Every thread in a slow Stripe call, a backlog waiting: charges still end, so no exit."""
     assert pipeline.worker is not None
     pipeline.worker.stop()
-    busy = pipeline.start_worker(*WORKER_FLAGS, "--concurrency", "1", "--stall-timeout", "8.5")
+    busy = pipeline.start_worker(
+        *WORKER_FLAGS, "--concurrency", "1", "--stall-timeout", "8.5", "--sweep-after", "0"
+    )
     ids = [place(pipeline) for _ in range(6)]
     pipeline.sim_config(latency="1.5s")
     try:
@@ -116,3 +120,20 @@ def test_busy_threads_are_not_a_stall(pipeline: Pipeline, producer: Celery) -> N
         pipeline.sim_config(latency="0")
     assert [order.status for order in finals] == ["succeeded"] * 6
     assert busy.alive() and "CONSUMER STALLED" not in busy.log_text()
+
+
+def test_an_order_placed_but_never_queued_is_swept_and_charged_once(pipeline: Pipeline) -> None:
+    """The server stored the order, then died (or Redis failed) before sending its task."""
+    assert pipeline.worker is not None
+    pipeline.worker.stop()
+    sweeping = pipeline.start_worker(*WORKER_FLAGS, "--sweep-after", "1")
+    order_id = place(pipeline)  # no create_charge sent
+    final = wait_final(pipeline, order_id, timeout_s=20)
+    assert final.status == "succeeded"
+    assert [charge["id"] for charge in pipeline.sim_charges(order_id)] == [final.charge_id]
+    time.sleep(1.5)  # a few more sweeps: a final order is never sent again
+    log = sweeping.log_text()
+    assert log.count(f"sweeper re-queued 1 orders pending for over 1s: {order_id}") == 1
+    with pipeline.redis() as client:
+        assert client.zscore(keys.pending_orders(), order_id) is None
+        assert orders.load_order(client, order_id).attempts == 1

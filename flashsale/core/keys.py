@@ -15,6 +15,10 @@ def order_index() -> str:
     return f"{PREFIX}orders"
 
 
+def pending_orders() -> str:
+    return f"{PREFIX}orders:pending"
+
+
 def customer_orders(customer_id: str) -> str:
     return f"{PREFIX}customer:{customer_id}:orders"
 

@@ -7,6 +7,9 @@ Redis key layout (every key starts with ``flashsale:``; builders live in ``core.
                                                       created_at, updated_at, attempts, charge_id,
                                                       code, decline_code, message, released
     flashsale:orders                           ZSET   every order id, scored by creation time (ms)
+    flashsale:orders:pending                   ZSET   pending order ids, scored by when they were
+                                                      last handed to the queue (ms); the sweeper
+                                                      re-queues those left there too long
     flashsale:customer:<customer_id>:orders    LIST   the customer's order ids, oldest first
     flashsale:dedupe:<customer_id>:<sha(token)> STRING order id of that customer+token (SET NX)
     flashsale:counts                           HASH   orders per state (pending, succeeded, ...)
@@ -43,7 +46,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
 _PLACE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: dedupe, stock, order, index, customer orders, counts
+-- KEYS: dedupe, stock, order, index, customer orders, counts, pending index
 -- ARGV: order id, quantity, created_at ms, then field/value pairs of the order hash
 local existing = redis.call('GET', KEYS[1])
 if existing then
@@ -56,6 +59,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], 'pending', 1)
 return {'created', tostring(left)}
@@ -65,8 +69,8 @@ return {'created', tostring(left)}
 _FINALIZE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: order, stock, counts
--- ARGV: final status, updated_at, charge_id, code, decline_code, message
+-- KEYS: order, stock, counts, pending index
+-- ARGV: final status, updated_at, charge_id, code, decline_code, message, order id
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
   return 'missing'
@@ -78,6 +82,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'charge_id
   'code', ARGV[4], 'decline_code', ARGV[5], 'message', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'pending', -1)
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('ZREM', KEYS[4], ARGV[7])
 if ARGV[1] ~= 'succeeded' then
   release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
   redis.call('HSET', KEYS[1], 'released', '1')
@@ -85,6 +90,16 @@ end
 return 'transitioned'
 """
 )
+
+_CLAIM_STALE = """
+-- KEYS: pending index
+-- ARGV: cutoff ms, now ms, limit
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+end
+return ids
+"""
 
 # Fields a client may see; the card token stays on the server.
 PUBLIC_FIELDS = (
@@ -228,6 +243,7 @@ def place_order(
             keys.order_index(),
             keys.customer_orders(customer_id),
             keys.state_counts(),
+            keys.pending_orders(),
         ],
         args=[order.order_id, quantity, int(now * 1000), *fields],
     )
@@ -274,7 +290,12 @@ def finalize(
     check_transition(PENDING, status)
     order = load_order(redis, order_id)
     result = redis.register_script(_FINALIZE)(
-        keys=[keys.order(order_id), keys.stock(order.sku), keys.state_counts()],
+        keys=[
+            keys.order(order_id),
+            keys.stock(order.sku),
+            keys.state_counts(),
+            keys.pending_orders(),
+        ],
         args=[
             status,
             repr(time.time()),
@@ -282,11 +303,30 @@ def finalize(
             code or "",
             decline_code or "",
             (message or "")[:500],
+            order_id,
         ],
     )
     if result == "missing":
         raise OrderNotFound(f"no order {order_id}")
     return result == "transitioned", load_order(redis, order_id)
+
+
+def claim_stale_pending(
+    redis: Redis, older_than_s: float, limit: int = 500, now: float | None = None
+) -> list[str]:
+    """Pending orders last handed to the queue over older_than_s ago, marked as handed now.
+
+    An order placed but never queued (Redis or the broker failed in between, or the server
+    died) would stay pending forever; the caller re-queues what this returns, which is safe
+    because the Idempotency-Key is the order id and finalize stores one final state. Claiming
+    is atomic: however many workers sweep, each order comes back once per older_than_s.
+    """
+    now_ms = int((time.time() if now is None else now) * 1000)
+    cutoff_ms = now_ms - int(older_than_s * 1000)
+    claimed = redis.register_script(_CLAIM_STALE)(
+        keys=[keys.pending_orders()], args=[cutoff_ms, now_ms, limit]
+    )
+    return [str(order_id) for order_id in claimed]
 
 
 def customer_order_ids(redis: Redis, customer_id: str) -> list[str]:

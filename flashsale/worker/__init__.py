@@ -17,6 +17,7 @@ from celery.signals import (
 from flashsale.core import jobs, store
 from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.settings import Settings
+from flashsale.worker.sweeper import PendingSweeper
 from flashsale.worker.tasks import BUDGET_MAX_WAIT_S, WorkerContext, register_tasks
 from flashsale.worker.watchdog import ConsumerWatchdog
 
@@ -90,8 +91,12 @@ def run_worker(
     loglevel: str = "INFO",
     events: bool = True,
     stall_timeout_s: float = 60.0,
+    sweep_after_s: float | None = None,
 ) -> None:
     """Run a threads-pool worker until SIGTERM/SIGINT; task events and heartbeats unless not.
+
+    Orders pending longer than sweep_after_s (default: the visibility timeout; 0: never) are
+    re-queued by a sweeper thread, so an order placed but never queued still gets charged.
 
     Raises ComponentFailed when Celery stopped the worker on an error (its worker_main would
     return normally and the process exit 0, hiding the failure from any supervisor).
@@ -105,6 +110,14 @@ def run_worker(
         task_prerun.connect(watchdog.progress, weak=False)
         task_postrun.connect(watchdog.progress, weak=False)
         worker_ready.connect(lambda **_: watchdog.start(), weak=False)
+    after_s = settings.visibility_timeout_s if sweep_after_s is None else sweep_after_s
+    if after_s > 0:
+        sweeper = PendingSweeper(
+            store.connect(settings.redis_url, timeout_s=2),
+            lambda order_id: app.send_task(jobs.CREATE_CHARGE, args=[order_id], queue=jobs.QUEUE),
+            after_s,
+        )
+        worker_ready.connect(lambda **_: sweeper.start(), weak=False)
     exit_codes: list[int] = []
     signalled: list[object] = []  # SIGINT/SIGTERM stops also exit 1: those are asked for
     worker_shutting_down.connect(lambda **kwargs: signalled.append(kwargs.get("sig")), weak=False)
