@@ -373,3 +373,70 @@ def test_paying_after_the_last_unit_went_shows_sold_out(pipeline: Pipeline, open
     assert "You were not charged" in page.locator("#status").inner_text()
     assert page.locator("#pay").inner_text().strip() == "Sold out"
     assert orders_of(pipeline, stored(page)["customer_id"]) == []
+
+
+def test_a_result_emit_lost_by_the_servers_listener_is_fetched_and_shown(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    """The page's socket stays up but the server's Redis pub/sub listener is cut (again and
+    again) while the charge is in flight, so the result's emit is lost: the page must ask
+    GET /orders/<id> after 5 s without a result and show it."""
+    page = open_page(pipeline.server_url + "/")
+    fill_card(page, SUCCESS_CARD)
+    metrics_before = orders_lookups(pipeline)
+    admin = pipeline.redis()
+    pipeline.sim_config(latency="2s")  # tokenizing and charging take 2 s each
+    try:
+        page.locator("#pay").click()
+        record = wait_stored_order(page)
+        # Cut the listener until the result is stored and emitted, then a little longer. After
+        # each cut python-socketio waits 1 s before it subscribes again; cut every 2 ms, the
+        # emit finds it listening with odds of well under 1%.
+        cuts = 0
+        deadline = time.monotonic() + 15
+        stored_at: float | None = None
+        while time.monotonic() < deadline:
+            cuts += cut_server_listeners(admin)
+            if stored_at is None and order_status(admin, record["order_id"]) != "pending":
+                stored_at = time.monotonic()
+            if stored_at is not None and time.monotonic() - stored_at > 0.5:
+                break
+            time.sleep(0.002)
+        assert stored_at is not None, "the order never became final"
+        assert cuts >= 1
+        # Nothing was pushed: the page is still waiting (its socket never dropped).
+        assert page.locator("#status").get_attribute("data-state") == "pending"
+        assert page.locator("#connection").is_hidden()
+    finally:
+        pipeline.sim_config(latency="0")
+        admin.close()
+    wait_state(page, "paid", timeout_ms=10_000)
+    final = pipeline.wait_final(record, record["order_id"])
+    assert page.locator("#charge-id").inner_text() == final["charge_id"]
+    assert orders_lookups(pipeline) >= metrics_before + 1  # the page asked GET /orders/<id>
+    assert len(pipeline.sim_charges(record["order_id"])) == 1
+
+
+def cut_server_listeners(admin: Any) -> int:
+    """CLIENT KILL the servers' pub/sub listeners (SUBSCRIBE, no patterns): the Celery
+    worker's own pub/sub connection (PSUBSCRIBE, remote control) is left alone."""
+    cut = 0
+    for client in admin.client_list(_type="pubsub"):
+        if int(client.get("sub", 0)) >= 1 and int(client.get("psub", 0)) == 0:
+            cut += int(admin.client_kill_filter(_id=client["id"]))
+    return cut
+
+
+def order_status(admin: Any, order_id: str) -> str | None:
+    return admin.hget(f"flashsale:order:{order_id}", "status")  # type: ignore[no-any-return]
+
+
+def orders_lookups(pipeline: Pipeline) -> float:
+    """GET /orders/<id> answered 200 by the server, from its Prometheus metrics."""
+    metrics = pipeline.http.get(pipeline.server_url + "/metrics").text
+    found = re.search(
+        r'flashsale_http_requests_total\{method="GET",route="/orders/<order_id>",status="200"\} '
+        r"([0-9.]+)",
+        metrics,
+    )
+    return float(found.group(1)) if found else 0.0

@@ -1,6 +1,9 @@
 /* flashsale checkout page: tokenize with Stripe.js (or the simulator's look-alike), post the token
- * to /charges, and wait for the result in the customer's private Socket.IO room. No polling: the
- * server pushes the result and replays stored results on every (re)join. The customer id, room
+ * to /charges, and wait for the result in the customer's private Socket.IO room. The server pushes
+ * the result and replays stored results on every (re)join. A push can still be lost while the
+ * socket stays up (the server's Redis pub/sub listener was reconnecting): so a page still without
+ * its result 5 s after the order was accepted asks GET /orders/<id>, every 5 s for two minutes
+ * at most, like loadgen's customers. The customer id, room
  * token and payment in progress live in sessionStorage (this tab only, never in a URL or cookie),
  * so a reload rejoins the same room and shows the same payment instead of starting another.
  */
@@ -60,6 +63,11 @@
   var tab = saved && saved.sku === sale.sku && saved.customer_id && saved.room_token
     ? saved : freshTab(embedded);
   writeStore();
+
+  // The look-up of a result the socket should have brought (see the top of this file).
+  var RESULT_CHECK_MS = 5000;
+  var RESULT_CHECKS = 24;
+  var resultCheck = null;
 
   var stockLeft = sale.stock_left;
   // ready | tokenizing | sending | pending | paid | declined | failed | sold-out | broken
@@ -163,6 +171,16 @@
     setStatus("pending", "Payment pending",
       "Waiting for your bank. You can keep this page open or reload it; you will be charged once.");
     refreshButton();
+    if (tab.order_id) checkResultLater(tab.order_id, RESULT_CHECKS);
+  }
+
+  function checkResultLater(orderId, checksLeft) {
+    window.clearTimeout(resultCheck);
+    resultCheck = window.setTimeout(function () {
+      if (tab.order_id !== orderId || !busy() || results[orderId]) return;
+      loadOrder(orderId);
+      if (checksLeft > 1) checkResultLater(orderId, checksLeft - 1);
+    }, RESULT_CHECK_MS);
   }
 
   function showResult(result, quiet) {
@@ -227,7 +245,7 @@
   }
 
   function loadOrder(orderId) {
-    // One look-up for an order the server says is already final (never a polling loop).
+    // One look-up of the stored order; shows it if final (still pending: the caller decides).
     fetch("/orders/" + encodeURIComponent(orderId), {
       headers: { "X-Room-Token": tab.room_token }, credentials: "same-origin"
     }).then(function (response) { return response.json(); }).then(function (order) {
