@@ -12,6 +12,12 @@ from flashsale.errors import ConfigError, FlashsaleError
 from flashsale.settings import Settings
 
 
+class ConfigClickError(click.ClickException):
+    """A configuration mistake: one line on stderr, exit 2 like a usage error."""
+
+    exit_code = 2
+
+
 class FlashsaleGroup(click.Group):
     """The one place that turns our errors into a clear line and an exit code, not a traceback."""
 
@@ -19,9 +25,8 @@ class FlashsaleGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FlashsaleError as error:
-            exc = click.ClickException(str(error))
-            exc.exit_code = error.exit_code
-            raise exc from None
+            kind = ConfigClickError if error.exit_code == 2 else click.ClickException
+            raise kind(str(error)) from None
 
 
 def load_settings(**overrides: object) -> Settings:
