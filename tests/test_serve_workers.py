@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from pipeline_fixtures import Pipeline, receive_results
 
 from flashsale.core import inventory
-from flashsale.ops.processes import Child
+from flashsale.ops.processes import Child, flashsale_argv, free_port
 from flashsale.server.serving import PID_HEADER
 
 STOCK = 100
@@ -144,3 +145,24 @@ def test_gunicorn_command_with_the_config_module(pipeline: Pipeline, tmp_path: P
     finally:
         assert gunicorn.stop() == 0
     assert not gunicorn.alive()
+
+
+def test_workers_that_cannot_start_stop_the_server(tmp_path: Path) -> None:
+    """Redis unreachable: every process stops (no respawn loop), non-zero exit, the reason."""
+    env = {**os.environ, "FLASHSALE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    server = Child(
+        "server",
+        flashsale_argv("serve", "--port", "0", "--workers", "2"),
+        tmp_path / "server.log",
+        env=env,
+    ).start()
+    try:
+        assert server.process is not None
+        code = server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert code != 0
+    assert "Redis is unavailable" in log
+    assert "a server process failed to start" in log
+    assert log.count("Booting worker") <= 2  # the failing workers were not respawned

@@ -123,9 +123,14 @@ def serve_workers(
                 # gunicorn prints the message alone and stops every worker.
                 raise AppImportError(str(error)) from None
 
+    master_pid = os.getpid()
     try:
         FlashsaleGunicorn().run()
     except SystemExit as stop:
+        # A forked worker unwinds through here too: its exit code tells the master why it
+        # stopped (4 = the app failed to load: stop everything, do not respawn), keep it.
+        if os.getpid() != master_pid:
+            raise
         if stop.code not in (None, 0):
             raise ComponentFailed(
                 f"gunicorn stopped with code {stop.code}: a server process failed to start"
