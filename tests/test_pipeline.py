@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,6 +54,11 @@ def test_success_card_reaches_the_room_and_get_order_agrees(pipeline: Pipeline) 
     assert state["quantity"] == 2 and "token" not in state
     (charge,) = pipeline.sim_charges(accepted["order_id"])
     assert charge["id"] == result["charge_id"] and charge["amount"] == 2 * PRICE
+    # Steps 5-7: create_charge ran, then spawned the process_response sub-task that stored it.
+    assert pipeline.worker is not None
+    for task in ("flashsale.create_charge", "flashsale.process_response"):
+        # The room may hear the result a moment before the worker logs the task as done.
+        pipeline.worker.wait_for(re.compile(rf"Task {re.escape(task)}\[[^\]]+\] succeeded"), 10)
 
 
 @pytest.mark.parametrize("number", sorted(DECLINE_CARDS))

@@ -133,7 +133,8 @@ def run_worker(
             # Heartbeats are events too; `flashsale status` pings workers instead.
             *(["--task-events"] if events else ["--without-heartbeat"]),
             f"--loglevel={loglevel}",
-            f"--queues={jobs.QUEUE}",
+            # Results first: kombu polls the queues in turn, so results never wait on charges.
+            f"--queues={jobs.RESULTS_QUEUE},{jobs.QUEUE}",
             "--without-mingle",
             "--without-gossip",
             # Unique per process so several workers on one host stay apart in Flower.

@@ -119,7 +119,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
 
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
     def process_response(self: Task, order_id: str, outcome: dict[str, Any]) -> str:
-        """Store and notify an outcome create_charge could not store itself, with retries."""
+        """Store the outcome create_charge got from Stripe and tell the room, with retries."""
         try:
             order = store_and_notify(order_id, ChargeOutcome.from_dict(outcome))
         except INFRASTRUCTURE_ERRORS as error:
@@ -133,7 +133,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
 
     @app.task(name=jobs.CREATE_CHARGE, bind=True, max_retries=settings.charge_max_retries)
     def create_charge(self: Task, order_id: str) -> str:
-        """Charge the order at Stripe (idempotently), then store and notify the outcome."""
+        """Charge the order at Stripe (idempotently), then hand the outcome to process_response."""
         try:
             try:
                 order = orders.find_order(context.redis, order_id)
@@ -195,16 +195,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 raise self.retry(
                     countdown=backoff_s(settings, self.request.retries), exc=error
                 ) from error
-        try:
-            # In this task, not a process_response message: that message queued behind every
-            # charge still waiting, so in a burst no customer heard a result until the whole
-            # backlog was charged (benchmarks/stripe_budget.py); it also cost ~13% worker CPU.
-            return store_and_notify(order_id, outcome).status
-        except INFRASTRUCTURE_ERRORS:
-            # Never charge again for a storage or notify hiccup: process_response retries
-            # only that part, with backoff.
-            process_response.delay(order_id, outcome.as_dict())
-            return outcome.status
-        except POISON_ERRORS as error:
-            log.error("dropping the outcome of order %r: %r", order_id, error)
-            return "dropped"
+        # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
+        # that part on a storage or notify hiccup, so a charge is never made again for it.
+        process_response.apply_async((order_id, outcome.as_dict()), queue=jobs.RESULTS_QUEUE)
+        return outcome.status
