@@ -73,6 +73,12 @@ class Settings:
             secret=environ.get("FLASHSALE_SECRET") or defaults.secret,
             server_url=environ.get("FLASHSALE_SERVER_URL") or defaults.server_url,
             stripe_rate=environ.get("FLASHSALE_STRIPE_RATE") or defaults.stripe_rate,
+            # The sale, so a deployment without flags (gunicorn, the Procfile) can set it too.
+            sale_sku=environ.get("FLASHSALE_SKU") or defaults.sale_sku,
+            sale_name=environ.get("FLASHSALE_NAME") or defaults.sale_name,
+            sale_price=_int_env(environ, "FLASHSALE_PRICE", defaults.sale_price),
+            sale_currency=(environ.get("FLASHSALE_CURRENCY") or defaults.sale_currency).lower(),
+            sale_stock=_int_env(environ, "FLASHSALE_STOCK", defaults.sale_stock),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -126,6 +132,16 @@ class Settings:
         for name in ("stripe_secret_key", "stripe_publishable_key", "secret"):
             shown[name] = mask(shown[name])
         return shown
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
 
 
 def mask(secret: str) -> str:

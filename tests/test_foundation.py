@@ -46,6 +46,22 @@ def test_settings_from_env_reads_original_variables() -> None:
     assert settings.stripe_mode == "test"
 
 
+def test_the_sale_can_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "FLASHSALE_SKU": "BF-9",
+            "FLASHSALE_NAME": "Jacket",
+            "FLASHSALE_PRICE": "1250",
+            "FLASHSALE_CURRENCY": "EUR",
+            "FLASHSALE_STOCK": "40",
+        }
+    )
+    assert (settings.sale_sku, settings.sale_name) == ("BF-9", "Jacket")
+    assert (settings.sale_price, settings.sale_currency, settings.sale_stock) == (1250, "eur", 40)
+    with pytest.raises(ConfigError, match="FLASHSALE_STOCK"):
+        Settings.from_env({"FLASHSALE_STOCK": "lots"})
+
+
 def test_flashsale_redis_url_wins_over_redis_url() -> None:
     settings = Settings.from_env(
         {"REDIS_URL": "redis://127.0.0.1:1/0", "FLASHSALE_REDIS_URL": "redis://127.0.0.1:2/0"}
