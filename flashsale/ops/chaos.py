@@ -10,9 +10,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import httpx
-import redis as redis_lib
-
 from flashsale.errors import ConfigError
 from flashsale.ops.processes import Child
 
@@ -316,6 +313,8 @@ class Injector:
         )
 
     def _kill_listeners(self, duration_s: float | None) -> str:
+        import redis as redis_lib  # here, not at import: see _sim_get
+
         client = redis_lib.Redis.from_url(self.target.redis_url, socket_timeout=2)
         killed = 0
         try:
@@ -336,11 +335,18 @@ class Injector:
         return self.target.sim_url
 
     def _sim_get(self) -> dict[str, Any]:
+        # httpx and redis are imported where used: the CLI imports this module for SPEC_HELP at
+        # start-up, and `serve --workers` (gunicorn's master) must not load ssl before its
+        # workers patch gevent.
+        import httpx
+
         response = httpx.get(f"{self._sim_url()}/_sim/config", timeout=5)
         response.raise_for_status()
         return dict(response.json())
 
     def _sim_post(self, changes: dict[str, Any]) -> None:
+        import httpx
+
         response = httpx.post(f"{self._sim_url()}/_sim/config", json=changes, timeout=5)
         response.raise_for_status()
 

@@ -1,102 +1,21 @@
-"""The Flask + Flask-SocketIO server of the charge pipeline: create_app(settings)."""
+"""The checkout server: create_app(settings), imported lazily.
+
+Importing this package stays light (no flask, redis or ssl) so gunicorn's master can load
+flashsale.server.gunicorn_conf before each worker patches gevent and builds the app.
+"""
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
-import redis
-from flask import Flask, Response, jsonify, request
-from flask_socketio import SocketIO
-from werkzeug.exceptions import HTTPException
+if TYPE_CHECKING:
+    from flask import Flask
 
-from flashsale.core import events, inventory, store
-from flashsale.server.context import ServerContext, make_producer, make_stock_feed
-from flashsale.server.http import bp
-from flashsale.server.metrics import ServerMetrics
-from flashsale.server.sockets import register_handlers
-from flashsale.server.validation import ApiError
-from flashsale.settings import Settings
-
-log = logging.getLogger("flashsale.server")
-
-MAX_BODY_BYTES = 16 * 1024
-# Codes for the errors werkzeug raises itself (routing, body size), so clients get our shape.
-HTTP_ERROR_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
+    from flashsale.settings import Settings
 
 
 def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
-    """Build the app: checks Redis, initialises the sale's stock once, wires routes and sockets.
+    """Build the app (see flashsale.server.app.create_app)."""
+    from flashsale.server.app import create_app as build
 
-    The gevent async mode needs `gevent.monkey.patch_all()` to have run first in the process.
-    """
-    app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, SECRET_KEY=settings.secret)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-
-    client = store.connect(settings.redis_url)
-    store.check(client)
-    inventory.init_stock(client, settings.sale_sku, settings.sale_stock)
-
-    socketio = SocketIO(
-        app,
-        async_mode=async_mode,
-        transports=["websocket"],
-        message_queue=settings.redis_url,
-        channel=events.CHANNEL,
-    )
-    metrics = ServerMetrics(client, settings.sale_sku)
-    ctx = ServerContext(
-        settings=settings,
-        redis=client,
-        producer=make_producer(settings),
-        metrics=metrics,
-        socketio=socketio,
-        stock_feed=make_stock_feed(socketio, client, metrics),
-    )
-    app.extensions["flashsale"] = ctx
-    app.register_blueprint(bp)
-    register_handlers(socketio, ctx)
-    register_error_handlers(app)
-
-    @app.after_request
-    def count_request(response: Response) -> Response:
-        # The route pattern, not the path, keeps the label set small under hostile input.
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        ctx.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        return response
-
-    return app
-
-
-def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": {"code": code, "message": message}}), status
-
-
-def register_error_handlers(app: Flask) -> None:
-    """Every refusal and failure is JSON with a code and a message; never an HTML page."""
-
-    @app.errorhandler(ApiError)
-    def api_error(error: ApiError) -> tuple[Response, int]:
-        return error_response(error.status, error.code, error.message)
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> tuple[Response, int]:
-        status = error.code or 500
-        code = HTTP_ERROR_CODES.get(status, error.name.lower().replace(" ", "_"))
-        return error_response(status, code, error.description or error.name)
-
-    @app.errorhandler(redis.RedisError)
-    def redis_down(error: redis.RedisError) -> tuple[Response, int]:
-        log.error("Redis error: %s", error)
-        return error_response(503, "service_unavailable", "the order store is unavailable")
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; it has been logged")
+    return build(settings, async_mode)
