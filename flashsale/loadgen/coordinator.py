@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 
 from flashsale.errors import ConfigError
-from flashsale.loadgen.dashboard import Snapshot, render, status_line
+from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
 from flashsale.loadgen.runner import (
     EXIT_INVALID,
@@ -543,20 +543,8 @@ class Coordinator:
                 f"loop lag p99 {row['loop_lag_p99_ms']:.1f}ms",
                 highlight=False,
             )
-        for result in slo_results:
-            mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-            unit = {"ms": "ms", "ratio": "", "count": ""}[result.slo.unit]
-            actual = (
-                f"{result.actual:.4%}" if result.slo.unit == "ratio" else f"{result.actual:g}{unit}"
-            )
-            self.console.print(f"SLO {result.slo.text}: {mark} (actual {actual})")
-        for reason in info.invalid_reasons:
-            self.console.print(f"[bold red]INVALID RUN:[/] {reason}")
-        for path in (self.config.report_path, self.config.html_path):
-            if path is not None:
-                self.console.print(f"report written to {path}")
-        if info.interrupted:
-            self.console.print(f"interrupted: {info.cancelled} customers in flight abandoned")
+        reports = (self.config.report_path, self.config.html_path)
+        verdict_lines(self.console, slo_results, info, reports)
 
 
 def plural(kind: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -213,3 +213,23 @@ def status_line(snap: Snapshot) -> str:
     for warning in snap.warnings:
         line += f" WARNING: {warning}"
     return line
+
+
+def verdict_lines(
+    console: Console, slo_results: list[Any], info: Any, report_paths: tuple[Any, ...]
+) -> None:
+    """The end-of-run lines (SLOs, invalid-run reasons, reports, interruption), for any runner."""
+    for result in slo_results:
+        mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+        unit = {"ms": "ms", "ratio": "", "count": ""}[result.slo.unit]
+        actual = (
+            f"{result.actual:.4%}" if result.slo.unit == "ratio" else f"{result.actual:g}{unit}"
+        )
+        console.print(f"SLO {result.slo.text}: {mark} (actual {actual})")
+    for reason in info.invalid_reasons:
+        console.print(f"[bold red]INVALID RUN:[/] {reason}")
+    for path in report_paths:
+        if path is not None:
+            console.print(f"report written to {path}")
+    if info.interrupted:
+        console.print(f"interrupted: {info.cancelled} customers in flight abandoned")

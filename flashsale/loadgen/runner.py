@@ -28,7 +28,7 @@ from flashsale.loadgen.customer import (
     close_kit,
     create_kit,
 )
-from flashsale.loadgen.dashboard import Snapshot, render, status_line
+from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
 from flashsale.loadgen.scenario import CardMix, Schedule, TestCard
 from flashsale.loadgen.stats import Journey, RunStats, Slo, evaluate, new_histogram, summarize
@@ -512,20 +512,8 @@ class Runner:
     def print_verdict(self, info: RunInfo, slo_results: list[Any], code: int) -> None:
         if not self.config.dashboard:
             self.console.print(status_line(self.snapshot()), markup=False, highlight=False)
-        for result in slo_results:
-            mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-            unit = {"ms": "ms", "ratio": "", "count": ""}[result.slo.unit]
-            actual = (
-                f"{result.actual:.4%}" if result.slo.unit == "ratio" else f"{result.actual:g}{unit}"
-            )
-            self.console.print(f"SLO {result.slo.text}: {mark} (actual {actual})")
-        for reason in info.invalid_reasons:
-            self.console.print(f"[bold red]INVALID RUN:[/] {reason}")
-        for path in (self.config.report_path, self.config.html_path):
-            if path is not None:
-                self.console.print(f"report written to {path}")
-        if self.interrupted:
-            self.console.print(f"interrupted: {self.cancelled} customers in flight abandoned")
+        reports = (self.config.report_path, self.config.html_path)
+        verdict_lines(self.console, slo_results, info, reports)
 
 
 async def freeze_survivors() -> None:
