@@ -46,15 +46,16 @@ def wait_drained(pipeline: Pipeline, timeout_s: float = 15) -> None:
     raise AssertionError("the poison message is still queued or unacknowledged")
 
 
-def wait_log(pipeline: Pipeline, text: str, timeout_s: float = 10) -> str:
+def wait_log(pipeline: Pipeline, text: str, timeout_s: float = 10, times: int = 1) -> str:
+    """The worker log once text stands in it at least `times` times (tasks log a moment late)."""
     assert pipeline.worker is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         log = pipeline.worker.log_text()
-        if text in log:
+        if log.count(text) >= times:
             return log
         time.sleep(0.1)
-    raise AssertionError(f"no {text!r} in the worker log:\n{pipeline.worker.tail()}")
+    raise AssertionError(f"no {times}x {text!r} in the worker log:\n{pipeline.worker.tail()}")
 
 
 def settle(pipeline: Pipeline, text: str) -> None:
@@ -122,7 +123,7 @@ def test_results_for_unknown_orders_or_impossible_outcomes_are_dropped(
         producer.send_task(jobs.PROCESS_RESPONSE, args=[placed.order_id, outcome], queue=jobs.QUEUE)
     wait_drained(pipeline)
     text = f"dropping process_response for order '{placed.order_id}'"
-    assert wait_log(pipeline, text).count(text) == 2
+    assert wait_log(pipeline, text, times=2).count(text) == 2
     with pipeline.redis() as client:
         assert orders.load_order(client, placed.order_id).status == "pending"  # unchanged
 
