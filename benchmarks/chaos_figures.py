@@ -128,4 +128,7 @@ def main(specs: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     main(sys.argv[1:] or FAULTS)
