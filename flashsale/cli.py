@@ -128,6 +128,23 @@ def stripe_sim(
     run(host=host, port=port, config=config)
 
 
+def pipeline_settings(
+    redis_url: str | None,
+    stripe_api_base: str | None,
+    notify: str | None,
+    allow_live_stripe: bool | None,
+    **overrides: object,
+) -> Settings:
+    """Settings for serve and worker from their shared flags (pipeline_options) plus their own."""
+    return load_settings(
+        redis_url=redis_url,
+        stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
+        notify=notify,
+        allow_live_stripe=allow_live_stripe,
+        **overrides,
+    )
+
+
 def pipeline_options(command: Any) -> Any:
     """Flags serve and worker share; unset ones fall back to the environment (Settings.from_env)."""
     options = [
@@ -189,11 +206,11 @@ def serve(
     allow_live_stripe: bool | None,
 ) -> None:
     """Serve the checkout page, the charge API and Socket.IO rooms (Flask-SocketIO, gevent)."""
-    settings = load_settings(
-        redis_url=redis_url,
-        stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
-        notify=notify,
-        allow_live_stripe=allow_live_stripe,
+    settings = pipeline_settings(
+        redis_url,
+        stripe_api_base,
+        notify,
+        allow_live_stripe,
         sale_stock=stock,
         sale_price=price,
         sale_currency=currency.lower() if currency else None,
@@ -280,11 +297,11 @@ def worker(
     allow_live_stripe: bool | None,
 ) -> None:
     """Run the Celery worker that charges orders at Stripe and delivers the results."""
-    settings = load_settings(
-        redis_url=redis_url,
-        stripe_api_base=stripe_api_base.rstrip("/") if stripe_api_base else None,
-        notify=notify,
-        allow_live_stripe=allow_live_stripe,
+    settings = pipeline_settings(
+        redis_url,
+        stripe_api_base,
+        notify,
+        allow_live_stripe,
         server_url=server_url,
         charge_max_retries=max_retries,
         stripe_timeout_s=stripe_timeout,

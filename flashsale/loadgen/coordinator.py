@@ -17,22 +17,20 @@ from rich.live import Live
 
 from flashsale.errors import ConfigError
 from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
-from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
+from flashsale.loadgen.report import RunInfo
 from flashsale.loadgen.runner import (
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_SLO_FAILED,
     REFRESH_S,
     SYSTEM_POLL_S,
     LoadConfig,
     RunResult,
+    conclude,
     generator_reasons,
     lag_views,
     preflight,
     read_system,
 )
 from flashsale.loadgen.shard import config_to_spec, process_main
-from flashsale.loadgen.stats import RunStats, decode, evaluate, new_histogram, summarize
+from flashsale.loadgen.stats import RunStats, decode, new_histogram, summarize
 
 STOP_GRACE_S = 20.0  # after Ctrl-C, how long shards get to send their final stats
 
@@ -489,18 +487,7 @@ class Coordinator:
             ],
             **lag_views(self.stats),
         )
-        slo_results = evaluate(config.slos, self.stats)
-        report = build_report(self.stats, info, slo_results)
-        if config.report_path is not None:
-            write_json(report, config.report_path)
-        if config.html_path is not None:
-            write_html(report, self.stats, config.html_path)
-        if reasons:
-            code = EXIT_INVALID
-        elif not all(result.passed for result in slo_results):
-            code = EXIT_SLO_FAILED
-        else:
-            code = EXIT_OK
+        report, slo_results, code = conclude(config, self.stats, info, bool(reasons))
         self.print_verdict(info, slo_results)
         return RunResult(report, self.stats, code, [])
 

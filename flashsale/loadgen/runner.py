@@ -34,6 +34,27 @@ from flashsale.loadgen.scenario import CardMix, Schedule, TestCard
 from flashsale.loadgen.stats import Journey, RunStats, Slo, evaluate, new_histogram, summarize
 
 EXIT_OK, EXIT_SLO_FAILED, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+
+
+def conclude(
+    config: LoadConfig, stats: RunStats, info: RunInfo, invalid: bool
+) -> tuple[dict[str, Any], list[Any], int]:
+    """Evaluate SLOs, write the reports asked for, and pick the exit code (any runner)."""
+    slo_results = evaluate(config.slos, stats)
+    report = build_report(stats, info, slo_results)
+    if config.report_path is not None:
+        write_json(report, config.report_path)
+    if config.html_path is not None:
+        write_html(report, stats, config.html_path)
+    if invalid:
+        code = EXIT_INVALID
+    elif not all(result.passed for result in slo_results):
+        code = EXIT_SLO_FAILED
+    else:
+        code = EXIT_OK
+    return report, slo_results, code
+
+
 REFRESH_S = 0.25  # dashboard ~4 frames a second
 LOOP_PROBE_S = 0.02
 SYSTEM_POLL_S = 1.0
@@ -482,18 +503,7 @@ class Runner:
             open_files_limit=self.nofile_limit,
             **lag_views(self.stats),
         )
-        slo_results = evaluate(config.slos, self.stats)
-        report = build_report(self.stats, info, slo_results)
-        if config.report_path is not None:
-            write_json(report, config.report_path)
-        if config.html_path is not None:
-            write_html(report, self.stats, config.html_path)
-        if reasons:
-            code = EXIT_INVALID
-        elif not all(result.passed for result in slo_results):
-            code = EXIT_SLO_FAILED
-        else:
-            code = EXIT_OK
+        report, slo_results, code = conclude(config, self.stats, info, bool(reasons))
         self.print_verdict(info, slo_results, code)
         return RunResult(report, self.stats, code, self.journeys)
 
