@@ -9,7 +9,7 @@ from celery import Celery
 from flask import current_app
 from flask_socketio import SocketIO
 
-from flashsale.core import events, inventory, jobs
+from flashsale.core import broker, events, inventory, jobs
 from flashsale.core.stock_feed import StockFeed
 from flashsale.server.metrics import ServerMetrics
 from flashsale.settings import Settings
@@ -34,6 +34,7 @@ def make_producer(settings: Settings) -> Celery:
     producer = Celery("flashsale-server", set_as_current=False)
     producer.conf.update(
         broker_url=settings.redis_url,
+        broker_transport=broker.TRANSPORT,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_pool_limit=64,
         task_serializer="json",

@@ -14,7 +14,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from flashsale.core import jobs, store
+from flashsale.core import broker, jobs, store
 from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.settings import Settings
 from flashsale.worker.sweeper import PendingSweeper
@@ -30,6 +30,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     """The measured settings (ARCHITECTURE.md): at-least-once delivery, no result backend."""
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": broker.TRANSPORT,
         "broker_transport_options": broker_transport_options(settings),
         "broker_connection_retry_on_startup": True,
         "task_default_queue": jobs.QUEUE,
