@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Request, Response, jsonify, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
@@ -30,6 +31,19 @@ HTTP_ERROR_CODES = {
 }
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, opened without a signing serializer when there is no cookie.
+
+    No route keeps anything in the session and no client sends its cookie, yet Flask opens one
+    for every request and Socket.IO event, building a serializer each time only to find none.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
     """Build the app: checks Redis, initialises the sale's stock once, wires routes and sockets.
 
@@ -38,6 +52,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, SECRET_KEY=settings.secret)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.session_interface = CookieSessions()
 
     client = store.connect(settings.redis_url)
     store.check(client)
