@@ -114,3 +114,19 @@ def test_a_request_stripe_will_never_accept_fails_without_retry(stripe_sim: str)
     client = payments.make_client(settings_for(stripe_sim))
     outcome = payments.charge_order(client, order_with("tok_doesnotexist"))
     assert outcome.status == events.FAILED and outcome.code and outcome.message
+
+
+def test_proxies_from_the_environment_still_apply(
+    stripe_sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client reads proxy variables once, when made, instead of on every request."""
+    tokens = [tokenize(stripe_sim), tokenize(stripe_sim)]  # httpx reads the variables too
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    proxied = payments.make_client(settings_for(stripe_sim))
+    with pytest.raises(StripeUnavailable, match="ProxyError"):
+        payments.charge_order(proxied, order_with(tokens[0]))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = payments.make_client(settings_for(stripe_sim))
+    assert payments.charge_order(direct, order_with(tokens[1])).status == events.SUCCEEDED

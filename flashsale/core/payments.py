@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import requests
 import stripe
 
 from flashsale.core import events
@@ -38,13 +39,35 @@ class ChargeOutcome:
         )
 
 
+class RequestsClient(stripe.RequestsClient):
+    """stripe's requests client (a keep-alive session per thread) reading the environment once.
+
+    requests scans every environment variable for proxies and reads ~/.netrc on every request
+    of a session that trusts the environment (~10% of a charge's CPU). The proxies for the API
+    are resolved once here instead; the CA bundle never came from the environment, stripe
+    passes its own; a ~/.netrc entry no longer replaces the secret key's Authorization header.
+    """
+
+    def __init__(self, api_base: str, timeout: float) -> None:
+        found = requests.utils.get_environ_proxies(api_base)
+        proxies = {scheme: url for scheme, url in found.items() if scheme in ("http", "https")}
+        super().__init__(timeout=timeout, proxy=proxies or None)  # type: ignore[arg-type]
+
+    def _request_internal(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._thread_local, "session", None) is None:
+            session = requests.Session()
+            session.trust_env = False
+            self._thread_local.session = session
+        return super()._request_internal(*args, **kwargs)
+
+
 def make_client(settings: Settings) -> stripe.StripeClient:
     """A Stripe client with our timeouts and no retries of its own: Celery retries, with backoff."""
     return stripe.StripeClient(
         settings.stripe_secret_key,
         base_addresses={"api": settings.stripe_api_base},
         max_network_retries=0,
-        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_s),
+        http_client=RequestsClient(settings.stripe_api_base, settings.stripe_timeout_s),
     )
 
 
