@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import httpx
-import socketio
 
 from flashsale.core import events
+from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused
 from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
@@ -25,11 +24,11 @@ FALLBACK_POLL_S = 0.2
 
 
 class CountingHandler(logging.Handler):
-    """Counts the socket client libraries' log lines instead of printing them.
+    """Counts the HTTP and websocket client's log lines instead of printing them.
 
-    Under overload engineio logs "packet queue is empty, aborting" per socket (its write loop
-    gave up waiting for the server's pings) straight onto the dashboard; the run reports the
-    counts, and the drops themselves are counted per journey with their reason.
+    Under overload a client library's warnings would land per connection on the dashboard;
+    the run reports the counts, and the drops themselves are counted per journey with their
+    reason.
     """
 
     def __init__(self) -> None:
@@ -55,8 +54,8 @@ def _quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
-SOCKETIO_LOG = _quiet_logger("flashsale.loadgen.socketio")
-ENGINEIO_LOG = _quiet_logger("flashsale.loadgen.engineio")
+for _name in ("aiohttp.client", "aiohttp.websocket"):
+    _quiet_logger(_name)
 # A restarting server (a deploy, a crash) refuses or cuts connections for a moment, or answers
 # 503 while its Redis is away: like a checkout page, a customer tries again within the phase's
 # timeout. Retrying POST /charges is safe: the same customer + card token is the same order.
@@ -65,9 +64,8 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 # Pub/sub emits are fire-and-forget: one published while the server's listener reconnects is
 # lost although the socket stays up. A customer still waiting this long asks GET /orders/<id>.
 RESULT_CHECK_S = 5.0
-# httpcore scans its whole pool on every request start and end, so one pool of thousands of
-# connections costs O(n) per request; customers are spread over many small pools instead.
-HTTP_POOLS = 32
+# What a failed HTTP exchange raises: no answer in time, or the connection refused or cut.
+HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass
@@ -123,13 +121,20 @@ class Doors:
             self.opened.set()
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP response read whole: its status and its JSON object body ({} if not one)."""
+
+    status: int
+    body: dict[str, Any]
+
+
 @dataclass
 class Kit:
-    """What every customer of a run shares: connection pools, the run clock, live gauges."""
+    """What every customer of a run shares: the connection pool, the run clock, live gauges."""
 
     target: Target
-    http_pools: list[httpx.AsyncClient]
-    ws_http: aiohttp.ClientSession
+    http: aiohttp.ClientSession
     clock0: float
     doors: Doors | None = None
     in_flight: Counter[str] = field(default_factory=Counter)
@@ -142,28 +147,25 @@ class Kit:
         """Seconds on the run clock."""
         return time.perf_counter() - self.clock0
 
-    def http_for(self, index: int) -> httpx.AsyncClient:
-        return self.http_pools[index % len(self.http_pools)]
-
 
 def create_kit(target: Target, clock0: float, doors: Doors | None = None) -> Kit:
-    """Pools sized for thousands of customers: the defaults (100 connections) would queue them."""
-    timeout = httpx.Timeout(target.timeout_s)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
-    # One TLS context for all pools: each costs ~20 ms of CPU to load the CA bundle.
-    tls = ssl.create_default_context()
-    pools = [
-        httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls) for _ in range(HTTP_POOLS)
-    ]
+    """One aiohttp pool for every customer's requests and sockets, unbounded in connections.
+
+    aiohttp rather than httpx (which the rest of flashsale uses): on the generator's hot path
+    httpx cost ~41% of the CPU of a whole journey (py-spy, benchmarks/RESULTS.md section 3),
+    and python-socketio's sockets run on aiohttp already.
+    """
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    ws_http = aiohttp.ClientSession(connector=connector)
-    return Kit(target=target, http_pools=pools, ws_http=ws_http, clock0=clock0, doors=doors)
+    http = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=target.timeout_s),
+        json_serialize=json.dumps,
+    )
+    return Kit(target=target, http=http, clock0=clock0, doors=doors)
 
 
 async def close_kit(kit: Kit) -> None:
-    for pool in kit.http_pools:
-        await pool.aclose()
-    await kit.ws_http.close()
+    await kit.http.close()
 
 
 class JourneyStop(Exception):
@@ -175,12 +177,11 @@ class Customer:
 
     def __init__(self, kit: Kit, index: int, card: TestCard, scheduled: float) -> None:
         self.kit = kit
-        self.http = kit.http_for(index)
         self.card = card
         self.journey = Journey(index=index, card=card.name, scheduled=scheduled, started=scheduled)
         self.phase: str | None = None
         self.phase_started = 0.0
-        self.sio: socketio.AsyncClient | None = None
+        self.socket: RoomSocket | None = None
         self.joined = asyncio.Event()
         self.news = asyncio.Event()  # a result arrived or the socket dropped
         self.dropped = False
@@ -235,16 +236,14 @@ class Customer:
     async def load_page(self) -> dict[str, Any]:
         self.enter("session")
         try:
-            response = await self.request("GET", f"{self.kit.target.url}/session")
-        except httpx.HTTPError as error:
-            raise self.finish("error", f"session: {type(error).__name__}") from None
-        if response.status_code != 200:
-            raise self.finish("error", f"session: http {response.status_code}")
-        try:
-            session = response.json()
-            session["room_token"], session["customer_id"]  # noqa: B018 - must be there
-        except (ValueError, KeyError, TypeError):
-            raise self.finish("error", "session: malformed response") from None
+            answer = await self.request("GET", f"{self.kit.target.url}/session")
+        except HTTP_ERRORS as error:
+            raise self.finish("error", f"session: {describe_http_error(error)}") from None
+        if answer.status != 200:
+            raise self.finish("error", f"session: http {answer.status}")
+        session = answer.body
+        if not isinstance(session.get("room_token"), str) or "customer_id" not in session:
+            raise self.finish("error", "session: malformed response")
         self.done("session")
         self.kit.last_sale = session.get("sale") or self.kit.last_sale
         return session
@@ -257,7 +256,8 @@ class Customer:
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
         year = datetime.date.today().year + 3
         try:
-            response = await self.http.post(
+            answer = await self.send(
+                "POST",
                 f"{api_base}/v1/tokens",
                 data={
                     "card[number]": self.card.number,
@@ -267,58 +267,50 @@ class Customer:
                 },
                 headers={"Authorization": f"Bearer {session.get('publishable_key', '')}"},
             )
-        except httpx.HTTPError as error:
-            raise self.finish("error", f"tokenize: {type(error).__name__}") from None
-        body = _json(response)
-        if response.status_code == 200 and str(body.get("id", "")).startswith("tok_"):
+        except HTTP_ERRORS as error:
+            raise self.finish("error", f"tokenize: {describe_http_error(error)}") from None
+        body = answer.body
+        if answer.status == 200 and str(body.get("id", "")).startswith("tok_"):
             self.done("tokenize")
             return str(body["id"])
         stripe_error: dict[str, Any] = _error_of(body)
-        if response.status_code == 402 and stripe_error.get("type") == "card_error":
+        if answer.status == 402 and stripe_error.get("type") == "card_error":
             # Stripe refused the card itself (e.g. incorrect_number): the customer is declined.
             self.done("tokenize")
             self.journey.code = stripe_error.get("code")
             self.journey.decline_code = stripe_error.get("decline_code") or stripe_error.get("code")
             raise self.finish("declined")
         code = stripe_error.get("code") or stripe_error.get("type") or ""
-        raise self.finish("error", f"tokenize: http {response.status_code} {code}".strip())
+        raise self.finish("error", f"tokenize: http {answer.status} {code}".strip())
 
     async def connect(self, session: dict[str, Any]) -> None:
         self.enter("connect")
-        sio = socketio.AsyncClient(
-            logger=SOCKETIO_LOG,
-            engineio_logger=ENGINEIO_LOG,
-            reconnection=False,
-            handle_sigint=False,
-            http_session=self.kit.ws_http,
-            request_timeout=self.kit.target.timeout_s,
-        )
-        self.sio = sio
-        sio.on(events.JOINED, self.on_joined)
-        sio.on(events.CHARGE_RESULT, self.on_result)
-        sio.on("disconnect", self.on_disconnect)
+        socket = RoomSocket(self.kit.http, self.on_event, self.on_drop)
+        self.socket = socket
         timeout = self.kit.target.timeout_s
         deadline = time.perf_counter() + timeout
         while True:
             try:
-                await sio.connect(
+                await socket.connect(
                     self.kit.target.url,
-                    auth={"room_token": session["room_token"]},
-                    transports=["websocket"],
-                    wait_timeout=max(1.0, deadline - time.perf_counter()),
+                    {"room_token": session["room_token"]},
+                    max(1.0, deadline - time.perf_counter()),
                 )
                 break
-            except (TimeoutError, socketio.exceptions.SocketIOError, OSError) as error:
+            except SocketRefused as refused:
                 # A refused room token is final; a server that is not there (yet) is not.
-                refused = "namespaces failed to connect" in str(error)
-                if refused or time.perf_counter() + RETRY_PAUSE_S >= deadline:
-                    raise self.finish("error", f"connect: {_describe(error)}") from None
+                raise self.finish("error", f"connect: refused: {refused}"[:120]) from None
+            except SocketError as error:
+                if time.perf_counter() + RETRY_PAUSE_S >= deadline:
+                    raise self.finish("error", f"connect: {error}"[:120]) from None
             await asyncio.sleep(RETRY_PAUSE_S)
+            socket.closing = False
         self.counted = True
         self.kit.sockets += 1
         self.kit.peak_sockets = max(self.kit.peak_sockets, self.kit.sockets)
         try:
-            await asyncio.wait_for(self.joined.wait(), timeout)
+            async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                await self.joined.wait()
         except TimeoutError:
             raise self.finish("error", "connect: no joined event") from None
         self.done("connect")
@@ -341,7 +333,7 @@ class Customer:
         self.journey.submit_started = self.phase_started
         self.kit.submit_starts.append(self.phase_started)
         try:
-            response = await self.request(
+            answer = await self.request(
                 "POST",
                 f"{self.kit.target.url}/charges",
                 json={
@@ -351,19 +343,19 @@ class Customer:
                     "quantity": 1,
                 },
             )
-        except httpx.HTTPError as failure:
-            raise self.finish("error", f"submit: {type(failure).__name__}") from None
-        body = _json(response)
+        except HTTP_ERRORS as failure:
+            raise self.finish("error", f"submit: {describe_http_error(failure)}") from None
+        body = answer.body
         error = _error_of(body)
-        if response.status_code in (200, 202) and body.get("order_id"):
+        if answer.status in (200, 202) and body.get("order_id"):
             self.done("submit")
             self.journey.order_id = str(body["order_id"])
             return self.journey.order_id
-        if response.status_code == 409 and error.get("code") == "sold_out":
+        if answer.status == 409 and error.get("code") == "sold_out":
             self.done("submit")
             raise self.finish("sold_out")
         code = error.get("code") or ""
-        raise self.finish("error", f"submit: http {response.status_code} {code}".strip())
+        raise self.finish("error", f"submit: http {answer.status} {code}".strip())
 
     async def wait_for_result(self, session: dict[str, Any], order_id: str) -> None:
         self.enter("result")
@@ -385,7 +377,8 @@ class Customer:
             self.news.clear()
             wait = min(remaining, check_at - now) if self.kit.target.fallback else remaining
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.news.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self.news.wait()
         if order_id in self.results:
             self.done("result")
             raise self.settle(self.results[order_id])
@@ -403,27 +396,32 @@ class Customer:
         """The order's final result from GET /orders/<id>, or None (pending, or no answer)."""
         url = f"{self.kit.target.url}/orders/{order_id}"
         try:
-            response = await self.http.get(url, params={"room_token": session["room_token"]})
-        except httpx.HTTPError:
+            answer = await self.send("GET", url, params={"room_token": session["room_token"]})
+        except HTTP_ERRORS:
             return None
-        body = _json(response)
-        if response.status_code == 200 and body.get("status") in events.FINAL_STATUSES:
-            return body
+        if answer.status == 200 and answer.body.get("status") in events.FINAL_STATUSES:
+            return answer.body
         return None
 
-    async def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+    async def send(self, method: str, url: str, **options: Any) -> Answer:
+        """One HTTP exchange, its body read whole (raises one of HTTP_ERRORS)."""
+        async with self.kit.http.request(method, url, **options) as response:
+            raw = await response.read()
+            return Answer(response.status, _json(raw))
+
+    async def request(self, method: str, url: str, **options: Any) -> Answer:
         """One HTTP request, tried again while the server is briefly away (see RETRY_PAUSE_S)."""
         deadline = time.perf_counter() + self.kit.target.timeout_s
         while True:
             try:
-                response = await self.http.request(method, url, **options)
-            except httpx.TransportError:
+                answer = await self.send(method, url, **options)
+            except HTTP_ERRORS:
                 if time.perf_counter() + RETRY_PAUSE_S >= deadline:
                     raise
             else:
                 late = time.perf_counter() + RETRY_PAUSE_S >= deadline
-                if response.status_code not in RETRYABLE_STATUS or late:
-                    return response
+                if answer.status not in RETRYABLE_STATUS or late:
+                    return answer
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def poll_order(
@@ -432,11 +430,10 @@ class Customer:
         url = f"{self.kit.target.url}/orders/{order_id}"
         while time.perf_counter() < deadline:
             try:
-                response = await self.http.get(url, params={"room_token": session["room_token"]})
-                body = _json(response)
-                if response.status_code == 200 and body.get("status") in events.FINAL_STATUSES:
-                    return body
-            except httpx.HTTPError:
+                answer = await self.send("GET", url, params={"room_token": session["room_token"]})
+                if answer.status == 200 and answer.body.get("status") in events.FINAL_STATUSES:
+                    return answer.body
+            except HTTP_ERRORS:
                 pass
             await asyncio.sleep(FALLBACK_POLL_S)
         return None
@@ -451,21 +448,21 @@ class Customer:
 
     async def hang_up(self) -> None:
         self.hanging_up = True
-        sio, self.sio = self.sio, None
+        socket, self.socket = self.socket, None
         self.uncount()
-        if sio is None:
-            return
-        if sio.connected:
+        if socket is not None:
             # Best effort on the way out: the outcome is already decided.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sio.disconnect(), 5)
+            await socket.close()
 
     # -- socket events ---------------------------------------------------------------------
 
-    async def on_joined(self, data: Any = None) -> None:
-        self.joined.set()
+    def on_event(self, name: str, data: Any) -> None:
+        if name == events.JOINED:
+            self.joined.set()
+        elif name == events.CHARGE_RESULT:
+            self.on_result(data)
 
-    async def on_result(self, data: Any = None) -> None:
+    def on_result(self, data: Any) -> None:
         if not isinstance(data, dict) or not data.get("order_id"):
             return
         order_id = str(data["order_id"])
@@ -484,10 +481,10 @@ class Customer:
             self.counted = False
             self.kit.sockets -= 1
 
-    async def on_disconnect(self, reason: Any = None) -> None:
+    def on_drop(self, reason: str) -> None:
         if not self.hanging_up:
-            # A real drop (server, transport, or the client library giving up), not our hang-up.
-            self.journey.drop_reason = str(reason or "unknown")
+            # A real drop (the server or the transport), not our hang-up.
+            self.journey.drop_reason = reason or "unknown"
         self.uncount()
         self.dropped = True
         self.news.set()
@@ -497,9 +494,9 @@ def _final_view(result: dict[str, Any]) -> tuple[Any, ...]:
     return (result.get("status"), result.get("charge_id"), result.get("decline_code"))
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(raw: bytes) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(raw)
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
@@ -511,6 +508,11 @@ def _error_of(body: dict[str, Any]) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _describe(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}"[:120] if text else type(error).__name__
+def describe_http_error(error: BaseException) -> str:
+    """A failed exchange in a few words: the exception's class, and the OS error if one."""
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    os_error = getattr(error, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return f"{type(error).__name__}: {os_error.strerror}"[:120]
+    return type(error).__name__

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.live import Live
@@ -21,12 +21,14 @@ from rich.live import Live
 from flashsale.errors import ConfigError
 from flashsale.loadgen.customer import (
     CLIENT_LOG,
+    HTTP_ERRORS,
     Customer,
     Doors,
     Kit,
     Target,
     close_kit,
     create_kit,
+    describe_http_error,
 )
 from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
@@ -647,12 +649,17 @@ def raise_open_files_limit() -> int:
 
 async def preflight(url: str) -> None:
     """Refuse to start against an address nothing listens on: a setup error, not a result."""
+    timeout = aiohttp.ClientTimeout(total=5)
     try:
-        async with httpx.AsyncClient(timeout=5) as client:
-            await client.get(f"{url}/healthz")
-    except httpx.HTTPError as error:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as client,
+            client.get(f"{url}/healthz") as response,
+        ):
+            await response.read()
+    except HTTP_ERRORS as error:
+        reason = describe_http_error(error)
         raise ConfigError(
-            f"cannot reach {url} ({type(error).__name__}); is `flashsale serve` running there?"
+            f"cannot reach {url} ({reason}); is `flashsale serve` running there?"
         ) from None
 
 
