@@ -124,9 +124,13 @@ class RoomSocket:
     async def receive_text(self) -> str:
         assert self.ws is not None
         message = await self.ws.receive()
-        if message.type is not aiohttp.WSMsgType.TEXT:
-            raise SocketError(f"websocket {message.type.name.lower()}")
-        return str(message.data)
+        if message.type is aiohttp.WSMsgType.TEXT:
+            return str(message.data)
+        if message.type is aiohttp.WSMsgType.ERROR:
+            raise SocketError("transport error")
+        if message.type is aiohttp.WSMsgType.BINARY:
+            raise SocketError("unexpected binary frame")
+        raise SocketError("transport close")  # CLOSE, CLOSING or CLOSED
 
     async def next_packet(self) -> sio_packet.Packet | None:
         """The next Socket.IO packet, answering Engine.IO pings on the way (None: not one)."""
@@ -159,7 +163,7 @@ class RoomSocket:
                     break
                 self.dispatch(packet)
         except SocketError as error:
-            reason = str(error) if str(error) != "websocket closed" else "transport close"
+            reason = str(error)
         except (aiohttp.ClientError, OSError, ValueError) as error:
             reason = f"transport error: {_describe(error)}"
         finally:
