@@ -100,9 +100,15 @@ def charge_order(client: stripe.StripeClient, order: Order) -> ChargeOutcome:
     refused (retrying cannot help).
     """
     try:
-        charge = client.v1.charges.create(
-            params=charge_params(order),  # type: ignore[arg-type]
-            options={"idempotency_key": idempotency_key(order.order_id)},
+        # The same POST /v1/charges as client.v1.charges.create, errors raised the same way, but
+        # the four fields we read come from the JSON: building stripe's object tree of the charge
+        # (a dozen objects, ~100 conversions) cost a quarter of the worker's time in Stripe calls.
+        response = client.raw_request(
+            "post",
+            "/v1/charges",
+            **charge_params(order),
+            idempotency_key=idempotency_key(order.order_id),
+            usage=["stripe_client"],
         )
     except stripe.CardError as error:
         details = error.error
@@ -123,14 +129,15 @@ def charge_order(client: stripe.StripeClient, order: Order) -> ChargeOutcome:
         return ChargeOutcome(
             status=events.FAILED, code=error.code or _error_type(error), message=_message(error)
         )
-    if charge.status == "failed":
+    charge = response.data
+    if charge["status"] == "failed":
         return ChargeOutcome(
             status=events.DECLINED,
-            charge_id=charge.id,
-            code=charge.failure_code,
-            message=charge.failure_message,
+            charge_id=charge["id"],
+            code=charge.get("failure_code"),
+            message=charge.get("failure_message"),
         )
-    return ChargeOutcome(status=events.SUCCEEDED, charge_id=charge.id)
+    return ChargeOutcome(status=events.SUCCEEDED, charge_id=charge["id"])
 
 
 def _should_retry(error: stripe.StripeError) -> bool:
