@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -206,3 +207,10 @@ def test_metrics_count_orders_and_sockets(pipeline: Pipeline) -> None:
     assert 'flashsale_socket_emits_total{event="joined"}' in text
     health = pipeline.http.get(f"{pipeline.server_url}/healthz")
     assert health.status_code == 200 and health.json()["redis"] == "ok"
+    # The disconnect reaches the server asynchronously: poll (bounded) until it is counted.
+    for _ in range(100):
+        text = pipeline.http.get(f"{pipeline.server_url}/metrics").text
+        if "flashsale_sockets_connected 0.0" in text:
+            break
+        time.sleep(0.1)
+    assert "flashsale_sockets_connected 0.0" in text

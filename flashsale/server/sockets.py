@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import request
-from flask_socketio import ConnectionRefusedError, SocketIO, join_room
+from flask_socketio import ConnectionRefusedError, SocketIO
 
 from flashsale.core import events, inventory, orders, signing
 from flashsale.server.context import ServerContext
@@ -44,27 +43,27 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
             socketio.emit(events.CHARGE_RESULT, order.charge_result(), to=sid, ignore_queue=True)
             metrics.emits.labels(events.CHARGE_RESULT).inc()
 
-    @socketio.on("connect")
-    def on_connect(auth: object = None) -> None:
+    def on_connect(sid: str, environ: object, auth: object = None) -> None:
         token = auth.get("room_token") if isinstance(auth, dict) else None
         customer_id = signing.verify_room_token(settings.secret, token, settings.room_token_ttl_s)
         if customer_id is None:
             metrics.socket_connects.labels("refused").inc()
             raise ConnectionRefusedError("invalid or missing room_token")
-        join_room(events.room_for(customer_id))
+        server.enter_room(sid, events.room_for(customer_id), namespace=events.NAMESPACE)
         # Opt-in, so load generators that never show stock do not pay for its broadcasts.
         watch_stock = isinstance(auth, dict) and auth.get("watch_stock") is True
         if watch_stock:
-            join_room(events.stock_room(settings.sale_sku))
+            server.enter_room(sid, events.stock_room(settings.sale_sku), namespace=events.NAMESPACE)
         metrics.socket_connects.labels("accepted").inc()
         metrics.sockets.inc()
-        socketio.start_background_task(
-            welcome,
-            request.sid,  # type: ignore[attr-defined]
-            customer_id,
-            watch_stock,
-        )
+        socketio.start_background_task(welcome, sid, customer_id, watch_stock)
 
-    @socketio.on("disconnect")
-    def on_disconnect(reason: object = None) -> None:
+    def on_disconnect(sid: str, reason: object = None) -> None:
         metrics.sockets.dec()
+
+    # Straight on python-socketio: neither handler needs Flask, and through Flask-SocketIO every
+    # connect and disconnect would push a whole Flask request context (a session, URL matching
+    # that ends in a NotFound for /socket.io/) first.
+    server = socketio.server
+    server.on("connect", on_connect, namespace=events.NAMESPACE)
+    server.on("disconnect", on_disconnect, namespace=events.NAMESPACE)
