@@ -5,8 +5,9 @@ loopback, then measures with the real `flashsale.loadgen` runner:
 
 1. held: a --doors-open run of N customers; every one loads the page, connects its websocket and
    joins its room, then waits for the doors. `peak_sockets` is how many were connected and
-   waiting at once in this one generator process (then they all submit; stock is 500, so most
-   are sold_out, which is cheap for the server).
+   waiting at once in this one generator process. Then all of them submit in the same instant,
+   far beyond what one server process answers within the timeout: the outcomes of that burst
+   (mostly 503s and timeouts) are printed but are not what this step measures.
 2. cpu: open-model runs of full journeys (raw tokenization, charge, result on the socket); the
    generator's own CPU time divided by the customers it played.
 

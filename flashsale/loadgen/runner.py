@@ -238,8 +238,10 @@ class Runner:
             due = self.clock0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
+                # asyncio.timeout, not wait_for: no extra task per arrival.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self.stop.wait()
                 if self.stop.is_set():
                     break
             now = time.perf_counter()
