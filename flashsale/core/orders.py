@@ -71,12 +71,13 @@ _FINALIZE = (
     + """
 -- KEYS: order, stock, counts, pending index
 -- ARGV: final status, updated_at, charge_id, code, decline_code, message, order id
+-- Returns {outcome, the order hash as stored now}, so the caller needs no second read.
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then
-  return 'missing'
+  return {'missing'}
 end
 if current ~= 'pending' then
-  return 'unchanged'
+  return {'unchanged', redis.call('HGETALL', KEYS[1])}
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'charge_id', ARGV[3],
   'code', ARGV[4], 'decline_code', ARGV[5], 'message', ARGV[6])
@@ -87,7 +88,7 @@ if ARGV[1] ~= 'succeeded' then
   release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
   redis.call('HSET', KEYS[1], 'released', '1')
 end
-return 'transitioned'
+return {'transitioned', redis.call('HGETALL', KEYS[1])}
 """
 )
 
@@ -306,9 +307,11 @@ def finalize(
             order_id,
         ],
     )
-    if result == "missing":
+    if result[0] == "missing":
         raise OrderNotFound(f"no order {order_id}")
-    return result == "transitioned", load_order(redis, order_id)
+    fields = result[1]
+    stored = dict(zip(fields[::2], fields[1::2], strict=True))
+    return result[0] == "transitioned", Order.from_hash(stored)
 
 
 def claim_stale_pending(
