@@ -57,7 +57,8 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
     """Serve from one process until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
     import gevent
     from gevent import pywsgi
-    from geventwebsocket.handler import WebSocketHandler
+
+    from flashsale.server.headers import Handler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # geventwebsocket logs every request at INFO on its own logger: that is the access log.
@@ -70,7 +71,7 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
     server = pywsgi.WSGIServer(
         listener,
         app,
-        handler_class=WebSocketHandler,
+        handler_class=Handler,
         log=sys.stderr if access_log else None,
         error_log=sys.stderr,
     )
