@@ -64,6 +64,7 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 # Pub/sub emits are fire-and-forget: one published while the server's listener reconnects is
 # lost although the socket stays up. A customer still waiting this long asks GET /orders/<id>.
 RESULT_CHECK_S = 5.0
+IDLE_HTTP_S = 2.0
 # What a failed HTTP exchange raises: no answer in time, or the connection refused or cut.
 HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
 
@@ -155,7 +156,10 @@ def create_kit(target: Target, clock0: float, doors: Doors | None = None) -> Kit
     httpx cost ~41% of the CPU of a whole journey (py-spy, benchmarks/RESULTS.md section 3),
     and python-socketio's sockets run on aiohttp already.
     """
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    # Idle keep-alive connections close after IDLE_HTTP_S (aiohttp's default is 15 s): a
+    # doors-open burst opens one per customer, and they would stay open on both ends beside
+    # the customers' websockets long after the burst.
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_HTTP_S)
     http = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=target.timeout_s),
