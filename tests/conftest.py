@@ -25,7 +25,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own (never the machine's), nothing persisted; yields its base URL."""
     data_dir = tmp_path_factory.mktemp("redis")
     port = free_port()
-    child = Child("redis-server", redis_server_argv(port, data_dir), data_dir / "redis.log").start()
+    # Every pipeline test module takes a database of its own (pipeline_fixtures): Redis's
+    # default of 16 ran out once there were more modules than that.
+    argv = [*redis_server_argv(port, data_dir), "--databases", "256"]
+    child = Child("redis-server", argv, data_dir / "redis.log").start()
     url = f"redis://127.0.0.1:{port}"
     try:
         wait_for_redis(f"{url}/0", child)
