@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import redis
 from celery import Celery
+from celery.backends.base import DisabledBackend
 
 from flashsale.core import broker, jobs
 from flashsale.server.context import make_producer
@@ -48,3 +50,16 @@ def test_published_tasks_arrive_through_one_client(redis_url: str) -> None:
         assert renewed is not first
         assert renewed.connection_pool is channel.pool
         assert renewed.ping()
+
+
+def test_the_servers_producer_builds_one_disabled_backend(redis_url: str) -> None:
+    """Celery would build a backend per thread (per greenlet under gevent): one per app here."""
+    producer = make_producer(settings_for(redis_url))
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(producer.backend))
+    thread.start()
+    thread.join()
+    assert isinstance(producer.backend, DisabledBackend)
+    assert seen[0] is producer.backend
+    result = producer.send_task(jobs.CREATE_CHARGE, args=["x"], queue=jobs.QUEUE)
+    assert result.backend is producer.backend
