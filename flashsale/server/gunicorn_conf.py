@@ -15,8 +15,7 @@ from typing import Any
 # Heroku/Dokku style: $PORT, loopback unless told (the Procfile binds 0.0.0.0:$PORT itself).
 bind = [f"{os.environ.get('FLASHSALE_HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# geventwebsocket's gevent worker, reading request headers faster (flashsale.server.headers).
-worker_class = "flashsale.server.gunicorn_worker.Worker"
+worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
 # Greenlets per worker, i.e. open sockets per process (one gevent process held 10,000).
 worker_connections = 10000
 backlog = 4096

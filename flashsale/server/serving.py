@@ -57,8 +57,7 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
     """Serve from one process until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
     import gevent
     from gevent import pywsgi
-
-    from flashsale.server.headers import Handler
+    from geventwebsocket.handler import WebSocketHandler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # geventwebsocket logs every request at INFO on its own logger: that is the access log.
@@ -71,7 +70,7 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
     server = pywsgi.WSGIServer(
         listener,
         app,
-        handler_class=Handler,
+        handler_class=WebSocketHandler,
         log=sys.stderr if access_log else None,
         error_log=sys.stderr,
     )
