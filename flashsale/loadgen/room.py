@@ -18,6 +18,7 @@ import aiohttp
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
+# Engine.IO 4, websocket from the first request: the server accepts no other transport.
 ENDPOINT = "/socket.io/?EIO=4&transport=websocket"
 # A close the server does not answer is not worth waiting for: the outcome is decided.
 CLOSE_TIMEOUT_S = 2.0
@@ -59,9 +60,7 @@ class RoomSocket:
 
     async def connect(self, url: str, auth: dict[str, Any], timeout_s: float) -> None:
         """Open the websocket, pass Engine.IO's handshake, connect the namespace with `auth`."""
-        endpoint = (
-            url.replace("http", "ws", 1).rstrip("/") + "/socket.io/?EIO=4&transport=websocket"
-        )
+        endpoint = url.replace("http", "ws", 1).rstrip("/") + ENDPOINT
         try:
             async with asyncio.timeout(timeout_s):
                 self.ws = ws = await self.http.ws_connect(
@@ -81,10 +80,7 @@ class RoomSocket:
                     if answer.packet_type == sio_packet.CONNECT:
                         break
                     if answer.packet_type == sio_packet.CONNECT_ERROR:
-                        message = (
-                            answer.data.get("message") if isinstance(answer.data, dict) else None
-                        )
-                        raise SocketRefused(str(message or answer.data or "connection refused"))
+                        raise SocketRefused(_refusal(answer.data))
                     self.dispatch(answer)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
             await self.abort()
