@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from flashsale.core import events
-from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused
+from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused, describe_error
 from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
@@ -163,7 +163,6 @@ def create_kit(target: Target, clock0: float, doors: Doors | None = None) -> Kit
     http = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=target.timeout_s),
-        json_serialize=json.dumps,
     )
     return Kit(target=target, http=http, clock0=clock0, doors=doors)
 
@@ -242,7 +241,7 @@ class Customer:
         try:
             answer = await self.request("GET", f"{self.kit.target.url}/session")
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"session: {describe_http_error(error)}") from None
+            raise self.finish("error", f"session: {describe_error(error)}") from None
         if answer.status != 200:
             raise self.finish("error", f"session: http {answer.status}")
         session = answer.body
@@ -272,7 +271,7 @@ class Customer:
                 headers={"Authorization": f"Bearer {session.get('publishable_key', '')}"},
             )
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"tokenize: {describe_http_error(error)}") from None
+            raise self.finish("error", f"tokenize: {describe_error(error)}") from None
         body = answer.body
         if answer.status == 200 and str(body.get("id", "")).startswith("tok_"):
             self.done("tokenize")
@@ -308,7 +307,6 @@ class Customer:
                 if time.perf_counter() + RETRY_PAUSE_S >= deadline:
                     raise self.finish("error", f"connect: {error}"[:120]) from None
             await asyncio.sleep(RETRY_PAUSE_S)
-            socket.closing = False
         self.counted = True
         self.kit.sockets += 1
         self.kit.peak_sockets = max(self.kit.peak_sockets, self.kit.sockets)
@@ -348,7 +346,7 @@ class Customer:
                 },
             )
         except HTTP_ERRORS as failure:
-            raise self.finish("error", f"submit: {describe_http_error(failure)}") from None
+            raise self.finish("error", f"submit: {describe_error(failure)}") from None
         body = answer.body
         error = _error_of(body)
         if answer.status in (200, 202) and body.get("order_id"):
@@ -431,14 +429,10 @@ class Customer:
     async def poll_order(
         self, session: dict[str, Any], order_id: str, deadline: float
     ) -> dict[str, Any] | None:
-        url = f"{self.kit.target.url}/orders/{order_id}"
         while time.perf_counter() < deadline:
-            try:
-                answer = await self.send("GET", url, params={"room_token": session["room_token"]})
-                if answer.status == 200 and answer.body.get("status") in events.FINAL_STATUSES:
-                    return answer.body
-            except HTTP_ERRORS:
-                pass
+            result = await self.check_order(session, order_id)
+            if result is not None:
+                return result
             await asyncio.sleep(FALLBACK_POLL_S)
         return None
 
@@ -510,13 +504,3 @@ def _error_of(body: dict[str, Any]) -> dict[str, Any]:
     """The Stripe-shaped {"error": {...}} object of a response body, or {}."""
     error = body.get("error")
     return error if isinstance(error, dict) else {}
-
-
-def describe_http_error(error: BaseException) -> str:
-    """A failed exchange in a few words: the exception's class, and the OS error if one."""
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    os_error = getattr(error, "os_error", None)
-    if isinstance(os_error, OSError) and os_error.strerror:
-        return f"{type(error).__name__}: {os_error.strerror}"[:120]
-    return type(error).__name__

@@ -61,6 +61,7 @@ class RoomSocket:
     async def connect(self, url: str, auth: dict[str, Any], timeout_s: float) -> None:
         """Open the websocket, pass Engine.IO's handshake, connect the namespace with `auth`."""
         endpoint = url.replace("http", "ws", 1).rstrip("/") + ENDPOINT
+        self.closing = False  # a retry after a failed attempt starts afresh
         try:
             async with asyncio.timeout(timeout_s):
                 self.ws = ws = await self.http.ws_connect(
@@ -84,7 +85,7 @@ class RoomSocket:
                     self.dispatch(answer)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as error:
             await self.abort()
-            raise SocketError(_describe(error)) from None
+            raise SocketError(describe_error(error)) from None
         except SocketError:
             await self.abort()
             raise
@@ -98,7 +99,7 @@ class RoomSocket:
             return
         if not ws.closed:
             with contextlib.suppress(Exception):
-                await ws.send_str(_encode(sio_packet.Packet(sio_packet.DISCONNECT)))
+                await self.send(sio_packet.Packet(sio_packet.DISCONNECT))
             with contextlib.suppress(Exception):
                 await ws.close()
         if self.reader is not None:
@@ -161,7 +162,7 @@ class RoomSocket:
         except SocketError as error:
             reason = str(error)
         except (aiohttp.ClientError, OSError, ValueError) as error:
-            reason = f"transport error: {_describe(error)}"
+            reason = f"transport error: {describe_error(error)}"
         finally:
             if not self.closing:
                 self.closing = True
@@ -180,8 +181,15 @@ def _refusal(data: Any) -> str:
     return str(message or "connection refused")
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """A failed HTTP or websocket exchange in a few words, alike for alike failures.
+
+    The class and the OS error, not the message: aiohttp's messages name host and port, which
+    would split one kind of failure into many rows of a report.
+    """
     if isinstance(error, TimeoutError):
         return "timeout"
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text}"[:120] if text else type(error).__name__
+    os_error = getattr(error, "os_error", None)
+    if isinstance(os_error, OSError) and os_error.strerror:
+        return f"{type(error).__name__}: {os_error.strerror}"[:120]
+    return type(error).__name__

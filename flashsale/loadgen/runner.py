@@ -28,10 +28,10 @@ from flashsale.loadgen.customer import (
     Target,
     close_kit,
     create_kit,
-    describe_http_error,
 )
 from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
+from flashsale.loadgen.room import describe_error
 from flashsale.loadgen.scenario import CardMix, Schedule, TestCard
 from flashsale.loadgen.stats import Journey, RunStats, Slo, evaluate, new_histogram, summarize
 
@@ -659,7 +659,7 @@ async def preflight(url: str) -> None:
         ):
             await response.read()
     except HTTP_ERRORS as error:
-        reason = describe_http_error(error)
+        reason = describe_error(error)
         raise ConfigError(
             f"cannot reach {url} ({reason}); is `flashsale serve` running there?"
         ) from None
