@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from pipeline_fixtures import Pipeline
 
@@ -45,11 +44,9 @@ class Heard:
                 await self.news.wait()
 
 
-async def open_room(
-    http: aiohttp.ClientSession, url: str, room_token: str
-) -> tuple[RoomSocket, Heard]:
+async def open_room(url: str, room_token: str) -> tuple[RoomSocket, Heard]:
     heard = Heard()
-    socket = RoomSocket(http, heard.on_event, heard.on_drop)
+    socket = RoomSocket(heard.on_event, heard.on_drop)
     await socket.connect(url, {"room_token": room_token}, timeout_s=10)
     return socket, heard
 
@@ -59,21 +56,20 @@ def test_joins_the_room_hears_its_result_and_hangs_up_without_a_drop(pipeline: P
     token = pipeline.tokenize()
 
     async def journey() -> tuple[Heard, bool]:
-        async with aiohttp.ClientSession() as http:
-            socket, heard = await open_room(http, pipeline.server_url, session["room_token"])
-            await heard.until(lambda: any(name == events.JOINED for name, _ in heard.events))
-            answer = await asyncio.to_thread(pipeline.charge, session, token)
-            assert answer.status_code == 202, answer.text
-            order_id = answer.json()["order_id"]
-            await heard.until(
-                lambda: any(
-                    name == events.CHARGE_RESULT and data.get("order_id") == order_id
-                    for name, data in heard.events
-                )
+        socket, heard = await open_room(pipeline.server_url, session["room_token"])
+        await heard.until(lambda: any(name == events.JOINED for name, _ in heard.events))
+        answer = await asyncio.to_thread(pipeline.charge, session, token)
+        assert answer.status_code == 202, answer.text
+        order_id = answer.json()["order_id"]
+        await heard.until(
+            lambda: any(
+                name == events.CHARGE_RESULT and data.get("order_id") == order_id
+                for name, data in heard.events
             )
-            was_connected = socket.connected
-            await socket.close()
-            return heard, was_connected and not socket.connected
+        )
+        was_connected = socket.connected
+        await socket.close()
+        return heard, was_connected and not socket.connected
 
     heard, closed = asyncio.run(journey())
     assert heard.events[0] == (events.JOINED, {"customer_id": session["customer_id"]})
@@ -90,11 +86,10 @@ def test_a_rejoin_is_sent_the_stored_result(pipeline: Pipeline) -> None:
     pipeline.wait_final(session, order_id)
 
     async def rejoin() -> Heard:
-        async with aiohttp.ClientSession() as http:
-            socket, heard = await open_room(http, pipeline.server_url, session["room_token"])
-            await heard.until(lambda: any(name == events.CHARGE_RESULT for name, _ in heard.events))
-            await socket.close()
-            return heard
+        socket, heard = await open_room(pipeline.server_url, session["room_token"])
+        await heard.until(lambda: any(name == events.CHARGE_RESULT for name, _ in heard.events))
+        await socket.close()
+        return heard
 
     heard = asyncio.run(rejoin())
     assert (events.CHARGE_RESULT, order_id) in [
@@ -104,8 +99,7 @@ def test_a_rejoin_is_sent_the_stored_result(pipeline: Pipeline) -> None:
 
 def test_a_forged_room_token_is_refused_not_retried(pipeline: Pipeline) -> None:
     async def forged() -> None:
-        async with aiohttp.ClientSession() as http:
-            await open_room(http, pipeline.server_url, "forged.token")
+        await open_room(pipeline.server_url, "forged.token")
 
     with pytest.raises(SocketRefused):
         asyncio.run(forged())
@@ -113,8 +107,7 @@ def test_a_forged_room_token_is_refused_not_retried(pipeline: Pipeline) -> None:
 
 def test_nothing_listening_is_a_socket_error() -> None:
     async def nobody() -> None:
-        async with aiohttp.ClientSession() as http:
-            await open_room(http, f"http://127.0.0.1:{free_port()}", "any")
+        await open_room(f"http://127.0.0.1:{free_port()}", "any")
 
     with pytest.raises(SocketError) as raised:
         asyncio.run(nobody())
@@ -127,14 +120,13 @@ def test_a_server_that_goes_away_is_reported_as_a_drop(pipeline: Pipeline) -> No
     session = pipeline.session(url)
 
     async def dropped() -> Heard:
-        async with aiohttp.ClientSession() as http:
-            socket, heard = await open_room(http, url, session["room_token"])
-            await heard.until(lambda: bool(heard.events))
-            await asyncio.to_thread(server.stop)
-            await heard.until(lambda: bool(heard.drops))
-            assert not socket.connected
-            await socket.close()
-            return heard
+        socket, heard = await open_room(url, session["room_token"])
+        await heard.until(lambda: bool(heard.events))
+        await asyncio.to_thread(server.stop)
+        await heard.until(lambda: bool(heard.drops))
+        assert not socket.connected
+        await socket.close()
+        return heard
 
     heard = asyncio.run(dropped())
     assert heard.drops == ["transport close"]

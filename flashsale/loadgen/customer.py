@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlencode
 
 from flashsale.core import events
-from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused, describe_error
+from flashsale.loadgen import wire
+from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused
 from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
@@ -54,8 +54,9 @@ def _quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
-for _name in ("aiohttp.client", "aiohttp.websocket"):
-    _quiet_logger(_name)
+# asyncio reports what goes wrong inside a transport or a protocol callback on its logger, per
+# connection: under overload that would flood the dashboard, so it is counted like the rest.
+_quiet_logger("asyncio")
 # A restarting server (a deploy, a crash) refuses or cuts connections for a moment, or answers
 # 503 while its Redis is away: like a checkout page, a customer tries again within the phase's
 # timeout. Retrying POST /charges is safe: the same customer + card token is the same order.
@@ -64,9 +65,8 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 # Pub/sub emits are fire-and-forget: one published while the server's listener reconnects is
 # lost although the socket stays up. A customer still waiting this long asks GET /orders/<id>.
 RESULT_CHECK_S = 5.0
-IDLE_HTTP_S = 2.0
 # What a failed HTTP exchange raises: no answer in time, or the connection refused or cut.
-HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
+HTTP_ERRORS = (wire.WireError, TimeoutError)
 
 
 @dataclass
@@ -135,7 +135,7 @@ class Kit:
     """What every customer of a run shares: the connection pool, the run clock, live gauges."""
 
     target: Target
-    http: aiohttp.ClientSession
+    http: wire.HttpClient
     clock0: float
     doors: Doors | None = None
     in_flight: Counter[str] = field(default_factory=Counter)
@@ -150,21 +150,14 @@ class Kit:
 
 
 def create_kit(target: Target, clock0: float, doors: Doors | None = None) -> Kit:
-    """One aiohttp pool for every customer's requests and sockets, unbounded in connections.
+    """One keep-alive pool for every customer's requests, unbounded in connections.
 
-    aiohttp rather than httpx (which the rest of flashsale uses): on the generator's hot path
-    httpx cost ~41% of the CPU of a whole journey (py-spy, benchmarks/RESULTS.md section 3),
-    and python-socketio's sockets run on aiohttp already.
+    The generator's own client (`wire`), not httpx (which the rest of flashsale uses) nor
+    aiohttp: on the hot path those cost most of a journey's CPU (benchmarks/RESULTS.md
+    section 3). Idle connections close after wire.IDLE_S: a doors-open burst opens one per
+    customer, and they would otherwise stay open beside the customers' websockets.
     """
-    # Idle keep-alive connections close after IDLE_HTTP_S (aiohttp's default is 15 s): a
-    # doors-open burst opens one per customer, and they would stay open on both ends beside
-    # the customers' websockets long after the burst.
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_HTTP_S)
-    http = aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=target.timeout_s),
-    )
-    return Kit(target=target, http=http, clock0=clock0, doors=doors)
+    return Kit(target=target, http=wire.HttpClient(), clock0=clock0, doors=doors)
 
 
 async def close_kit(kit: Kit) -> None:
@@ -241,7 +234,7 @@ class Customer:
         try:
             answer = await self.request("GET", f"{self.kit.target.url}/session")
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"session: {describe_error(error)}") from None
+            raise self.finish("error", f"session: {wire.describe(error)}") from None
         if answer.status != 200:
             raise self.finish("error", f"session: http {answer.status}")
         session = answer.body
@@ -262,16 +255,16 @@ class Customer:
             answer = await self.send(
                 "POST",
                 f"{api_base}/v1/tokens",
-                data={
+                form={
                     "card[number]": self.card.number,
                     "card[exp_month]": "12",
                     "card[exp_year]": str(year),
                     "card[cvc]": "123",
                 },
-                headers={"Authorization": f"Bearer {session.get('publishable_key', '')}"},
+                headers=(("Authorization", f"Bearer {session.get('publishable_key', '')}"),),
             )
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"tokenize: {describe_error(error)}") from None
+            raise self.finish("error", f"tokenize: {wire.describe(error)}") from None
         body = answer.body
         if answer.status == 200 and str(body.get("id", "")).startswith("tok_"):
             self.done("tokenize")
@@ -288,7 +281,7 @@ class Customer:
 
     async def connect(self, session: dict[str, Any]) -> None:
         self.enter("connect")
-        socket = RoomSocket(self.kit.http, self.on_event, self.on_drop)
+        socket = RoomSocket(self.on_event, self.on_drop)
         self.socket = socket
         timeout = self.kit.target.timeout_s
         deadline = time.perf_counter() + timeout
@@ -338,7 +331,7 @@ class Customer:
             answer = await self.request(
                 "POST",
                 f"{self.kit.target.url}/charges",
-                json={
+                json_body={
                     "customer_id": session["customer_id"],
                     "room_token": session["room_token"],
                     "token": token,
@@ -346,7 +339,7 @@ class Customer:
                 },
             )
         except HTTP_ERRORS as failure:
-            raise self.finish("error", f"submit: {describe_error(failure)}") from None
+            raise self.finish("error", f"submit: {wire.describe(failure)}") from None
         body = answer.body
         error = _error_of(body)
         if answer.status in (200, 202) and body.get("order_id"):
@@ -398,18 +391,34 @@ class Customer:
         """The order's final result from GET /orders/<id>, or None (pending, or no answer)."""
         url = f"{self.kit.target.url}/orders/{order_id}"
         try:
-            answer = await self.send("GET", url, params={"room_token": session["room_token"]})
+            query = urlencode({"room_token": session["room_token"]})
+            answer = await self.send("GET", f"{url}?{query}")
         except HTTP_ERRORS:
             return None
         if answer.status == 200 and answer.body.get("status") in events.FINAL_STATUSES:
             return answer.body
         return None
 
-    async def send(self, method: str, url: str, **options: Any) -> Answer:
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        form: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Answer:
         """One HTTP exchange, its body read whole (raises one of HTTP_ERRORS)."""
-        async with self.kit.http.request(method, url, **options) as response:
-            raw = await response.read()
-            return Answer(response.status, _json(raw))
+        body = b""
+        if form is not None:
+            body = urlencode(form).encode()
+            headers += (("Content-Type", "application/x-www-form-urlencoded"),)
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers += (("Content-Type", "application/json"),)
+        async with asyncio.timeout(self.kit.target.timeout_s):
+            response = await self.kit.http.request(method, url, body, headers)
+        return Answer(response.status, _json(response.body))
 
     async def request(self, method: str, url: str, **options: Any) -> Answer:
         """One HTTP request, tried again while the server is briefly away (see RETRY_PAUSE_S)."""

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.live import Live
 
 from flashsale.errors import ConfigError
+from flashsale.loadgen import wire
 from flashsale.loadgen.customer import (
     CLIENT_LOG,
     HTTP_ERRORS,
@@ -31,7 +31,6 @@ from flashsale.loadgen.customer import (
 )
 from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo, build_report, write_html, write_json
-from flashsale.loadgen.room import describe_error
 from flashsale.loadgen.scenario import CardMix, Schedule, TestCard
 from flashsale.loadgen.stats import Journey, RunStats, Slo, evaluate, new_histogram, summarize
 
@@ -651,18 +650,17 @@ def raise_open_files_limit() -> int:
 
 async def preflight(url: str) -> None:
     """Refuse to start against an address nothing listens on: a setup error, not a result."""
-    timeout = aiohttp.ClientTimeout(total=5)
+    client = wire.HttpClient()
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as client,
-            client.get(f"{url}/healthz") as response,
-        ):
-            await response.read()
+        async with asyncio.timeout(5):
+            await client.request("GET", f"{url}/healthz")
     except HTTP_ERRORS as error:
-        reason = describe_error(error)
+        reason = wire.describe(error)
         raise ConfigError(
             f"cannot reach {url} ({reason}); is `flashsale serve` running there?"
         ) from None
+    finally:
+        await client.close()
 
 
 def run(config: LoadConfig, console: Console | None = None) -> RunResult:
