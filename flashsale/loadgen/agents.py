@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -13,6 +12,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from rich.console import Console
 
+from flashsale.loadgen import loop
 from flashsale.loadgen.coordinator import Coordinator
 from flashsale.loadgen.runner import LoadConfig, RunResult
 from flashsale.loadgen.shard import run_shard
@@ -51,7 +51,7 @@ def create_agent_app(redis_url: str) -> Celery:
 
     @app.task(name=SHARD_TASK)
     def shard(spec: dict[str, Any], index: int, count: int, run_id: str) -> None:
-        asyncio.run(play_shard(redis_url, spec, index, count, run_id))
+        loop.run(play_shard(redis_url, spec, index, count, run_id))
 
     return app
 
@@ -80,7 +80,7 @@ def run_agents(
     coordinator = Coordinator(
         config, fleet, console, accept_timeout_s=accept_timeout_s, lost_after_s=lost_after_s
     )
-    return asyncio.run(coordinator.run())
+    return loop.run(coordinator.run())
 
 
 def run_agent(redis_url: str, loglevel: str = "INFO", name: str | None = None) -> None:

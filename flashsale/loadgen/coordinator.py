@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 
 from flashsale.errors import ConfigError
+from flashsale.loadgen import loop
 from flashsale.loadgen.dashboard import Snapshot, render, status_line, verdict_lines
 from flashsale.loadgen.report import RunInfo
 from flashsale.loadgen.runner import (
@@ -543,4 +544,4 @@ def run_processes(
 ) -> RunResult:
     """Run a scenario over `processes` local generator processes and merge them."""
     fleet = LocalProcesses(processes)
-    return asyncio.run(Coordinator(config, fleet, console, lost_after_s=lost_after_s).run())
+    return loop.run(Coordinator(config, fleet, console, lost_after_s=lost_after_s).run())

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 
 from flashsale.errors import ConfigError
-from flashsale.loadgen import wire
+from flashsale.loadgen import loop, wire
 from flashsale.loadgen.customer import (
     CLIENT_LOG,
     HTTP_ERRORS,
@@ -58,6 +58,8 @@ def conclude(
 
 REFRESH_S = 0.25  # dashboard ~4 frames a second
 LOOP_PROBE_S = 0.02
+# An arrival due sooner than this is waited for with a plain sleep (see dispatch_open).
+STOP_CHECK_S = 0.05
 SYSTEM_POLL_S = 1.0
 FREEZE_EVERY_S = 1.0
 # The pipeline's Redis layout, known here only as a default: loadgen imports nothing from core
@@ -237,10 +239,15 @@ class Runner:
             due = self.clock0 + offset
             delay = due - time.perf_counter()
             if delay > 0:
-                # asyncio.timeout, not wait_for: no extra task per arrival.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self.stop.wait()
+                if delay < STOP_CHECK_S:
+                    # A plain sleep: a stop waits at most this long, and at high rates (every
+                    # gap short) waiting on the stop event cost ~0.2 ms of CPU per arrival.
+                    await asyncio.sleep(delay)
+                else:
+                    # asyncio.timeout, not wait_for: no extra task per arrival.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self.stop.wait()
                 if self.stop.is_set():
                     break
             now = time.perf_counter()
@@ -665,4 +672,4 @@ async def preflight(url: str) -> None:
 
 def run(config: LoadConfig, console: Console | None = None) -> RunResult:
     """Run a scenario to completion (or Ctrl-C) and return the report and exit code."""
-    return asyncio.run(Runner(config, console).run())
+    return loop.run(Runner(config, console).run())

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
+from flashsale.loadgen import loop
 from flashsale.loadgen.customer import CLIENT_LOG, Doors
 from flashsale.loadgen.runner import LoadConfig, Runner, RunResult
 from flashsale.loadgen.scenario import ArrivalRate, Schedule, parse_cards
@@ -267,4 +268,4 @@ def process_main(
     # The terminal's Ctrl-C reaches the whole process group; the coordinator turns it into
     # one `stop` for every shard, so each still sends its final stats.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(run_shard(spec, index, count, QueueLink(up, down)))
+    loop.run(run_shard(spec, index, count, QueueLink(up, down)))
