@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import statistics
 import sys
 import tempfile
@@ -221,6 +222,9 @@ def run_locust(url: str, rate: float, duration_s: float, log_dir: Path, tag: str
     }
 
 
+KNOWN_TOOLS = {"flashsale": run_flashsale, "locust": run_locust}
+
+
 def sim_answer_ms(sim_url: str, count: int = 50) -> float:
     """The simulator's own time for POST /v1/tokens (latency 0), median of sequential calls."""
     times = []
@@ -257,10 +261,20 @@ def truth(client: redis.Redis, since: float, until: float) -> tuple[float, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=40.0, help="customers/s for the cost runs")
-    parser.add_argument("--latency-rates", default="10,40", help="customers/s, latency runs")
+    parser.add_argument(
+        "--latency-rates", default="10,40", help="customers/s, latency runs ('' for none)"
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     parser.add_argument("--runs", type=int, default=1, help="cost runs per tool (median)")
+    parser.add_argument(
+        "--tools",
+        default="flashsale,locust",
+        help="which generators to run, e.g. 'flashsale' alone to compare two generator versions",
+    )
     args = parser.parse_args()
+    wanted = [name for name in args.tools.split(",") if name]
+    if not wanted or not set(wanted) <= KNOWN_TOOLS.keys():
+        parser.error(f"--tools: choose from {', '.join(KNOWN_TOOLS)}")
 
     log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-peers-"))
     children: list[Child] = []
@@ -302,7 +316,7 @@ def main() -> None:
         url = server.wait_listening(timeout_s=60)
         worker.wait_for(WORKER_READY, timeout_s=60)
         client = redis.Redis.from_url(redis_url, decode_responses=True)
-        tools = {"flashsale": run_flashsale, "locust": run_locust}
+        tools = {name: KNOWN_TOOLS[name] for name in wanted}
 
         cost: dict[str, list[dict]] = {name: [] for name in tools}
         for run in range(args.runs):
@@ -321,7 +335,7 @@ def main() -> None:
         sim_own_ms = sim_answer_ms(sim_url)
         httpx.post(f"{sim_url}/_sim/config", json={"latency": f"{INJECTED_MS:g}ms"}, timeout=10)
         latency: list[tuple[float, dict, tuple[float, float]]] = []
-        for rate in (float(text) for text in args.latency_rates.split(",")):
+        for rate in (float(text) for text in args.latency_rates.split(",") if text):
             for name, play in tools.items():
                 since = time.time()
                 row = play(url, rate, args.duration, log_dir, f"latency-{rate:g}")
@@ -352,17 +366,21 @@ def main() -> None:
         per_core = {
             name: 1000 / statistics.median(row[key] for row in rows) for name, rows in cost.items()
         }
+        figures = ", ".join(f"{name} {value:.0f}" for name, value in per_core.items())
+        ratio = ""
+        if {"flashsale", "locust"} <= per_core.keys():
+            ratio = f" -> {per_core['flashsale'] / per_core['locust']:.2f}x"
         print(
             f"customers/s per generator core, {label}, from CPU cost at {args.rate:g}/s, median "
-            f"of {args.runs}: flashsale {per_core['flashsale']:.0f}, locust "
-            f"{per_core['locust']:.0f} -> {per_core['flashsale'] / per_core['locust']:.2f}x"
+            f"of {args.runs}: {figures}{ratio}"
         )
-    print(f"errors in the cost runs: flashsale {errors['flashsale']}, locust {errors['locust']}")
+    print("errors in the cost runs: " + ", ".join(f"{n} {e}" for n, e in errors.items()))
     known = INJECTED_MS + sim_own_ms
-    print(
-        f"known delay: the simulator answers /v1/tokens in {INJECTED_MS:.0f} ms injected + "
-        f"{sim_own_ms:.1f} ms of its own (measured alone at latency 0) = {known:.0f} ms"
-    )
+    if latency:
+        print(
+            f"known delay: the simulator answers /v1/tokens in {INJECTED_MS:.0f} ms injected + "
+            f"{sim_own_ms:.1f} ms of its own (measured alone at latency 0) = {known:.0f} ms"
+        )
     for rate, row, real in latency:
         off = (row["tokenize_p50"] - known) / known * 100
         off99 = (row["tokenize_p99"] - known) / known * 100
@@ -373,7 +391,7 @@ def main() -> None:
             f"result p50 {row['result_p50']:.0f} ms vs pipeline's own {real[0]:.0f} ms "
             f"({off_result:+.0f}%), p99 {row['result_p99']:.0f} vs {real[1]:.0f} ms"
         )
-    print("reproduce: .venv/bin/python benchmarks/peers/compare.py " + " ".join(sys.argv[1:]))
+    print("reproduce: .venv/bin/python benchmarks/peers/compare.py " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":
