@@ -17,7 +17,6 @@ Prints medians of --runs runs and the command that reproduces them. Never assert
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import os
 import re
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from flashsale.loadgen import loop
 from flashsale.loadgen.runner import LoadConfig, Runner, raise_open_files_limit
 from flashsale.loadgen.scenario import build_schedule, parse_cards
 from flashsale.ops.processes import (
@@ -108,7 +108,7 @@ def run_once(url: str, **flags: Any) -> dict[str, Any]:
         max_lag_s=60,
     )
     runner = Runner(config, Console(file=io.StringIO()))
-    return asyncio.run(runner.run()).report
+    return loop.run(runner.run()).report  # the event loop `flashsale loadgen` runs on
 
 
 def main() -> None:

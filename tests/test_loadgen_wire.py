@@ -129,6 +129,44 @@ def test_a_keep_alive_connection_closed_under_a_request_is_replaced() -> None:
     assert connections == 2
 
 
+@pytest.mark.parametrize("pause", [True, False], ids=["while-idle", "same-read"])
+def test_bytes_after_the_answer_retire_the_connection(pause: bool) -> None:
+    connections = 0
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        stray = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+        if connections > 1:
+            writer.write(ok(b"one"))
+        elif pause:
+            writer.write(ok(b"one"))
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the stray answer arrives while the connection idles
+            writer.write(stray)
+        else:
+            writer.write(ok(b"one") + stray)  # in the same read as the answer
+        await writer.drain()
+        await reader.read()
+
+    async def twice() -> tuple[wire.Response, wire.Response]:
+        server, url = await serve(chatty)
+        client = wire.HttpClient()
+        async with server:
+            try:
+                async with asyncio.timeout(10):
+                    first = await client.request("GET", f"{url}/a")
+                    await asyncio.sleep(0.1)
+                    return first, await client.request("GET", f"{url}/b")
+            finally:
+                await client.close()
+
+    first, second = asyncio.run(twice())
+    assert (first.body, second.body) == (b"one", b"one")
+    assert connections == 2
+
+
 def test_no_answer_times_out_and_the_connection_is_not_reused() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()

@@ -145,6 +145,14 @@ class _HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None:
+            # Bytes nobody asked for (on an idle connection, or after an answer): the parser
+            # would carry them into the next exchange, so the connection is not used again.
+            self.reusable = False
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
         self.heard = True
         try:
             self.parser.feed_data(data)
@@ -163,6 +171,10 @@ class _HttpConnection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.waiter is None:
+            # A second response after the one asked for, in the same read: stop parsing it
+            # (data_received then retires the connection).
+            raise WireError("unsolicited response")
         self.parts = []
         self.size = 0
 
