@@ -25,11 +25,11 @@ FALLBACK_POLL_S = 0.2
 
 
 class CountingHandler(logging.Handler):
-    """Counts the HTTP and websocket client's log lines instead of printing them.
+    """Counts the connections' log lines (asyncio's logger) instead of printing them.
 
-    Under overload a client library's warnings would land per connection on the dashboard;
-    the run reports the counts, and the drops themselves are counted per journey with their
-    reason.
+    Under overload the event loop's warnings about transports (a write to a closed socket, a
+    failed callback) would land per connection on the dashboard; the run reports the counts,
+    and the drops themselves are counted per journey with their reason.
     """
 
     def __init__(self) -> None:
