@@ -199,6 +199,28 @@ def test_nothing_listening_is_said_in_a_few_words() -> None:
     assert str(raised.value) == "ConnectionRefusedError: Connection refused"
 
 
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("http://127.0.0.1:9/x\r\nX-Evil: 1", ()),
+        ("http://127.0.0.1:9/x", (("Authorization", "Bearer k\r\nX-Evil: 1"),)),
+        ("http://127.0.0.1:9/x", (("Authorization", "Bearer k\nX-Evil: 1"),)),
+    ],
+)
+def test_a_line_break_in_a_target_or_header_is_refused(
+    url: str, headers: tuple[tuple[str, str], ...]
+) -> None:
+    async def send() -> None:
+        client = wire.HttpClient()
+        try:
+            await client.request("GET", url, headers=headers)
+        finally:
+            await client.close()
+
+    with pytest.raises(wire.WireError, match="line break"):
+        asyncio.run(send())
+
+
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "127.0.0.1:5000/x", "http://host:port/"])
 def test_urls_it_cannot_speak_to_are_refused_clearly(url: str) -> None:
     with pytest.raises(wire.WireError):

@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -237,13 +237,17 @@ class HttpClient:
         method: str,
         url: str,
         body: bytes = b"",
-        headers: Iterable[tuple[str, str]] = (),
+        headers: Sequence[tuple[str, str]] = (),
     ) -> Response:
         """One exchange; raises WireError. Bound it with asyncio.timeout (the caller's phase)."""
         origin, target = split_url(url)
         head = f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
         for name, value in headers:
             head += f"{name}: {value}\r\n"
+        if head.count("\n") != 2 + len(headers) or head.count("\r") != head.count("\n"):
+            # A line break smuggled into the URL or a header (both can come from a server's
+            # session answer) would split the request: refuse it instead.
+            raise WireError("line break in the request target or a header")
         if body or method in ("POST", "PUT", "PATCH"):
             head += f"Content-Length: {len(body)}\r\n"
         data = (head + "\r\n").encode("latin-1") + body
