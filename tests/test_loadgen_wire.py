@@ -42,13 +42,28 @@ def ok(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
+def fetch_in_turn(handler: Handler, paths: list[str], pause_s: float = 0.0) -> list[wire.Response]:
+    """GET each path from a peer, one after another on one client, pausing between them."""
+
+    async def fetch() -> list[wire.Response]:
+        server, url = await serve(handler)
+        answers = []
+        async with server, wire.HttpClient() as client, asyncio.timeout(10):
+            for path in paths:
+                if answers:
+                    await asyncio.sleep(pause_s)
+                answers.append(await client.request("GET", url + path))
+        return answers
+
+    return asyncio.run(fetch())
+
+
 # -- HTTP ------------------------------------------------------------------------------------
 
 
 def test_requests_to_the_simulator_share_one_keep_alive_connection(stripe_sim: str) -> None:
     async def two_requests() -> tuple[wire.Response, wire.Response, bool]:
-        client = wire.HttpClient()
-        try:
+        async with wire.HttpClient() as client:
             first = await client.request("GET", f"{stripe_sim}/_sim/config")
             (origin,) = client.idle
             (connection,) = client.idle[origin]
@@ -63,8 +78,6 @@ def test_requests_to_the_simulator_share_one_keep_alive_connection(stripe_sim: s
                 ),
             )
             return first, second, client.idle[origin] == [connection]
-        finally:
-            await client.close()
 
     first, second, reused = asyncio.run(two_requests())
     assert first.status == 200 and "rate_limit" in json.loads(first.body)
@@ -83,16 +96,7 @@ def test_a_chunked_body_is_read_whole() -> None:
         await writer.drain()
         await reader.read()  # until the client hangs up
 
-    async def fetch() -> wire.Response:
-        server, url = await serve(chunked)
-        client = wire.HttpClient()
-        async with server:
-            try:
-                return await client.request("GET", f"{url}/x")
-            finally:
-                await client.close()
-
-    assert asyncio.run(fetch()) == wire.Response(200, b"hello world")
+    assert fetch_in_turn(chunked, ["/x"]) == [wire.Response(200, b"hello world")]
 
 
 def test_a_keep_alive_connection_closed_under_a_request_is_replaced() -> None:
@@ -112,19 +116,7 @@ def test_a_keep_alive_connection_closed_under_a_request_is_replaced() -> None:
             writer.write(ok(b"again"))
             await writer.drain()
 
-    async def twice() -> tuple[wire.Response, wire.Response]:
-        server, url = await serve(closes_after_one)
-        client = wire.HttpClient()
-        async with server:
-            try:
-                return (
-                    await client.request("GET", f"{url}/a"),
-                    await client.request("GET", f"{url}/b"),
-                )
-            finally:
-                await client.close()
-
-    first, second = asyncio.run(twice())
+    first, second = fetch_in_turn(closes_after_one, ["/a", "/b"])
     assert (first.body, second.body) == (b"first", b"again")
     assert connections == 2
 
@@ -150,19 +142,7 @@ def test_bytes_after_the_answer_retire_the_connection(pause: bool) -> None:
         await writer.drain()
         await reader.read()
 
-    async def twice() -> tuple[wire.Response, wire.Response]:
-        server, url = await serve(chatty)
-        client = wire.HttpClient()
-        async with server:
-            try:
-                async with asyncio.timeout(10):
-                    first = await client.request("GET", f"{url}/a")
-                    await asyncio.sleep(0.1)
-                    return first, await client.request("GET", f"{url}/b")
-            finally:
-                await client.close()
-
-    first, second = asyncio.run(twice())
+    first, second = fetch_in_turn(chatty, ["/a", "/b"], pause_s=0.1)
     assert (first.body, second.body) == (b"one", b"one")
     assert connections == 2
 
@@ -173,26 +153,19 @@ def test_no_answer_times_out_and_the_connection_is_not_reused() -> None:
 
     async def wait() -> int:
         server, url = await serve(silent)
-        client = wire.HttpClient()
-        async with server:
-            try:
-                with pytest.raises(TimeoutError):
-                    async with asyncio.timeout(0.3):
-                        await client.request("GET", f"{url}/slow")
-                return sum(len(pool) for pool in client.idle.values()) + len(client.busy)
-            finally:
-                await client.close()
+        async with server, wire.HttpClient() as client:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await client.request("GET", f"{url}/slow")
+            return sum(len(pool) for pool in client.idle.values()) + len(client.busy)
 
     assert asyncio.run(wait()) == 0
 
 
 def test_nothing_listening_is_said_in_a_few_words() -> None:
     async def refused() -> None:
-        client = wire.HttpClient()
-        try:
+        async with wire.HttpClient() as client:
             await client.request("GET", f"http://127.0.0.1:{free_port()}/")
-        finally:
-            await client.close()
 
     with pytest.raises(wire.WireError) as raised:
         asyncio.run(refused())
@@ -211,17 +184,23 @@ def test_a_line_break_in_a_target_or_header_is_refused(
     url: str, headers: tuple[tuple[str, str], ...]
 ) -> None:
     async def send() -> None:
-        client = wire.HttpClient()
-        try:
+        async with wire.HttpClient() as client:
             await client.request("GET", url, headers=headers)
-        finally:
-            await client.close()
 
     with pytest.raises(wire.WireError, match="line break"):
         asyncio.run(send())
 
 
-@pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "127.0.0.1:5000/x", "http://host:port/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1/x",
+        "127.0.0.1:5000/x",
+        "http://host:port/",
+        "http://[::1:5000/",
+        "http://[::1]x/",
+    ],
+)
 def test_urls_it_cannot_speak_to_are_refused_clearly(url: str) -> None:
     with pytest.raises(wire.WireError):
         wire.split_url(url)

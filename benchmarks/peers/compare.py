@@ -117,6 +117,17 @@ def steady_cpu_per_s(curve: list[tuple[float, float]], duration_s: float) -> flo
     return (cpu1 - cpu0) / (t1 - t0)
 
 
+def cpu_ms_per_customer(
+    cpu_s: float, curve: list[tuple[float, float]], duration_s: float, customers: int
+) -> dict[str, float]:
+    """A run's generator CPU per customer: all in, and in steady state (see steady_cpu_per_s)."""
+    per_customer = 1000 / max(1, customers)
+    return {
+        "cpu_ms": cpu_s * per_customer,
+        "steady_cpu_ms": steady_cpu_per_s(curve, duration_s) * duration_s * per_customer,
+    }
+
+
 def run_flashsale(url: str, rate: float, duration_s: float, log_dir: Path, tag: str) -> dict:
     report_path = log_dir / f"flashsale-{tag}.json"
     child = Child(
@@ -152,11 +163,7 @@ def run_flashsale(url: str, rate: float, duration_s: float, log_dir: Path, tag: 
         "tool": "flashsale",
         "customers": customers,
         "errors": failed,
-        "cpu_ms": cpu_s * 1000 / max(1, customers),
-        "steady_cpu_ms": steady_cpu_per_s(curve, duration_s)
-        * 1000
-        * duration_s
-        / max(1, customers),
+        **cpu_ms_per_customer(cpu_s, curve, duration_s, customers),
         "tokenize_p50": report["latency_ms"]["tokenize"]["p50"],
         "tokenize_p99": report["latency_ms"]["tokenize"]["p99"],
         "result_p50": report["latency_ms"]["result"]["p50"],
@@ -209,11 +216,7 @@ def run_locust(url: str, rate: float, duration_s: float, log_dir: Path, tag: str
         "tool": "locust",
         "customers": customers,
         "errors": errors,
-        "cpu_ms": cpu_s * 1000 / max(1, customers),
-        "steady_cpu_ms": steady_cpu_per_s(curve, duration_s)
-        * 1000
-        * duration_s
-        / max(1, customers),
+        **cpu_ms_per_customer(cpu_s, curve, duration_s, customers),
         "tokenize_p50": float(tokens.get("50%", "nan") or "nan"),
         "tokenize_p99": float(tokens.get("99%", "nan") or "nan"),
         "result_p50": float(result.get("50%", "nan") or "nan"),

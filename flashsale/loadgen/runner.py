@@ -657,17 +657,14 @@ def raise_open_files_limit() -> int:
 
 async def preflight(url: str) -> None:
     """Refuse to start against an address nothing listens on: a setup error, not a result."""
-    client = wire.HttpClient()
     try:
-        async with asyncio.timeout(5):
+        async with wire.HttpClient() as client, asyncio.timeout(5):
             await client.request("GET", f"{url}/healthz")
     except HTTP_ERRORS as error:
         reason = wire.describe(error)
         raise ConfigError(
             f"cannot reach {url} ({reason}); is `flashsale serve` running there?"
         ) from None
-    finally:
-        await client.close()
 
 
 def run(config: LoadConfig, console: Console | None = None) -> RunResult:

@@ -72,7 +72,9 @@ def parse_origin(base: str) -> Origin:
     if netloc.startswith("["):  # an IPv6 literal: [::1]:5000
         end = netloc.find("]")
         host, rest = netloc[1:end], netloc[end + 1 :]
-        if rest.startswith(":") and rest[1:].isdigit():
+        if end < 0 or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            raise WireError(f"bad address in URL: {base[:80]}")
+        if rest:
             port = int(rest[1:])
     elif ":" in netloc:
         host, _, number = netloc.rpartition(":")
@@ -223,7 +225,10 @@ class _HttpConnection(asyncio.Protocol):
 
 class HttpClient:
     """Keep-alive HTTP/1.1 connections per origin, unbounded in number; idle ones close after
-    `idle_s` (a doors-open burst opens one per customer, which should not linger)."""
+    `idle_s` (a doors-open burst opens one per customer, which should not linger).
+
+    `async with HttpClient() as client:` closes every connection on the way out.
+    """
 
     def __init__(self, idle_s: float = IDLE_S, tls: ssl.SSLContext | None = None) -> None:
         self.idle_s = idle_s
@@ -231,6 +236,12 @@ class HttpClient:
         self.idle: dict[Origin, list[_HttpConnection]] = {}
         self.busy: set[_HttpConnection] = set()
         self.sweeping: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def request(
         self,
@@ -285,11 +296,15 @@ class HttpClient:
             connection.transport.close()
         return response
 
+    def fresh(self, connection: _HttpConnection, now: float) -> bool:
+        """Still open and idle for less than idle_s."""
+        return not connection.closed and now - connection.idle_since < self.idle_s
+
     def take_idle(self, origin: Origin, now: float) -> _HttpConnection | None:
         pool = self.idle.get(origin)
         while pool:
             connection = pool.pop()  # the most recently used: least likely closed by now
-            if not connection.closed and now - connection.idle_since < self.idle_s:
+            if self.fresh(connection, now):
                 return connection
             if connection.transport is not None:
                 connection.transport.close()
@@ -303,7 +318,7 @@ class HttpClient:
         for pool in self.idle.values():
             keep = []
             for connection in pool:
-                if not connection.closed and now - connection.idle_since < self.idle_s:
+                if self.fresh(connection, now):
                     keep.append(connection)
                 elif connection.transport is not None:
                     connection.transport.close()
@@ -353,7 +368,6 @@ class WebSocket(asyncio.Protocol):
         on_text: Callable[[str], None],
         on_close: Callable[[str], None],
     ) -> None:
-        self.loop = loop
         self.on_text = on_text
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
