@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import stripe
 
 from flashsale.core import events, payments
 from flashsale.core.orders import Order
@@ -130,3 +132,48 @@ def test_proxies_from_the_environment_still_apply(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     direct = payments.make_client(settings_for(stripe_sim))
     assert payments.charge_order(direct, order_with(tokens[1])).status == events.SUCCEEDED
+
+
+def test_a_stripe_slower_than_the_timeout_asks_for_a_retry_and_the_retry_replays(
+    stripe_sim: str,
+) -> None:
+    """A read timeout may hide a charge Stripe made: the retry must replay it, not charge again."""
+    client = payments.make_client(settings_for(stripe_sim, stripe_timeout_s=0.3))
+    order = order_with(tokenize(stripe_sim))
+    httpx.post(f"{stripe_sim}/_sim/config", json={"latency": "1s"}).raise_for_status()
+    with pytest.raises(StripeUnavailable, match="ReadTimeoutError"):
+        payments.charge_order(client, order)
+    httpx.post(f"{stripe_sim}/_sim/config", json={"latency": "0"}).raise_for_status()
+    retried = None
+    for _ in range(50):  # Stripe answers 409 while the first attempt is still in flight
+        try:
+            retried = payments.charge_order(client, order)
+            break
+        except StripeUnavailable as error:
+            assert "409" in str(error)
+            time.sleep(0.1)
+    assert retried is not None and retried.status == events.SUCCEEDED
+    listed = httpx.get(
+        f"{stripe_sim}/v1/charges",
+        params={"limit": 100},
+        headers={"Authorization": "Bearer sk_test_x123456"},
+    ).json()["data"]
+    assert [c["id"] for c in listed if c["metadata"].get("order_id") == order.order_id] == [
+        retried.charge_id
+    ]
+
+
+def test_charges_reuse_one_kept_alive_connection(stripe_sim: str) -> None:
+    http_client = payments.Urllib3Client(stripe_sim, timeout=5)
+    client = stripe.StripeClient(
+        "sk_test_x123456",
+        base_addresses={"api": stripe_sim},
+        max_network_retries=0,
+        http_client=http_client,
+    )
+    for _ in range(3):
+        assert payments.charge_order(client, order_with(tokenize(stripe_sim))).status == (
+            events.SUCCEEDED
+        )
+    (pool,) = http_client.pool.pools._container.values()
+    assert pool.num_connections == 1 and pool.num_requests == 3
