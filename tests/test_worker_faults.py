@@ -82,6 +82,13 @@ def test_stripe_errors_are_retried_then_the_order_fails_and_releases_stock(
     stats = pipeline.http.get(f"{pipeline.sim_url}/_sim/stats").json()
     assert stats["injected_errors"] - errors_before == 3  # the first try + --max-retries 2
     assert pipeline.sim_charges(order_id) == []
+    assert pipeline.worker is not None
+    retries = [line for line in pipeline.worker.log_text().splitlines() if order_id in line]
+    assert [("retry 1 of 2" in line, "retry 2 of 2" in line) for line in retries[:2]] == [
+        (True, False),
+        (False, True),
+    ], retries
+    assert all("WARNING" in line for line in retries[:2]), retries
     assert pipeline.session()["sale"]["stock_left"] == stock_before
     with pipeline.redis() as redis_client:
         assert orders.load_order(redis_client, order_id).released

@@ -25,11 +25,12 @@ from flashsale.worker.watchdog import ConsumerWatchdog
 # The longest one task spends beside its Stripe call: its wait for a Stripe slot, plus slack.
 # The watchdog's stall time must exceed a whole task, or busy threads would look stalled.
 TASK_OVERHEAD_S = BUDGET_MAX_WAIT_S + 1.0
-# Seven INFO lines per order cost ~6% of the worker's CPU (py-spy). Four say nothing the others
-# do not and show only with --loglevel DEBUG: Celery's "Task ... received" (each task's
-# "Task ... succeeded in ..." follows) and stripe's "Request to Stripe api" and "Stripe API
-# response" (the order's own line follows). Warnings, errors, failures and retries always show.
-PER_TASK_LOGGERS = ("celery.worker.strategy", "stripe")
+# Seven INFO lines per order cost ~6% of the worker's CPU (py-spy). Six say nothing the order's
+# own line ("order <id> <status>") does not, and show only with --loglevel DEBUG: Celery's
+# "Task ... received" and "Task ... succeeded in ..." for both tasks, and stripe's "Request to
+# Stripe api" and "Stripe API response". Celery's retry line goes with them (same logger), so the
+# tasks log their retries themselves, as warnings. Errors and failures always show.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "stripe")
 
 
 def celery_config(settings: Settings) -> dict[str, object]:

@@ -98,6 +98,25 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
     """Define the two tasks on app, bound to this process's clients and settings."""
     settings = context.settings
 
+    def retry_later(task: Task, order_id: str, error: Exception) -> Exception:
+        """Schedule the task again after a backoff, saying so: Celery's own retry line is off."""
+        retries = task.request.retries
+        countdown = backoff_s(settings, retries)
+        if task.max_retries is not None and retries >= task.max_retries:
+            # task.retry re-raises the error, and Celery logs the task's failure itself.
+            log.warning("%s for order %s: no retries left: %s", task.name, order_id, error)
+        else:
+            log.warning(
+                "%s for order %s: retry %d of %d in %.1fs: %s",
+                task.name,
+                order_id,
+                retries + 1,
+                task.max_retries,
+                countdown,
+                error,
+            )
+        return task.retry(countdown=countdown, exc=error)
+
     def store_and_notify(order_id: str, result: ChargeOutcome) -> orders.Order:
         """Store the one final state, release stock if unsold, then tell the customer's room."""
         changed, order = orders.finalize(
@@ -123,9 +142,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         try:
             order = store_and_notify(order_id, ChargeOutcome.from_dict(outcome))
         except INFRASTRUCTURE_ERRORS as error:
-            raise self.retry(
-                countdown=backoff_s(settings, self.request.retries), exc=error
-            ) from error
+            raise retry_later(self, order_id, error) from error
         except POISON_ERRORS as error:
             log.error("dropping process_response for order %r: %r", order_id, error)
             return "dropped"
@@ -160,9 +177,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                     return "deferred"
             orders.record_attempt(context.redis, order_id)
         except INFRASTRUCTURE_ERRORS as error:
-            raise self.retry(
-                countdown=backoff_s(settings, self.request.retries), exc=error
-            ) from error
+            raise retry_later(self, order_id, error) from error
 
         try:
             if context.auth_failure_logged.is_set():
@@ -192,9 +207,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                     message=f"Payment service unavailable after {self.request.retries} retries.",
                 )
             else:
-                raise self.retry(
-                    countdown=backoff_s(settings, self.request.retries), exc=error
-                ) from error
+                raise retry_later(self, order_id, error) from error
         # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
         # that part on a storage or notify hiccup, so a charge is never made again for it.
         process_response.apply_async((order_id, outcome.as_dict()), queue=jobs.RESULTS_QUEUE)
