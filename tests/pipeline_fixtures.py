@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import httpx
 import pytest
 import redis
 import socketio
+from celery import Celery
 
 from flashsale.core import events
 from flashsale.ops.processes import Child, flashsale_argv
@@ -172,6 +174,47 @@ class Pipeline:
     def sim_config(self, **changes: Any) -> None:
         response = self.http.post(f"{self.sim_url}/_sim/config", json=changes)
         assert response.status_code == 200, response.text
+
+
+class TaskEvents:
+    """Celery's event stream of the pipeline's workers (what Flower shows), captured live.
+
+    Redis pub/sub keeps nothing for late listeners, so entering waits for the first event (a
+    worker heartbeat, every 2 s) to know the subscription is live before the test acts.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        self.app = Celery("task-events", broker=redis_url, set_as_current=False)
+        self.seen: list[dict[str, Any]] = []
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+
+    def _capture(self) -> None:
+        with self.app.connection_for_read() as connection:
+            self.receiver = self.app.events.Receiver(connection, handlers={"*": self.seen.append})
+            self.receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def __enter__(self) -> TaskEvents:
+        self.thread.start()
+        self.wait_for(lambda event: True, timeout_s=15)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.receiver is not None:
+            self.receiver.should_stop = True
+        self.thread.join(timeout=5)
+
+    def wait_for(
+        self, matches: Callable[[dict[str, Any]], bool], timeout_s: float = 10
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = next((event for event in list(self.seen) if matches(event)), None)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        kinds = sorted({str(event.get("type")) for event in self.seen})
+        raise AssertionError(f"no such Celery event within {timeout_s}s; saw types {kinds}")
 
 
 def receive_results(
