@@ -28,7 +28,10 @@ class ServerContext:
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""
-        self.producer.send_task(jobs.CREATE_CHARGE, args=[order_id], queue=jobs.QUEUE)
+        args = (order_id,)
+        self.producer.send_task(
+            jobs.CREATE_CHARGE, args=args, queue=jobs.QUEUE, **jobs.publish_options(args)
+        )
 
 
 class ProducerApp(Celery):

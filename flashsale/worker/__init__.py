@@ -130,7 +130,12 @@ def run_worker(
     if after_s > 0:
         sweeper = PendingSweeper(
             store.connect(settings.redis_url, timeout_s=2),
-            lambda order_id: app.send_task(jobs.CREATE_CHARGE, args=[order_id], queue=jobs.QUEUE),
+            lambda order_id: app.send_task(
+                jobs.CREATE_CHARGE,
+                args=(order_id,),
+                queue=jobs.QUEUE,
+                **jobs.publish_options((order_id,)),
+            ),
             after_s,
         )
         worker_ready.connect(lambda **_: sweeper.start(), weak=False)

@@ -173,6 +173,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                         (order_id,),
                         countdown=slot.wait_s * random.uniform(0.5, 1.0),
                         retries=self.request.retries,
+                        **jobs.publish_options((order_id,)),
                     )
                     return "deferred"
             orders.record_attempt(context.redis, order_id)
@@ -210,5 +211,6 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 raise retry_later(self, order_id, error) from error
         # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
         # that part on a storage or notify hiccup, so a charge is never made again for it.
-        process_response.apply_async((order_id, outcome.as_dict()), queue=jobs.RESULTS_QUEUE)
+        args = (order_id, outcome.as_dict())
+        process_response.apply_async(args, queue=jobs.RESULTS_QUEUE, **jobs.publish_options(args))
         return outcome.status
