@@ -52,6 +52,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # --no-events: they cost ~40% of the worker's CPU per order (7.2 vs 4.4 ms measured with
         # benchmarks/stripe_budget.py), which a benchmark may want to leave out.
         "worker_send_task_events": False,
+        # Celery's consumer, sending those events in batches every 100 ms (see its module).
+        "worker_consumer": "flashsale.worker.consumer:Consumer",
         "task_send_sent_event": False,
         "worker_redirect_stdouts": False,
         "worker_hijack_root_logger": True,
