@@ -142,6 +142,18 @@ def test_finalize_once_and_release_stock_once(client: Any) -> None:
     )
 
 
+def test_finalize_with_the_sku_given_releases_the_same_stock(client: Any) -> None:
+    """The worker passes the order's sku along, so finalize need not read the order first."""
+    inventory.init_stock(client, SKU, 4)
+    order = place(client, quantity=3).order
+    changed, stored = orders.finalize(client, order.order_id, orders.FAILED, sku=order.sku)
+    assert changed and stored.released and inventory.stock_left(client, SKU) == 4
+    changed, _ = orders.finalize(client, order.order_id, orders.FAILED, sku=order.sku)
+    assert not changed and inventory.stock_left(client, SKU) == 4
+    with pytest.raises(OrderNotFound):
+        orders.finalize(client, str(uuid.uuid4()), orders.FAILED, sku=SKU)
+
+
 def test_concurrent_finalize_picks_exactly_one(redis_url: str) -> None:
     setup = store.connect(redis_url)
     inventory.init_stock(setup, SKU, 1)

@@ -282,18 +282,22 @@ def finalize(
     code: str | None = None,
     decline_code: str | None = None,
     message: str | None = None,
+    sku: str | None = None,
 ) -> tuple[bool, Order]:
     """Give a pending order its one final state; later calls change nothing.
 
     Returns (whether this call made the transition, the order as stored now). A declined or
     failed order's stock is released in the same atomic step, so it is released exactly once.
+    A caller that knows the order's sku passes it, which saves reading the order first (the
+    script names every key it touches, the stock key included).
     """
     check_transition(PENDING, status)
-    order = load_order(redis, order_id)
+    if sku is None:
+        sku = load_order(redis, order_id).sku
     result = redis.register_script(_FINALIZE)(
         keys=[
             keys.order(order_id),
-            keys.stock(order.sku),
+            keys.stock(sku),
             keys.state_counts(),
             keys.pending_orders(),
         ],

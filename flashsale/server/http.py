@@ -131,7 +131,12 @@ def create_charge() -> tuple[Response, int]:
     except Exception as error:
         log.error("could not enqueue order %s: %s", order.order_id, error)
         orders.finalize(
-            ctx.redis, order.order_id, orders.FAILED, code="queue_unavailable", message=str(error)
+            ctx.redis,
+            order.order_id,
+            orders.FAILED,
+            code="queue_unavailable",
+            message=str(error),
+            sku=order.sku,
         )
         ctx.stock_feed.changed(order.sku)  # the unit just reserved is back
         raise ApiError(503, "service_unavailable", "could not queue the charge; retry") from None

@@ -117,7 +117,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             )
         return task.retry(countdown=countdown, exc=error)
 
-    def store_and_notify(order_id: str, result: ChargeOutcome) -> orders.Order:
+    def store_and_notify(order_id: str, result: ChargeOutcome, sku: str | None) -> orders.Order:
         """Store the one final state, release stock if unsold, then tell the customer's room."""
         changed, order = orders.finalize(
             context.redis,
@@ -127,6 +127,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
             code=result.code,
             decline_code=result.decline_code,
             message=result.message,
+            sku=sku,
         )
         if changed:
             log.info("order %s %s %s", order_id, order.status, order.code or "")
@@ -137,10 +138,16 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         return order
 
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
-    def process_response(self: Task, order_id: str, outcome: dict[str, Any]) -> str:
-        """Store the outcome create_charge got from Stripe and tell the room, with retries."""
+    def process_response(
+        self: Task, order_id: str, outcome: dict[str, Any], sku: str | None = None
+    ) -> str:
+        """Store the outcome create_charge got from Stripe and tell the room, with retries.
+
+        sku is the order's, sent along so storing needs no read of the order first; messages
+        queued before it was an argument come without it.
+        """
         try:
-            order = store_and_notify(order_id, ChargeOutcome.from_dict(outcome))
+            order = store_and_notify(order_id, ChargeOutcome.from_dict(outcome), sku)
         except INFRASTRUCTURE_ERRORS as error:
             raise retry_later(self, order_id, error) from error
         except POISON_ERRORS as error:
@@ -211,6 +218,6 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 raise retry_later(self, order_id, error) from error
         # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
         # that part on a storage or notify hiccup, so a charge is never made again for it.
-        args = (order_id, outcome.as_dict())
+        args = (order_id, outcome.as_dict(), order.sku)
         process_response.apply_async(args, queue=jobs.RESULTS_QUEUE, **jobs.publish_options(args))
         return outcome.status
