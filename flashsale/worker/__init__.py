@@ -49,10 +49,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_backend": None,
         "worker_prefetch_multiplier": 1,
         # `flashsale worker` turns task events on (-E) for Flower / `celery events` unless
-        # --no-events: they cost ~40% of the worker's CPU per order (7.2 vs 4.4 ms measured with
-        # benchmarks/stripe_budget.py), which a benchmark may want to leave out.
+        # --no-events. Sent the way Celery sends them they cost ~40% of the worker's CPU per
+        # order (7.2 vs 4.4 ms, benchmarks/stripe_budget.py); in 100 ms batches (the consumer
+        # below) about 2% (4.7 vs 4.6 ms per checkout at 150/s, benchmarks/pipeline.py).
         "worker_send_task_events": False,
-        # Celery's consumer, sending those events in batches every 100 ms (see its module).
         "worker_consumer": "flashsale.worker.consumer:Consumer",
         "task_send_sent_event": False,
         "worker_redirect_stdouts": False,
