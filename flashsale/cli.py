@@ -258,8 +258,8 @@ def serve(
     "--events/--no-events",
     default=True,
     show_default=True,
-    help="Celery task events and heartbeats (-E, for Flower and `celery events`); "
-    "--no-events saves ~40% of the worker's CPU per order.",
+    help="Celery task events and heartbeats (-E, for Flower and `celery events`), sent in "
+    "100 ms batches; --no-events saves ~2% of the worker's CPU per order.",
 )
 @click.option(
     "--stall-timeout",
