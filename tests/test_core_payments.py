@@ -175,5 +175,5 @@ def test_charges_reuse_one_kept_alive_connection(stripe_sim: str) -> None:
         assert payments.charge_order(client, order_with(tokenize(stripe_sim))).status == (
             events.SUCCEEDED
         )
-    (pool,) = http_client.pool.pools._container.values()
+    pool = http_client.pool.connection_from_url(stripe_sim)
     assert pool.num_connections == 1 and pool.num_requests == 3

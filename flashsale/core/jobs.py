@@ -11,8 +11,8 @@ CREATE_CHARGE = "flashsale.create_charge"
 PROCESS_RESPONSE = "flashsale.process_response"
 
 
-def publish_options(args: tuple[object, ...]) -> dict[str, object]:
-    """send_task / apply_async options for the pipeline's messages, ~20% cheaper to publish.
+def publish_options(*args: object) -> dict[str, object]:
+    """send_task / apply_async options for a pipeline message with these args, ~20% cheaper.
 
     No queue declaration per message: the workers declare the queues they consume, and kombu's
     Redis transport puts a message for the default exchange straight on the list its routing key
@@ -20,4 +20,4 @@ def publish_options(args: tuple[object, ...]) -> dict[str, object]:
     And the args' log form as plain repr: the arguments are ids and short outcome dicts, so
     Celery's size-limited pure-Python saferepr has nothing to cut.
     """
-    return {"declare": (), "argsrepr": repr(args)}
+    return {"args": args, "declare": (), "argsrepr": repr(args)}

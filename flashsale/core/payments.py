@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -49,7 +48,8 @@ class Urllib3Client(stripe.HTTPClient):
     proxies and ~/.netrc) was ~a quarter of a charge's CPU in the worker. The pool is shared by
     the worker's threads (urllib3 pools are thread-safe) and keeps connections alive. Proxies
     are read from the environment once, here; TLS is verified against stripe's own CA bundle,
-    as stripe's clients do. Nothing is retried here: Celery retries, with backoff.
+    as stripe's clients do. Nothing is retried here: Celery retries, with backoff. Streaming
+    endpoints (request_stream) are left to the base class, which refuses them: none is called.
     """
 
     name = "urllib3"
@@ -79,26 +79,8 @@ class Urllib3Client(stripe.HTTPClient):
         *,
         _usage: list[str] | None = None,
     ) -> tuple[str, int, Mapping[str, str]]:
-        response = self._send(method, url, headers, post_data)
-        return response.data.decode("utf-8"), response.status, response.headers
-
-    def request_stream(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        post_data: Any = None,
-        *,
-        _usage: list[str] | None = None,
-    ) -> tuple[io.BytesIO, int, Mapping[str, str]]:
-        response = self._send(method, url, headers, post_data)
-        return io.BytesIO(response.data), response.status, response.headers
-
-    def _send(
-        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any
-    ) -> urllib3.BaseHTTPResponse:
         try:
-            return self.pool.request(
+            response = self.pool.request(
                 method.upper(), url, body=post_data, headers=dict(headers or {}), redirect=False
             )
         except urllib3.exceptions.HTTPError as error:
@@ -117,6 +99,7 @@ class Urllib3Client(stripe.HTTPClient):
                 f"Could not talk to Stripe ({type(error).__name__}: {error})",
                 should_retry=retry,
             ) from error
+        return response.data.decode("utf-8"), response.status, response.headers
 
     def close(self) -> None:
         self.pool.clear()

@@ -28,9 +28,8 @@ class ServerContext:
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""
-        args = (order_id,)
         self.producer.send_task(
-            jobs.CREATE_CHARGE, args=args, queue=jobs.QUEUE, **jobs.publish_options(args)
+            jobs.CREATE_CHARGE, queue=jobs.QUEUE, **jobs.publish_options(order_id)
         )
 
 

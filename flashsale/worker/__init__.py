@@ -133,10 +133,7 @@ def run_worker(
         sweeper = PendingSweeper(
             store.connect(settings.redis_url, timeout_s=2),
             lambda order_id: app.send_task(
-                jobs.CREATE_CHARGE,
-                args=(order_id,),
-                queue=jobs.QUEUE,
-                **jobs.publish_options((order_id,)),
+                jobs.CREATE_CHARGE, queue=jobs.QUEUE, **jobs.publish_options(order_id)
             ),
             after_s,
         )

@@ -177,10 +177,9 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                     # The shared budget is booked beyond our wait: not a Stripe failure, so come
                     # back once a slot frees up with the retry count (Stripe errors) unchanged.
                     create_charge.apply_async(
-                        (order_id,),
                         countdown=slot.wait_s * random.uniform(0.5, 1.0),
                         retries=self.request.retries,
-                        **jobs.publish_options((order_id,)),
+                        **jobs.publish_options(order_id),
                     )
                     return "deferred"
             orders.record_attempt(context.redis, order_id)
@@ -218,6 +217,8 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 raise retry_later(self, order_id, error) from error
         # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
         # that part on a storage or notify hiccup, so a charge is never made again for it.
-        args = (order_id, outcome.as_dict(), order.sku)
-        process_response.apply_async(args, queue=jobs.RESULTS_QUEUE, **jobs.publish_options(args))
+        process_response.apply_async(
+            queue=jobs.RESULTS_QUEUE,
+            **jobs.publish_options(order_id, outcome.as_dict(), order.sku),
+        )
         return outcome.status
