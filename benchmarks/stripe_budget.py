@@ -100,6 +100,7 @@ def run_mode(
             "FLASHSALE_REDIS_URL": redis_url,
             "STRIPE_API_BASE": sim_url,
             "STRIPE_SECRET_KEY": "sk_test_bench_budget",
+            "FLASHSALE_STRIPE_LIMIT": args.limit,
         }
         for index in range(args.workers):
             workers.append(

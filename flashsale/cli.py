@@ -45,7 +45,7 @@ def cli() -> None:
 
 
 def _chaos_help() -> str:
-    from flashsale.ops.chaos import SPEC_HELP
+    from flashsale.ops.faults import SPEC_HELP
 
     return SPEC_HELP + ' Also [pipeline] chaos = "SPEC" in a scenario.'
 
@@ -80,8 +80,8 @@ allow_live_option = click.option(
     "--latency",
     default="0",
     show_default=True,
-    help="Added latency per request: '200ms', '0.2s', '200' (ms), or "
-    "'lognormal:p50=80ms,p99=600ms' (sampled per request).",
+    help="Added latency per request: '200ms', '0.2s', or 'lognormal:p50=80ms,p99=600ms' "
+    "(sampled per request); a duration always carries its unit.",
 )
 @click.option(
     "--error-rate",
@@ -251,8 +251,16 @@ def serve(
 @click.option(
     "--stripe-rate",
     default=None,
-    help="Stripe requests/s shared by all workers on this Redis: 'auto' (90% of the key's "
-    "mode limit, 99% of the simulator's), 'off', or a number [auto; env FLASHSALE_STRIPE_RATE].",
+    help="Stripe requests/s shared by all workers on this Redis: 'auto' (90% of --stripe-limit "
+    "against Stripe, 99% against a simulator), 'off', or a number [auto; env "
+    "FLASHSALE_STRIPE_RATE].",
+)
+@click.option(
+    "--stripe-limit",
+    default=None,
+    help="The request limit of the Stripe the workers talk to: 'test' (25/s), 'live' (100/s), "
+    "'off' or a number; a simulator's is its --rate-limit [the key's mode against Stripe, none "
+    "for a simulator; env FLASHSALE_STRIPE_LIMIT].",
 )
 @click.option(
     "--events/--no-events",
@@ -287,6 +295,7 @@ def worker(
     retry_backoff_max: float | None,
     visibility_timeout: int | None,
     stripe_rate: str | None,
+    stripe_limit: str | None,
     events: bool,
     stall_timeout: float,
     sweep_after: float | None,
@@ -308,8 +317,9 @@ def worker(
         retry_backoff_max_s=retry_backoff_max,
         visibility_timeout_s=visibility_timeout,
         stripe_rate=stripe_rate,
+        stripe_limit=stripe_limit,
     )
-    from flashsale.worker import run_worker
+    from flashsale.worker.main import run_worker
 
     run_worker(
         settings,
@@ -444,9 +454,10 @@ def loadgen(
     """
     from pathlib import Path
 
+    from flashsale import units
     from flashsale.loadgen import runner, scenario, stats
 
-    release_lag_s, release_lag_ratio = scenario.parse_share_or_duration(
+    release_lag_s, release_lag_ratio = units.parse_share_or_duration(
         max_release_lag, "--max-release-lag"
     )
     config = runner.LoadConfig(
@@ -463,7 +474,7 @@ def loadgen(
         ),
         cards=scenario.parse_cards(cards or scenario.DEFAULT_CARDS, tokenize),
         tokenize=tokenize,
-        timeout_s=scenario.parse_duration(timeout, what="--timeout"),
+        timeout_s=units.parse_duration(timeout, "--timeout"),
         max_in_flight=max_in_flight,
         slos=[stats.parse_slo(text) for text in slos],
         report_path=Path(report_path) if report_path else None,
@@ -471,14 +482,14 @@ def loadgen(
         dashboard=not no_dashboard,
         redis_url=redis_url,
         stock_key=stock_key,
-        interval_s=scenario.parse_duration(interval, what="--interval"),
-        max_lag_s=scenario.parse_duration(max_lag, default_unit="ms", what="--max-lag"),
+        interval_s=units.parse_duration(interval, "--interval"),
+        max_lag_s=units.parse_duration(max_lag, "--max-lag"),
         max_cpu_percent=max_cpu,
         max_release_lag_s=release_lag_s,
         max_release_lag_ratio=release_lag_ratio or 0.10,
         fallback=not no_fallback,
     )
-    lost_after_s = scenario.parse_duration(lost_after, what="--lost-after")
+    lost_after_s = units.parse_duration(lost_after, "--lost-after")
     if agents is not None:
         if not agents_redis_url:
             raise ConfigError("--agents needs --agents-redis-url: the Redis the agents listen on")
@@ -488,7 +499,7 @@ def loadgen(
             config,
             agents,
             agents_redis_url,
-            accept_timeout_s=scenario.parse_duration(accept_timeout, what="--accept-timeout"),
+            accept_timeout_s=units.parse_duration(accept_timeout, "--accept-timeout"),
             lost_after_s=lost_after_s,
         )
     elif (processes if processes is not None else os.cpu_count() or 1) == 1:

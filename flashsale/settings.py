@@ -55,6 +55,9 @@ class Settings:
     visibility_timeout_s: int = 300
     # Stripe requests per second shared by all workers (core.rate_budget): "auto", "off" or N.
     stripe_rate: str = "auto"
+    # The request limit of the Stripe the workers talk to ('test', 'live', 'off', N/s), which
+    # 'auto' takes its share of; empty: the key's mode limit against Stripe, none for a simulator.
+    stripe_limit: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -73,6 +76,7 @@ class Settings:
             secret=environ.get("FLASHSALE_SECRET") or defaults.secret,
             server_url=environ.get("FLASHSALE_SERVER_URL") or defaults.server_url,
             stripe_rate=environ.get("FLASHSALE_STRIPE_RATE") or defaults.stripe_rate,
+            stripe_limit=environ.get("FLASHSALE_STRIPE_LIMIT") or defaults.stripe_limit,
             # The sale, so a deployment without flags (gunicorn, the Procfile) can set it too.
             sale_sku=environ.get("FLASHSALE_SKU") or defaults.sale_sku,
             sale_name=environ.get("FLASHSALE_NAME") or defaults.sale_name,

@@ -259,6 +259,7 @@ def start_pipeline(
             "STRIPE_API_BASE": sim_url,
             "STRIPE_SECRET_KEY": "sk_test_pipeline",
             "FLASHSALE_SECRET": TEST_SECRET,
+            **sim_limit_env(sim_flags),
             **(env or {}),
         }
         server = Child(
@@ -286,6 +287,14 @@ def start_pipeline(
         for child in reversed(children):
             child.stop()
         raise
+
+
+def sim_limit_env(sim_flags: tuple[str, ...]) -> dict[str, str]:
+    """The workers keep to the simulator's --rate-limit: they are told it (never ask /_sim)."""
+    flags = list(sim_flags)
+    if "--rate-limit" in flags:
+        return {"FLASHSALE_STRIPE_LIMIT": flags[flags.index("--rate-limit") + 1]}
+    return {}
 
 
 @pytest.fixture(scope="module")

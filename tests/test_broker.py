@@ -12,7 +12,7 @@ from celery.backends.base import DisabledBackend
 from flashsale.core import broker, jobs
 from flashsale.server.context import make_producer
 from flashsale.settings import Settings
-from flashsale.worker import celery_config
+from flashsale.worker.app import celery_config
 
 
 def settings_for(redis_url: str) -> Settings:

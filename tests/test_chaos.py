@@ -13,7 +13,7 @@ import pytest
 
 from flashsale.core import inventory, orders, store
 from flashsale.errors import ConfigError
-from flashsale.ops.chaos import parse_spec
+from flashsale.ops.faults import parse_spec
 from flashsale.ops.plan import RehearsalPlan, parse_plan
 from flashsale.ops.processes import (
     Child,
@@ -131,7 +131,7 @@ def test_durable_redis_restart_mid_sale_keeps_orders_stock_and_queue(tmp_path: P
 
 
 def test_spec_parses_times_and_durations() -> None:
-    faults = parse_spec("sim-429@4s:3s, kill-worker@5,pause-server@8s:500ms,redis-listener@1.5s")
+    faults = parse_spec("sim-429@4s:3s, kill-worker@5s,pause-server@8s:500ms,redis-listener@1.5s")
     assert [str(fault) for fault in faults] == [
         "redis-listener@1.5s",
         "sim-429@4s:3s",
@@ -149,6 +149,7 @@ def test_spec_parses_times_and_durations() -> None:
         ("kill-worker@5s:2s", "instantaneous"),
         ("pause-server@5s", "needs a duration"),
         ("sim-429@soon:1s", "time like"),
+        ("kill-worker@5", "has no unit: write 5ms or 5s"),
         ("sim-429@1s:0s", "above 0"),
         (",".join(["kill-worker@1s"] * 21), "at most 20"),
     ],

@@ -14,9 +14,7 @@ from flashsale.loadgen.scenario import (
     ArrivalRate,
     build_schedule,
     parse_cards,
-    parse_duration,
     parse_ramp,
-    parse_rate,
 )
 from flashsale.loadgen.stats import (
     Journey,
@@ -25,6 +23,7 @@ from flashsale.loadgen.stats import (
     parse_slo,
     percentile_curve,
 )
+from flashsale.units import parse_duration, parse_rate
 
 # -- schedules ---------------------------------------------------------------------------------
 

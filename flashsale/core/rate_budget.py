@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import redis
 
 from flashsale.core import keys
+from flashsale.core.stripe_limits import STRIPE_LIMITS, parse_limit
 from flashsale.errors import ConfigError
 
-# Stripe's documented global limits (requests per second, per account).
-STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
 # 'auto' keeps this share of the limit: against real Stripe the account's other traffic (the
 # Dashboard, refunds, webhooks replays) spends the same budget; the simulator has no other user.
 STRIPE_HEADROOM = 0.9
@@ -100,33 +99,30 @@ class RateBudget:
 
 
 def parse_rate(text: str) -> float | None | str:
-    """--stripe-rate: 'auto', 'off' (None) or requests per second."""
+    """--stripe-rate: 'auto', 'off' (None), 'test', 'live' or requests per second."""
     value = text.strip().lower()
     if value in ("auto", ""):
         return "auto"
-    if value in ("off", "none", "0"):
+    if value == "0":
         return None
-    if value in STRIPE_LIMITS:
-        return STRIPE_LIMITS[value]
     try:
-        rate = float(value.removesuffix("/s"))
-    except ValueError:
+        return parse_limit(value, "--stripe-rate")
+    except ConfigError:
         raise ConfigError(
             f"--stripe-rate takes auto, off, test, live or requests per second, not {text!r}"
         ) from None
-    if rate <= 0:
-        raise ConfigError("--stripe-rate must be positive (or 'off')")
-    return rate
 
 
-def auto_rate(stripe_mode: str, simulator_limit: str | None = None) -> float | None:
-    """The default budget: a share of Stripe's limit for the key's mode, or of the simulator's
-    configured limit (its /_sim/config rate_limit: 'off', 'test', 'live' or a number)."""
+def auto_rate(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
+    """The default budget: a share of the limit of the Stripe the workers talk to.
+
+    That limit is given (`--stripe-limit`: 'test', 'live', 'off' or a number), or follows the
+    key's mode against Stripe; a simulator's limit is whatever it was started with, so without
+    one given there is no budget.
+    """
+    limit = parse_limit(stripe_limit, "--stripe-limit") if stripe_limit else None
     if stripe_mode != "simulator":
-        return STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"]) * STRIPE_HEADROOM
-    if simulator_limit is None:
-        return None
-    limit = parse_rate(simulator_limit)
-    if not isinstance(limit, float):
-        return None
-    return limit * SIMULATOR_HEADROOM
+        if not stripe_limit:
+            limit = STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"])
+        return None if limit is None else limit * STRIPE_HEADROOM
+    return None if limit is None else limit * SIMULATOR_HEADROOM

@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import math
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flashsale.errors import ConfigError
+from flashsale.units import parse_duration, parse_rate
 
 
 @dataclass(frozen=True)
@@ -146,43 +146,6 @@ def parse_cards(spec: str, tokenize: str = "raw") -> CardMix:
     return CardMix(tuple(weights))
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|min|h)?\s*$")
-_UNIT_S = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str, default_unit: str = "s", what: str = "duration") -> float:
-    """'60s', '250ms', '2m', '1.5' (default unit) -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"{what} {text!r} is not a duration like 250ms, 60s or 2m")
-    return float(match.group(1)) * _UNIT_S[match.group(2) or default_unit]
-
-
-def parse_share_or_duration(text: str, what: str) -> tuple[float | None, float | None]:
-    """'10%' -> (None, 0.1); '500ms' -> (0.5, None): a relative or an absolute limit."""
-    value = text.strip()
-    if value.endswith("%"):
-        try:
-            share = float(value[:-1]) / 100
-        except ValueError:
-            raise ConfigError(f"{what} {text!r} is not a share like 10% or a time") from None
-        if share <= 0:
-            raise ConfigError(f"{what} must be above zero")
-        return None, share
-    return parse_duration(value, default_unit="ms", what=what), None
-
-
-def parse_rate(text: str, what: str = "--rate") -> float:
-    """'200/s', '200', '600/m' -> arrivals per second (positive)."""
-    match = re.match(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|m|min))?\s*$", text)
-    if not match:
-        raise ConfigError(f"{what} {text!r} is not a rate like 200/s")
-    per_s = float(match.group(1)) / (60.0 if match.group(2) in ("m", "min") else 1.0)
-    if per_s <= 0:
-        raise ConfigError(f"{what} must be above zero")
-    return per_s
-
-
 @dataclass(frozen=True)
 class ArrivalRate:
     """Target arrival rate: constant, or a linear ramp that then holds its end rate."""
@@ -227,7 +190,7 @@ def parse_ramp(text: str) -> ArrivalRate:
         raise ConfigError(f"--ramp {text!r} must be START:END:DURATION, e.g. 10/s:500/s:60s")
     start = parse_rate(parts[0], "--ramp start")
     end = parse_rate(parts[1], "--ramp end")
-    ramp_s = parse_duration(parts[2], what="--ramp duration")
+    ramp_s = parse_duration(parts[2], "--ramp duration")
     if ramp_s <= 0:
         raise ConfigError("--ramp duration must be above zero")
     return ArrivalRate(start, end, ramp_s)
@@ -310,7 +273,7 @@ def build_schedule(
         raise ConfigError("bound the run: give --customers and/or --duration")
     if customers is not None and customers <= 0:
         raise ConfigError("--customers must be above zero")
-    duration_s = parse_duration(duration, what="--duration") if duration is not None else None
+    duration_s = parse_duration(duration, "--duration") if duration is not None else None
     if duration_s is not None and duration_s <= 0:
         raise ConfigError("--duration must be above zero")
     if rate is not None and ramp is not None:
@@ -330,7 +293,7 @@ def build_schedule(
         arrival = parse_ramp(ramp)
     else:
         default = DEFAULT_DOORS_OPEN_RATE if doors_open else DEFAULT_RATE
-        per_s = parse_rate(rate or default)
+        per_s = parse_rate(rate or default, "--rate")
         arrival = ArrivalRate(per_s, per_s)
     return Schedule(
         arrival,

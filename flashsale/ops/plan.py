@@ -45,7 +45,7 @@ class RehearsalPlan:
 
     @property
     def chaos(self) -> str | None:
-        """The fault spec (see flashsale.ops.chaos), or None for a run without faults."""
+        """The fault spec (see flashsale.ops.faults), or None for a run without faults."""
         spec = self.pipeline.get("chaos")
         return str(spec) if spec else None
 
@@ -118,7 +118,7 @@ def parse_plan(text: str, source: str) -> RehearsalPlan:
             )
     spec = tables["pipeline"].get("chaos")
     if spec is not None:
-        from flashsale.ops.chaos import parse_spec
+        from flashsale.ops.faults import parse_spec
 
         try:
             parse_spec(spec)

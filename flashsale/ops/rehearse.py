@@ -20,7 +20,8 @@ import redis as redis_lib
 
 from flashsale.core import keys, orders, store
 from flashsale.errors import ComponentFailed, ConfigError
-from flashsale.ops.chaos import Fault, FaultRecord, Injector, check_target, parse_spec
+from flashsale.ops.chaos import FaultRecord, Injector
+from flashsale.ops.faults import Fault, check_target, parse_spec
 from flashsale.ops.plan import RehearsalPlan, as_flags
 from flashsale.ops.processes import (
     Child,
@@ -237,6 +238,8 @@ class Rehearsal:
             )
             sim_url = sim.wait_listening()
             env["STRIPE_API_BASE"] = sim_url
+            # The workers' 'auto' budget keeps to the limit the simulator was started with.
+            env["FLASHSALE_STRIPE_LIMIT"] = str(self.plan.stripe_sim.get("rate_limit", "off"))
             env.pop("STRIPE_SECRET_KEY", None)
             env.pop("STRIPE_PUBLISHABLE_KEY", None)
             self.say(f"stripe-sim: {sim_url}")

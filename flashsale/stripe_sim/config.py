@@ -5,39 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from flashsale.core.stripe_limits import STRIPE_LIMITS, describe_limit, parse_limit
 from flashsale.errors import ConfigError
+from flashsale.units import format_duration, parse_duration
 
-# Stripe's documented default limits: test mode 25 requests/s, live mode 100 requests/s.
-RATE_PRESETS = {"test": 25.0, "live": 100.0}
-RATE_OFF = ("off", "none", "unlimited")
 # z-score of the 99th percentile of a standard normal: turns (p50, p99) into a lognormal sigma.
 Z_P99 = 2.3263478740408408
 # A sampled delay never exceeds this, so one unlucky draw cannot hang a rehearsal.
 MAX_LATENCY_S = 60.0
-
-DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s)?\s*$")
-UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1e-3}  # a bare number is milliseconds
-
-
-def parse_duration(text: str, what: str) -> float:
-    """'200ms', '0.2s', '200' (ms) -> seconds; anything else is a ConfigError naming `what`."""
-    match = DURATION.match(text)
-    if not match:
-        raise ConfigError(
-            f"{what} must be a duration like '200ms', '0.2s' or '200' (milliseconds), not {text!r}"
-        )
-    seconds = float(match.group(1)) * UNIT_S[match.group(2)]
-    if seconds > MAX_LATENCY_S:
-        raise ConfigError(f"{what} must be at most {MAX_LATENCY_S:.0f}s, not {text!r}")
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    return f"{seconds * 1000:g}ms" if seconds else "0"
 
 
 @dataclass(frozen=True)
@@ -64,13 +42,13 @@ class Latency:
         return format_duration(self.fixed_s)
 
 
-def parse_latency(text: str) -> Latency:
+def parse_latency(text: object) -> Latency:
     """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms'."""
-    if not isinstance(text, str):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ConfigError(f"latency must be a string like '200ms', not {text!r}")
-    spec = text.strip().lower()
+    spec = str(text).strip().lower()
     if not spec.startswith("lognormal"):
-        return Latency(fixed_s=parse_duration(spec, "latency"))
+        return Latency(fixed_s=parse_duration(spec, "latency", maximum_s=MAX_LATENCY_S))
     usage = "latency must look like 'lognormal:p50=80ms,p99=600ms'"
     _, _, args = spec.partition(":")
     given: dict[str, float] = {}
@@ -78,31 +56,14 @@ def parse_latency(text: str) -> Latency:
         name, sep, value = part.partition("=")
         if not sep or name.strip() not in ("p50", "p99"):
             raise ConfigError(f"{usage}, not {text!r}")
-        given[name.strip()] = parse_duration(value, f"latency {name.strip()}")
+        given[name.strip()] = parse_duration(
+            value, f"latency {name.strip()}", maximum_s=MAX_LATENCY_S
+        )
     if set(given) != {"p50", "p99"}:
         raise ConfigError(f"{usage} (both p50 and p99), not {text!r}")
     if not 0 < given["p50"] <= given["p99"]:
         raise ConfigError(f"latency needs 0 < p50 <= p99, not {text!r}")
     return Latency(p50_s=given["p50"], p99_s=given["p99"])
-
-
-def parse_rate_limit(value: object) -> float | None:
-    """'test' (25/s), 'live' (100/s), 'off' or a positive number -> requests/s, None for off."""
-    text = str(value).strip().lower()
-    if text in RATE_OFF:
-        return None
-    if text in RATE_PRESETS:
-        return RATE_PRESETS[text]
-    try:
-        rate = float(text)
-    except ValueError:
-        rate = -1.0
-    if isinstance(value, bool) or not (rate > 0 and math.isfinite(rate)):
-        raise ConfigError(
-            "rate limit must be 'test' (25/s), 'live' (100/s), 'off' or a positive number of "
-            f"requests per second, not {value!r}"
-        )
-    return rate
 
 
 def check_fraction(value: object, what: str) -> float:
@@ -140,9 +101,8 @@ class SimConfig:
         idempotency_ttl_s: int = 86400,
     ) -> SimConfig:
         """Build from CLI-style values; any bad value is a ConfigError with a clear message."""
-        rate = parse_rate_limit(rate_limit)
-        text = str(rate_limit).strip().lower()
-        shown = "off" if rate is None else text if text in RATE_PRESETS else f"{rate:g}"
+        rate = parse_limit(rate_limit, "rate limit")
+        shown = describe_limit(rate_limit)
         ttl = check_count(idempotency_ttl_s, "idempotency TTL (seconds)")
         if ttl == 0:
             raise ConfigError("idempotency TTL must be at least 1 second")
@@ -166,8 +126,6 @@ class SimConfig:
             )
         merged = {**current, **changes}
         latency = merged["latency"]
-        if isinstance(latency, int | float) and not isinstance(latency, bool):
-            latency = f"{latency}ms"
         return SimConfig.from_options(
             rate_limit=merged["rate_limit"],  # type: ignore[arg-type]
             concurrency_limit=merged["concurrency_limit"],  # type: ignore[arg-type]
@@ -190,7 +148,7 @@ class SimConfig:
     def describe(self) -> str:
         """One line for the start-up log: every setting in force."""
         rate = self.rate_limit
-        if self.rate_limit in RATE_PRESETS:
+        if self.rate_limit in STRIPE_LIMITS:
             rate = f"{self.rate_limit} ({self.rate_per_s:g}/s)"
         elif self.rate_per_s is not None:
             rate = f"{self.rate_per_s:g}/s"

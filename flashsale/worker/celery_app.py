@@ -5,6 +5,6 @@ from __future__ import annotations
 import os
 
 from flashsale.settings import Settings
-from flashsale.worker import create_celery
+from flashsale.worker.app import create_celery
 
 app = create_celery(Settings.from_env(os.environ).checked())

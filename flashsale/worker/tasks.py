@@ -63,20 +63,18 @@ def say(line: str) -> None:
 
 
 def make_budget(settings: Settings, client: redis.Redis) -> rate_budget.RateBudget | None:
-    """The shared Stripe budget --stripe-rate asks for; 'auto' follows the simulator's limit."""
+    """The shared Stripe budget --stripe-rate asks for; 'auto' is a share of --stripe-limit."""
     rate = rate_budget.parse_rate(settings.stripe_rate)
     if rate == "auto":
-        simulator_limit = None
-        if settings.stripe_mode == "simulator":
-            try:
-                response = httpx.get(f"{settings.stripe_api_base}/_sim/config", timeout=5)
-                simulator_limit = str(response.json().get("rate_limit", "off"))
-            except (httpx.HTTPError, ValueError) as error:
-                log.warning("could not read the simulator's rate limit (%s): no budget", error)
-        rate = rate_budget.auto_rate(settings.stripe_mode, simulator_limit)
+        rate = rate_budget.auto_rate(settings.stripe_mode, settings.stripe_limit)
     # Printed, not logged: this runs before Celery configures logging, and operators need it.
     if not isinstance(rate, float):
-        say("Stripe budget: off (each worker sends as fast as Stripe answers)")
+        why = (
+            "; give --stripe-limit to keep to a simulator's --rate-limit"
+            if settings.stripe_mode == "simulator" and not settings.stripe_limit
+            else ""
+        )
+        say(f"Stripe budget: off (each worker sends as fast as Stripe answers){why}")
         return None
     say(f"Stripe budget: {rate:.4g} requests/s shared by every worker on this Redis")
     return rate_budget.RateBudget(

@@ -1,0 +1,38 @@
+"""Stripe's documented request limits and the one parser of a limit named by mode or number."""
+
+from __future__ import annotations
+
+from flashsale.errors import ConfigError
+from flashsale.units import parse_rate
+
+# Requests per second per account (docs.stripe.com/rate-limits): a sandbox (test mode) 25,
+# live mode 100.
+STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
+UNLIMITED = ("off", "none", "unlimited")
+
+
+def parse_limit(value: object, what: str) -> float | None:
+    """'test' (25/s), 'live' (100/s), 'off' or a positive rate ('40', '40/s') -> per second;
+    None for no limit."""
+    text = str(value).strip().lower()
+    if text in UNLIMITED:
+        return None
+    if text in STRIPE_LIMITS:
+        return STRIPE_LIMITS[text]
+    try:
+        if isinstance(value, bool):
+            raise ConfigError("a flag, not a rate")
+        return parse_rate(text, what)
+    except ConfigError:
+        raise ConfigError(
+            f"{what} must be 'test' ({STRIPE_LIMITS['test']:g}/s), 'live' "
+            f"({STRIPE_LIMITS['live']:g}/s), 'off' or a positive number of requests per second, "
+            f"not {value!r}"
+        ) from None
+
+
+def describe_limit(value: object) -> str:
+    """How a limit is shown: 'off', 'test', 'live' or the number per second ('7')."""
+    rate = parse_limit(value, "rate limit")
+    text = str(value).strip().lower()
+    return "off" if rate is None else text if text in STRIPE_LIMITS else f"{rate:g}"

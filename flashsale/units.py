@@ -1,0 +1,88 @@
+"""Durations, rates and shares: the one parser of each, so a value means the same on every flag.
+
+A duration always carries its unit ('250ms', '60s', '2m'); a bare number other than 0 is refused
+with the unit to write, because flags once disagreed on what one meant (milliseconds for the
+simulator's latency, seconds for loadgen's timeout). A bare rate is per second everywhere.
+Options typed as plain numbers (`--drain-timeout 60`, `--stripe-timeout 10`) say "seconds" in
+their help, and so does every scenario key that takes one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from flashsale.errors import ConfigError
+
+DURATION_UNITS = {
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|min|h)?\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|m|min))?\s*$")
+
+
+def parse_duration(
+    text: object, what: str = "duration", *, maximum_s: float | None = None
+) -> float:
+    """'250ms', '60s', '2m', '1.5h', '0' -> seconds; else a ConfigError naming `what`."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ConfigError(f"{what} must be a duration like 250ms, 60s or 2m, not {text!r}")
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ConfigError(
+            f"{what} must be a duration, a time like 250ms, 60s or 2m ({text!r} is not a duration)"
+        )
+    number, unit = float(match.group(1)), match.group(2)
+    if unit is None and number != 0:
+        value = match.group(1)
+        raise ConfigError(f"{what} {text!r} has no unit: write {value}ms or {value}s")
+    seconds = number * DURATION_UNITS[unit or "s"]
+    if maximum_s is not None and seconds > maximum_s:
+        raise ConfigError(f"{what} must be at most {format_duration(maximum_s)}, not {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The short form parse_duration reads back: '0', '250ms', '1.5s', '2m'."""
+    if seconds == 0:
+        return "0"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def parse_rate(text: object, what: str = "rate") -> float:
+    """'200/s', '600/m', '200' (per second) -> a positive number of arrivals per second."""
+    match = _RATE.match(str(text)) if not isinstance(text, bool) else None
+    if not match:
+        raise ConfigError(f"{what} {text!r} is not a rate like 200/s")
+    per_s = float(match.group(1)) / (60.0 if match.group(2) in ("m", "min") else 1.0)
+    if not (per_s > 0 and math.isfinite(per_s)):
+        raise ConfigError(f"{what} must be above zero")
+    return per_s
+
+
+def parse_share(text: str, what: str) -> float:
+    """'10%' -> 0.1 (above zero)."""
+    try:
+        share = float(text.strip().removesuffix("%")) / 100
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a share like 10%") from None
+    if not share > 0:
+        raise ConfigError(f"{what} must be above zero")
+    return share
+
+
+def parse_share_or_duration(text: str, what: str) -> tuple[float | None, float | None]:
+    """'10%' -> (None, 0.1); '500ms' -> (0.5, None): a relative or an absolute limit."""
+    if text.strip().endswith("%"):
+        return None, parse_share(text, what)
+    return parse_duration(text, what), None
