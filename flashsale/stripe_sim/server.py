@@ -16,8 +16,9 @@ import logging
 import random
 import secrets
 import signal
+import statistics
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +38,7 @@ log = logging.getLogger("flashsale.stripe_sim")
 
 STATIC = Path(__file__).parent / "static"
 FREEZE_EVERY = 8192  # requests between gc.freeze() calls
+DELAYS_KEPT = 1000  # the latency held on the last this many delayed requests, for /_sim/stats
 SECRET_PREFIXES = ("sk_test_", "rk_test_")
 PUBLISHABLE_PREFIX = "pk_test_"
 SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
@@ -95,6 +97,8 @@ class Simulator:
         self.bucket: TokenBucket | None = None
         self.set_config(config)
         self.in_flight = 0
+        # The delays latency added to the last requests (seconds held), for /_sim/stats.
+        self.delays: deque[float] = deque(maxlen=DELAYS_KEPT)
         self.started = time.time()
         self.counts: Counter[tuple[str, str]] = Counter()
         self.rate_limited: Counter[str] = Counter()
@@ -280,7 +284,9 @@ class Simulator:
     async def pause(self) -> None:
         delay = self.config.latency.sample()
         if delay > 0:
+            began = time.monotonic()
             await asyncio.sleep(delay)
+            self.delays.append(time.monotonic() - began)
 
     def maybe_drop(self, request: web.BaseRequest) -> None:
         """After the charge is committed, sometimes hang up instead of answering."""
@@ -405,6 +411,7 @@ class Simulator:
             "idempotency_conflicts": self.events["idempotency_conflicts"],
             "idempotency_mismatches": self.events["idempotency_mismatches"],
             "in_flight": self.in_flight,
+            "latency_added_ms": latency_added(self.delays),
             "config": self.config.as_dict(),
             "uptime_s": round(time.time() - self.started, 3),
         }
@@ -479,3 +486,17 @@ def run(host: str, port: int, config: SimConfig) -> None:
     """Run the simulator in the foreground (the `flashsale stripe-sim` command)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(serve(host, port, config))
+
+
+def latency_added(delays: deque[float]) -> dict[str, float | int]:
+    """What --latency held the last (at most DELAYS_KEPT) delayed requests for, in ms, as the
+    simulator's own clock saw it; /_sim itself never waits."""
+    if not delays:
+        return {"requests": 0}
+    held = sorted(delays)
+    return {
+        "requests": len(held),
+        "min": round(held[0] * 1000, 3),
+        "median": round(statistics.median(held) * 1000, 3),
+        "max": round(held[-1] * 1000, 3),
+    }
