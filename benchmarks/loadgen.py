@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import re
 import resource
 import statistics
 import sys
@@ -31,53 +29,26 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from flashsale.loadgen import loop
-from flashsale.loadgen.runner import LoadConfig, Runner, raise_open_files_limit
-from flashsale.loadgen.scenario import build_schedule, parse_cards
-from flashsale.ops.processes import (
-    Child,
-    flashsale_argv,
-    free_port,
-    redis_server_argv,
-    wait_for_redis,
-)
-
-WORKER_READY = re.compile(r"flashsale worker ready")
+from flashsale.loadgen.client import loop
+from flashsale.loadgen.coordinator import Coordinator
+from flashsale.loadgen.engine import raise_open_files_limit
+from flashsale.loadgen.fleet.inprocess import InProcess
+from flashsale.loadgen.report import LoadReport
+from flashsale.loadgen.scenario import LoadConfig, build_schedule, parse_cards
+from flashsale.ops.pipeline import LocalPipeline
 
 
-def start_pipeline(log_dir: Path) -> tuple[list[Child], str]:
+def start_pipeline(directory: Path) -> LocalPipeline:
     """A private pipeline; children inherit our raised open-files limit."""
-    children: list[Child] = []
-    port = free_port()
-    redis = Child("redis", redis_server_argv(port, log_dir), log_dir / "redis.log").start()
-    children.append(redis)
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    wait_for_redis(redis_url, redis)
-    sim = Child("sim", flashsale_argv("stripe-sim", "--port", "0"), log_dir / "sim.log").start()
-    children.append(sim)
-    sim_url = sim.wait_listening()
-    env = {
-        **os.environ,
-        "FLASHSALE_REDIS_URL": redis_url,
-        "STRIPE_API_BASE": sim_url,
-        "STRIPE_SECRET_KEY": "sk_test_bench",
-        "FLASHSALE_SECRET": "bench-secret",
-    }
+    pipeline = LocalPipeline(directory)
+    pipeline.start_redis()
+    pipeline.start_simulator()
     # Stock for every run: a sold-out journey is cheaper and would flatter the CPU figure.
-    server = Child(
-        "serve",
-        flashsale_argv("serve", "--port", "0", "--stock", "10000000"),
-        log_dir / "serve.log",
-        env=env,
-    ).start()
-    children.append(server)
-    worker = Child(
-        "worker", flashsale_argv("worker", "--concurrency", "16"), log_dir / "worker.log", env=env
-    ).start()
-    children.append(worker)
-    url = server.wait_listening(timeout_s=60)
-    worker.wait_for(WORKER_READY, timeout_s=60)
-    return children, url
+    server = pipeline.start_server("--stock", "10000000", wait=False)
+    worker = pipeline.start_worker("--concurrency", "16", wait=False)
+    pipeline.wait_ready(server)
+    pipeline.wait_ready(worker)
+    return pipeline
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -92,7 +63,7 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
         time.sleep(1)
 
 
-def run_once(url: str, **flags: Any) -> dict[str, Any]:
+def run_once(url: str, **flags: Any) -> LoadReport:
     wait_healthy(url)
     cards = flags.pop("cards", "visa")
     tokenize = flags.pop("tokenize", "test-tokens")
@@ -107,8 +78,8 @@ def run_once(url: str, **flags: Any) -> dict[str, Any]:
         max_cpu_percent=101,
         max_lag_s=60,
     )
-    runner = Runner(config, Console(file=io.StringIO()))
-    return loop.run(runner.run()).report  # the event loop `flashsale loadgen` runs on
+    coordinator = Coordinator(config, InProcess(), Console(file=io.StringIO()))
+    return loop.run(coordinator.run()).report  # the event loop `flashsale loadgen` runs on
 
 
 def main() -> None:
@@ -125,7 +96,8 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     print(f"open files limit: soft {soft}, hard {hard} (raised to {nofile})", flush=True)
     log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-loadgen-"))
-    children, url = start_pipeline(log_dir)
+    pipeline = start_pipeline(log_dir)
+    url = pipeline.server_url
     try:
         cpu_rows = []
         for run in range(args.runs):
@@ -136,13 +108,13 @@ def main() -> None:
                 cards="visa=85,insufficient_funds=10,generic_decline=5",
                 tokenize="raw",
             )
-            gen = report["generator"]
-            cpu_rows.append(gen["cpu_ms_per_customer"])
+            gen = report.generator
+            cpu_rows.append(gen.cpu_ms_per_customer)
             print(
-                f"cpu run {run + 1}: {gen['cpu_ms_per_customer']:.2f} ms CPU per journey, "
-                f"generator {gen['cpu_percent']:.0f}% of a core, outcomes "
-                f"{ {k: v for k, v in report['outcomes'].items() if v} }, "
-                f"e2e p50 {report['latency_ms']['e2e']['p50']:.1f} ms",
+                f"cpu run {run + 1}: {gen.cpu_ms_per_customer:.2f} ms CPU per journey, "
+                f"generator {gen.cpu_percent:.0f}% of a core, outcomes "
+                f"{ {k: v for k, v in report.outcomes.items() if v} }, "
+                f"e2e p50 {report.latency_ms['e2e']['p50']:.1f} ms",
                 flush=True,
             )
         held_rows = []
@@ -150,24 +122,23 @@ def main() -> None:
             for run in range(args.runs):
                 started = time.perf_counter()
                 report = run_once(url, customers=args.held, doors_open=True, rate=args.held_rate)
-                gen = report["generator"]
-                doors = report["run"]["doors_open"]
-                held_rows.append(gen["peak_sockets"])
-                errors = dict(list(report["errors"].items())[:3])
+                gen = report.generator
+                doors = report.run.doors_open or {}
+                held_rows.append(gen.peak_sockets)
+                errors = dict(list(report.errors.items())[:3])
                 print(
-                    f"held run {run + 1}: {gen['peak_sockets']} connected and waiting at once "
+                    f"held run {run + 1}: {gen.peak_sockets} connected and waiting at once "
                     f"(ready {doors['ready']}, dropped {doors['dropped_out']}), "
                     f"ready after {doors['opened_at_s']:.1f}s, submit spread "
                     f"{doors['submit_spread_ms']:.0f} ms, outcomes "
-                    f"{ {k: v for k, v in report['outcomes'].items() if v} }, "
-                    f"generator {gen['cpu_percent']:.0f}% CPU, "
-                    f"{gen['cpu_ms_per_customer']:.2f} ms/customer, errors {errors}, "
+                    f"{ {k: v for k, v in report.outcomes.items() if v} }, "
+                    f"generator {gen.cpu_percent:.0f}% CPU, "
+                    f"{gen.cpu_ms_per_customer:.2f} ms/customer, errors {errors}, "
                     f"wall {time.perf_counter() - started:.0f}s",
                     flush=True,
                 )
     finally:
-        for child in reversed(children):
-            child.stop()
+        pipeline.stop()
     print()
     print(f"median CPU per journey: {statistics.median(cpu_rows):.2f} ms ({args.runs} runs)")
     if held_rows:

@@ -19,153 +19,51 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flashsale.ops.processes import (
-    Child,
-    flashsale_argv,
-    free_port,
-    redis_server_argv,
-    wait_for_redis,
-)
-
-WORKER_READY = re.compile(r"flashsale worker ready")
-TICKS = os.sysconf("SC_CLK_TCK")
+from flashsale.ops.pipeline import LocalPipeline
+from flashsale.ops.processes import Child, flashsale_argv
 
 
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of one process (all its threads), seconds; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    # After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def start_pipeline(directory: Path) -> LocalPipeline:
+    """Redis and a simulator with no latency and no limit; sales get their servers later."""
+    pipeline = LocalPipeline(directory)
+    pipeline.start_redis()
+    pipeline.start_simulator("--rate-limit", "off", "--latency", "0")
+    return pipeline
 
 
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (gunicorn's workers, a Celery pool)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(parents.get(current, []))
-    return found
-
-
-def tree_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(process_cpu_s(pid) for pid in tree) for name, tree in pids.items()}
-
-
-@dataclass
-class Pipeline:
-    """The private pipeline this benchmark drives; components by name for CPU accounting."""
-
-    redis_url: str
-    sim_url: str
-    children: dict[str, list[Child]]
-    log_dir: Path
-    env: dict[str, str]
-    server_url: str = ""
-
-    def pids(self) -> dict[str, list[int]]:
-        return {
-            name: [pid for child in group for pid in descendants(child.pid)]
-            for name, group in self.children.items()
-        }
-
-    def start_app(
-        self,
-        sku: str,
-        server_workers: int,
-        workers: int,
-        concurrency: int,
-        notify: str,
-        worker_flags: tuple[str, ...] = (),
-    ) -> None:
-        """(Re)start server and workers for one sale; redis and the simulator stay."""
-        for name in ("server", "worker"):
-            for child in self.children.pop(name, []):
-                child.stop()
-        flags = ["--notify", notify]
-        server = Child(
-            "server",
-            flashsale_argv(
-                "serve",
-                "--port",
-                "0",
-                "--workers",
-                str(server_workers),
-                "--sku",
-                sku,
-                "--stock",
-                "100000000",
-                *flags,
-            ),
-            self.log_dir / f"server-{sku}.log",
-            env=self.env,
-        ).start()
-        self.children["server"] = [server]
-        self.server_url = server.wait_listening(timeout_s=60)
-        env = {**self.env, "FLASHSALE_SERVER_URL": self.server_url}
-        group = []
-        for index in range(workers):
-            worker = Child(
-                f"worker{index}",
-                flashsale_argv("worker", "--concurrency", str(concurrency), *flags, *worker_flags),
-                self.log_dir / f"worker{index}-{sku}.log",
-                env=env,
-            ).start()
-            group.append(worker)
-        self.children["worker"] = group
-        for worker in group:
-            worker.wait_for(WORKER_READY, timeout_s=60)
-
-    def stop(self) -> None:
-        for group in reversed(list(self.children.values())):
-            for child in group:
-                child.stop()
-
-
-def start_pipeline(log_dir: Path) -> Pipeline:
-    port = free_port()
-    redis = Child("redis", redis_server_argv(port, log_dir), log_dir / "redis.log").start()
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    wait_for_redis(redis_url, redis)
-    sim = Child(
-        "sim",
-        flashsale_argv("stripe-sim", "--port", "0", "--rate-limit", "off", "--latency", "0"),
-        log_dir / "sim.log",
-    ).start()
-    sim_url = sim.wait_listening()
-    env = {
-        **os.environ,
-        "FLASHSALE_REDIS_URL": redis_url,
-        "STRIPE_API_BASE": sim_url,
-        "STRIPE_SECRET_KEY": "sk_test_bench_pipeline",
-        "FLASHSALE_SECRET": "bench-secret",
-    }
-    return Pipeline(redis_url, sim_url, {"redis": [redis], "sim": [sim]}, log_dir, env)
+def start_app(
+    pipeline: LocalPipeline,
+    sku: str,
+    server_workers: int,
+    workers: int,
+    concurrency: int,
+    notify: str,
+    worker_flags: tuple[str, ...] = (),
+) -> None:
+    """(Re)start server and workers for one sale; redis and the simulator stay."""
+    pipeline.stop_kind("worker")
+    pipeline.stop_kind("server")
+    flags = ("--notify", notify)
+    pipeline.start_server(
+        *("--workers", str(server_workers), "--sku", sku, "--stock", "100000000", *flags)
+    )
+    pipeline.env["FLASHSALE_SERVER_URL"] = pipeline.server_url
+    started = [
+        pipeline.start_worker("--concurrency", str(concurrency), *flags, *worker_flags, wait=False)
+        for _ in range(workers)
+    ]
+    for worker in started:
+        pipeline.wait_ready(worker)
 
 
 def run_step(
-    pipeline: Pipeline,
+    pipeline: LocalPipeline,
     rate: float,
     duration_s: float,
     tag: str,
@@ -199,21 +97,11 @@ def run_step(
         pipeline.log_dir / f"loadgen-{tag}.log",
         env=pipeline.env,
     )
-    pids = pipeline.pids()
-    before = tree_cpu(pids)
-    started = time.monotonic()
-    loadgen.start()
-    generator_cpu: dict[int, float] = {}
-    # Sample the generator (and any processes it forks) while it runs: a process's CPU is gone
-    # from /proc once it exits.
-    while loadgen.alive() and time.monotonic() - started < duration_s + 120:
-        for pid in descendants(loadgen.pid):
-            generator_cpu[pid] = max(generator_cpu.get(pid, 0.0), process_cpu_s(pid))
-        time.sleep(0.2)
-    loadgen_cpu = sum(generator_cpu.values())
-    exit_code = loadgen.stop()
+    before = pipeline.cpu_seconds()
+    loadgen_cpu, _ = loadgen.run_measured(duration_s + 120, every_s=0.2)
+    exit_code = loadgen.process.returncode if loadgen.process else None
     # Results still in flight when loadgen stopped waiting are done by now or never.
-    after = tree_cpu(pids)
+    after = pipeline.cpu_seconds()
     report = json.loads(report_path.read_text())
     checkouts = max(1, report["outcomes"]["succeeded"])
     cpu_ms = {name: (after[name] - before[name]) * 1000 / checkouts for name in before}
@@ -282,7 +170,7 @@ def main() -> None:
     best: dict[str, Any] | None = None
     try:
         if not args.skip_ramp:
-            pipeline.start_app("BENCH-RAMP", *shape, notify="queue", worker_flags=worker_flags)
+            start_app(pipeline, "BENCH-RAMP", *shape, notify="queue", worker_flags=worker_flags)
             for rate in (float(text) for text in args.rates.split(",")):
                 # Other jobs share these cores: a step gets --attempts tries before it counts
                 # as not sustained.
@@ -305,7 +193,8 @@ def main() -> None:
         if not args.skip_compare:
             for run in range(args.compare_runs):
                 for notify in ("queue", "http"):
-                    pipeline.start_app(
+                    start_app(
+                        pipeline,
                         f"BENCH-{notify.upper()}-{run}",
                         *shape,
                         notify=notify,

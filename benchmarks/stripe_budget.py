@@ -15,8 +15,6 @@ per order. Prints the command that reproduces them. Never asserts.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
 import sys
 import tempfile
@@ -31,25 +29,9 @@ import redis
 from celery import Celery
 
 from flashsale.core import inventory, jobs, orders
-from flashsale.ops.processes import (
-    Child,
-    flashsale_argv,
-    free_port,
-    redis_server_argv,
-    wait_for_redis,
-)
+from flashsale.ops.pipeline import LocalPipeline
 
-WORKER_READY = re.compile(r"flashsale worker ready")
 SKU = "BENCH-BUDGET"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def place_burst(redis_url: str, customers: int) -> None:
@@ -81,66 +63,40 @@ def place_burst(redis_url: str, customers: int) -> None:
     client.close()
 
 
-def run_mode(
-    log_dir: Path, redis_url: str, stripe_rate: str, args: argparse.Namespace
-) -> dict[str, Any]:
+def run_mode(pipeline: LocalPipeline, stripe_rate: str, args: argparse.Namespace) -> dict[str, Any]:
     """A fresh simulator and database, N workers with --stripe-rate, one burst, drained."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(pipeline.redis_url, decode_responses=True)
     client.flushdb()
-    sim = Child(
-        "sim",
-        flashsale_argv("stripe-sim", "--port", "0", "--rate-limit", args.limit),
-        log_dir / f"sim-{stripe_rate}.log",
-    ).start()
-    workers: list[Child] = []
     try:
-        sim_url = sim.wait_listening()
-        env = {
-            **os.environ,
-            "FLASHSALE_REDIS_URL": redis_url,
-            "STRIPE_API_BASE": sim_url,
-            "STRIPE_SECRET_KEY": "sk_test_bench_budget",
-            "FLASHSALE_STRIPE_LIMIT": args.limit,
-        }
-        for index in range(args.workers):
-            workers.append(
-                Child(
-                    f"worker{index}",
-                    flashsale_argv(
-                        "worker",
-                        "--concurrency",
-                        str(args.concurrency),
-                        "--stripe-rate",
-                        stripe_rate,
-                        "--loglevel",
-                        "WARNING",
-                        *args.worker_flag,
-                    ),
-                    log_dir / f"worker{index}-{stripe_rate}.log",
-                    env=env,
-                ).start()
+        sim_url = pipeline.start_simulator("--rate-limit", args.limit)
+        started = [
+            pipeline.start_worker(
+                *("--concurrency", str(args.concurrency), "--stripe-rate", stripe_rate),
+                *("--loglevel", "WARNING", *args.worker_flag),
+                wait=False,
             )
-        for worker in workers:
-            worker.wait_for(WORKER_READY, timeout_s=60)
-        cpu_before = sum(process_cpu_s(worker.pid) for worker in workers)
-        started = time.monotonic()
-        place_burst(redis_url, args.customers)
-        placed_s = time.monotonic() - started
-        deadline = started + args.timeout
+            for _ in range(args.workers)
+        ]
+        for worker in started:
+            pipeline.wait_ready(worker)
+        cpu_before = pipeline.cpu_seconds()["worker"]
+        started_at = time.monotonic()
+        place_burst(pipeline.redis_url, args.customers)
+        placed_s = time.monotonic() - started_at
+        deadline = started_at + args.timeout
         while time.monotonic() < deadline:
             counts = orders.count_by_state(client)
             if counts.get("pending", 0) == 0 and sum(counts.values()) >= args.customers:
                 break
             time.sleep(0.5)
-        drained_s = time.monotonic() - started
-        cpu_s = sum(process_cpu_s(worker.pid) for worker in workers) - cpu_before
+        drained_s = time.monotonic() - started_at
+        cpu_s = pipeline.cpu_seconds()["worker"] - cpu_before
         finals = [order.updated_at for order in orders.iter_orders(client) if order.final]
         counts = orders.count_by_state(client)
         stats = httpx.get(f"{sim_url}/_sim/stats", timeout=10).json()
     finally:
-        for worker in workers:
-            worker.stop()
-        sim.stop()
+        pipeline.stop_kind("worker")
+        pipeline.stop_kind("stripe-sim")
         client.close()
     succeeded = counts.get("succeeded", 0)
     span = (max(finals) - min(finals)) if len(finals) > 1 else float("nan")
@@ -179,15 +135,13 @@ def main() -> None:
     if limit is None and args.limit != "off":
         limit = float(args.limit)
     log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-budget-"))
-    port = free_port()
-    redis_child = Child("redis", redis_server_argv(port, log_dir), log_dir / "redis.log").start()
-    redis_url = f"redis://127.0.0.1:{port}/0"
+    pipeline = LocalPipeline(log_dir, env={"STRIPE_SECRET_KEY": "sk_test_bench_budget"})
     results: dict[str, list[dict[str, Any]]] = {}
     try:
-        wait_for_redis(redis_url, redis_child)
+        pipeline.start_redis()
         for run in range(args.runs):
             for mode in args.modes.split(","):
-                result = run_mode(log_dir, redis_url, mode, args)
+                result = run_mode(pipeline, mode, args)
                 results.setdefault(mode, []).append(result)
                 share = f" = {result['charges_per_s'] / limit:.3f} of the limit" if limit else ""
                 print(
@@ -200,7 +154,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        redis_child.stop()
+        pipeline.stop()
     print()
     print(
         f"{args.customers} orders, {args.workers} workers x {args.concurrency} threads, simulator "

@@ -333,10 +333,10 @@ def worker(
 
 @cli.command("loadgen")
 @click.option("--url", default="http://127.0.0.1:5000", show_default=True, help="The sale.")
-@click.option("--customers", type=int, default=None, help="Customers to play (a bound).")
-@click.option("--duration", default=None, help="Stop arrivals after this long, e.g. 60s (a bound).")
-@click.option("--rate", default=None, help="Open model: constant arrivals, e.g. 200/s [50/s].")
-@click.option("--ramp", default=None, help="Open model: linear ramp START:END:DURATION.")
+@click.option("--customers", type=click.IntRange(min=1), help="Customers to play (a bound).")
+@click.option("--duration", help="Stop arrivals after this long, e.g. 60s (a bound).")
+@click.option("--rate", help="Open model: constant arrivals, e.g. 200/s [50/s; doors-open 100/s].")
+@click.option("--ramp", help="Open model: linear ramp START:END:DURATION, e.g. 10/s:500/s:60s.")
 @click.option("--poisson", is_flag=True, help="Poisson arrivals at the --rate/--ramp intensity.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --poisson.")
 @click.option(
@@ -344,14 +344,19 @@ def worker(
     is_flag=True,
     help="Flash sale: all customers load, connect and join, then submit at one instant.",
 )
-@click.option("--concurrency", type=int, default=None, help="Closed model: N customers looping.")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), help="Closed model: N customers looping."
+)
 @click.option(
     "--max-in-flight",
     type=click.IntRange(min=1),
-    default=None,
     help="Cap on customers in flight (like wrk2 connections); late starts show as schedule lag.",
 )
-@click.option("--cards", default=None, help="Test-card mix, e.g. visa=85,insufficient_funds=5.")
+@click.option(
+    "--cards",
+    help="Test-card mix, e.g. visa=85,insufficient_funds=5 "
+    "[visa=85,insufficient_funds=5,generic_decline=5,expired_card=3,incorrect_cvc=2].",
+)
 @click.option(
     "--tokenize",
     type=click.Choice(["raw", "test-tokens"]),
@@ -360,11 +365,9 @@ def worker(
     help="Send raw test card numbers to /v1/tokens, or use tok_ test tokens.",
 )
 @click.option("--timeout", default="30s", show_default=True, help="Wait per phase and for results.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="JSON report.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Offline HTML report.")
-@click.option("--slo", "slos", multiple=True, help="Objective, e.g. 'e2e.p99<2s' (repeatable).")
-@click.option("--redis-url", default=None, help="Pipeline Redis for the system panel.")
-@click.option("--stock-key", default=None, help="Redis key of stock left [flashsale:stock:SKU].")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the offline HTML report here.")
+@click.option("--slo", multiple=True, help="Objective, e.g. 'e2e.p99<2s' (repeatable).")
 @click.option("--no-dashboard", is_flag=True, help="Print a status line every few seconds.")
 @click.option("--interval", default="1s", show_default=True, help="Time-series resolution.")
 @click.option(
@@ -392,16 +395,14 @@ def worker(
 @click.option(
     "--processes",
     type=click.IntRange(min=1),
-    default=None,
     help="Generator processes sharing the schedule [one per core]; 1 = this process only.",
 )
 @click.option(
     "--agents",
     type=click.IntRange(min=1),
-    default=None,
     help="Play the scenario on N `flashsale loadgen-agent` workers instead of local processes.",
 )
-@click.option("--agents-redis-url", default=None, help="The Redis the agents listen on.")
+@click.option("--agents-redis-url", help="The Redis the agents listen on.")
 @click.option(
     "--accept-timeout",
     default="30s",
@@ -414,101 +415,20 @@ def worker(
     show_default=True,
     help="A shard silent this long is reported lost and the run is invalid.",
 )
-def loadgen(
-    url: str,
-    customers: int | None,
-    duration: str | None,
-    rate: str | None,
-    ramp: str | None,
-    poisson: bool,
-    seed: int,
-    doors_open: bool,
-    concurrency: int | None,
-    max_in_flight: int | None,
-    cards: str | None,
-    tokenize: str,
-    timeout: str,
-    report_path: str | None,
-    html_path: str | None,
-    slos: tuple[str, ...],
-    redis_url: str | None,
-    stock_key: str | None,
-    no_dashboard: bool,
-    interval: str,
-    max_lag: str,
-    max_cpu: float,
-    max_release_lag: str,
-    no_fallback: bool,
-    processes: int | None,
-    agents: int | None,
-    agents_redis_url: str | None,
-    accept_timeout: str,
-    lost_after: str,
-) -> None:
+def loadgen(**options: Any) -> None:
     """Play simulated customers through the sale and measure every phase.
+
+    Durations carry their unit (250ms, 30s, 2m); rates are per second (200/s) unless they say
+    /m. The system panel reads the server's /metrics (queues, stock), never its Redis.
 
     Exit codes: 0 all SLOs met, 1 an SLO failed, 2 usage or setup error (including agents
     that did not accept the run), 3 the run is invalid because the generator itself
     saturated or a generator process or agent was lost. Ctrl-C stops every customer, still
     writes the report, and exits with the code of what was measured so far.
     """
-    from pathlib import Path
+    from flashsale.loadgen import coordinator, scenario
 
-    from flashsale import units
-    from flashsale.loadgen import runner, scenario, stats
-
-    release_lag_s, release_lag_ratio = units.parse_share_or_duration(
-        max_release_lag, "--max-release-lag"
-    )
-    config = runner.LoadConfig(
-        url=url.rstrip("/"),
-        schedule=scenario.build_schedule(
-            rate=rate,
-            ramp=ramp,
-            poisson=poisson,
-            seed=seed,
-            doors_open=doors_open,
-            concurrency=concurrency,
-            customers=customers,
-            duration=duration,
-        ),
-        cards=scenario.parse_cards(cards or scenario.DEFAULT_CARDS, tokenize),
-        tokenize=tokenize,
-        timeout_s=units.parse_duration(timeout, "--timeout"),
-        max_in_flight=max_in_flight,
-        slos=[stats.parse_slo(text) for text in slos],
-        report_path=Path(report_path) if report_path else None,
-        html_path=Path(html_path) if html_path else None,
-        dashboard=not no_dashboard,
-        redis_url=redis_url,
-        stock_key=stock_key,
-        interval_s=units.parse_duration(interval, "--interval"),
-        max_lag_s=units.parse_duration(max_lag, "--max-lag"),
-        max_cpu_percent=max_cpu,
-        max_release_lag_s=release_lag_s,
-        max_release_lag_ratio=release_lag_ratio or 0.10,
-        fallback=not no_fallback,
-    )
-    lost_after_s = units.parse_duration(lost_after, "--lost-after")
-    if agents is not None:
-        if not agents_redis_url:
-            raise ConfigError("--agents needs --agents-redis-url: the Redis the agents listen on")
-        from flashsale.loadgen import agents as agent_fleet
-
-        result = agent_fleet.run_agents(
-            config,
-            agents,
-            agents_redis_url,
-            accept_timeout_s=units.parse_duration(accept_timeout, "--accept-timeout"),
-            lost_after_s=lost_after_s,
-        )
-    elif (processes if processes is not None else os.cpu_count() or 1) == 1:
-        result = runner.run(config)
-    else:
-        from flashsale.loadgen import coordinator
-
-        count = processes if processes is not None else os.cpu_count() or 1
-        result = coordinator.run_processes(config, count, lost_after_s=lost_after_s)
+    result = coordinator.run(scenario.load_config(options))
     click.get_current_context().exit(result.exit_code)
 
 
@@ -539,7 +459,7 @@ def report_compare(base: str, new: str) -> None:
 def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     """A load machine's agent: a Celery worker on the `loadgen` queue playing one shard at a
     time of `flashsale loadgen --agents N` runs. Start one per load machine."""
-    from flashsale.loadgen.agents import run_agent
+    from flashsale.loadgen.fleet.agents import run_agent
 
     run_agent(redis_url, loglevel=loglevel.upper(), name=name)
 
@@ -618,8 +538,10 @@ def rehearse(
     Starts a private Redis, the Stripe simulator, the server and workers on free loopback
     ports, sends the scenario's customers through loadgen (live dashboard), waits for every
     order to finish, reconciles orders against Stripe's ledger, prints a verdict and writes
-    report.json and report.html into the run directory. Extra arguments after `--` go to
-    `flashsale loadgen` unchanged, e.g. `flashsale rehearse -- --rate 300/s`.
+    report.json and report.html into the run directory. Options after `--` are
+    `flashsale loadgen` options and win over the scenario's, e.g.
+    `flashsale rehearse -- --rate 300/s`; every option and scenario key is checked before
+    anything starts.
 
     Exit codes: 0 SLOs met and integrity holds, 1 a check failed, 2 usage or setup error,
     3 the load generator saturated (numbers untrustworthy), 130 interrupted.
@@ -651,10 +573,11 @@ def rehearse(
         redis_durable=bool(redis_durable),
         chaos=chaos_spec,
         stripe=stripe,
-        loadgen_args=loadgen_args,
+        loadgen_options=given_loadgen_options(loadgen_args),
         dashboard=not no_dashboard,
         drain_timeout_s=drain_timeout,
         say=lambda text: console.print(f"[bold]rehearse[/]: {text}"),
+        console=console,
     ).run()
     console.print(verdict_panel(result))
     click.get_current_context().exit(result.exit_code)
@@ -730,12 +653,10 @@ def status(
 ) -> None:
     """Show the sale at a glance: Redis, queue, workers, orders, stock, sockets, Stripe mode."""
     import json
-    import time
 
     from rich.console import Console
-    from rich.live import Live
 
-    from flashsale.ops.status import collect_status
+    from flashsale.ops.status import collect_status, watch_status
     from flashsale.ops.views import status_panel
 
     settings = load_settings(
@@ -748,17 +669,26 @@ def status(
     snapshot = collect_status(settings, target)
     if as_json:
         click.echo(json.dumps(snapshot.as_dict(), indent=2))
-    elif not watch:
-        Console().print(status_panel(snapshot))
+    elif watch:
+        watch_status(settings, target, interval, status_panel, snapshot)
     else:
-        with Live(status_panel(snapshot), refresh_per_second=4) as live:
-            try:
-                while True:
-                    time.sleep(interval)
-                    live.update(status_panel(collect_status(settings, target)))
-            except KeyboardInterrupt:
-                pass
+        Console().print(status_panel(snapshot))
     click.get_current_context().exit(0 if snapshot.redis_ok else 1)
+
+
+def given_loadgen_options(args: tuple[str, ...]) -> dict[str, Any]:
+    """The `flashsale loadgen` options in args, parsed by that command; only those given."""
+    from click.core import ParameterSource
+
+    try:
+        context = loadgen.make_context("flashsale rehearse --", list(args))
+    except click.ClickException as error:
+        raise ConfigError(f"options after --: {error.format_message()}") from None
+    return {
+        name: value
+        for name, value in context.params.items()
+        if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
 
 
 def main() -> None:

@@ -8,12 +8,9 @@ because starting them takes seconds.
 from __future__ import annotations
 
 import itertools
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +21,47 @@ import socketio
 from celery import Celery
 
 from flashsale.core import events
-from flashsale.ops.processes import Child, flashsale_argv
+from flashsale.ops.pipeline import LocalPipeline
+from flashsale.ops.processes import Child
 from flashsale.settings import SIM_PUBLISHABLE_KEY
 
 TEST_SECRET = "pipeline-test-secret"
-WORKER_READY = re.compile(r"flashsale worker ready")
 # Database 0 belongs to the per-test `redis_url` fixture; modules take 1, 2, ...
 _databases = itertools.count(1)
 
 
-@dataclass
 class Pipeline:
-    """One running pipeline and the helpers tests drive it with."""
+    """One running pipeline (a LocalPipeline) and the helpers tests drive it with."""
 
-    redis_url: str
-    sim_url: str
-    server_url: str
-    log_dir: Path
-    env: dict[str, str]
-    children: list[Child] = field(default_factory=list)
-    worker: Child | None = None
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+    def __init__(self, local: LocalPipeline) -> None:
+        self.local = local
+        self.worker: Child | None = None  # the worker started last
+        self.http = httpx.Client(timeout=10)
+
+    @property
+    def redis_url(self) -> str:
+        return self.local.redis_url
+
+    @property
+    def sim_url(self) -> str:
+        assert self.local.sim_url is not None
+        return self.local.sim_url
+
+    @property
+    def server_url(self) -> str:
+        return self.local.server_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.local.env
+
+    @property
+    def log_dir(self) -> Path:
+        return self.local.log_dir
+
+    @property
+    def children(self) -> list[Child]:
+        return self.local.children
 
     # --- processes ------------------------------------------------------------------------
 
@@ -52,35 +69,16 @@ class Pipeline:
         self, *flags: str, wait: bool = True, env: dict[str, str] | None = None
     ) -> Child:
         """Start (or restart after a kill) a worker with flags and environment overrides."""
-        name = f"worker{len(self.children)}"
-        child = Child(
-            name,
-            flashsale_argv("worker", "--concurrency", "8", *flags),
-            self.log_dir / f"{name}.log",
-            env={**self.env, **(env or {})},
-        ).start()
-        self.children.append(child)
-        self.worker = child
-        if wait:
-            child.wait_for(WORKER_READY, timeout_s=30)
-        return child
+        self.worker = self.local.start_worker("--concurrency", "8", *flags, env=env, wait=wait)
+        return self.worker
 
     def add_server(self, *flags: str) -> str:
         """Another server on the same Redis (say, another SKU); returns its URL."""
-        name = f"server{len(self.children)}"
-        child = Child(
-            name,
-            flashsale_argv("serve", "--port", "0", *flags),
-            self.log_dir / f"{name}.log",
-            env=self.env,
-        ).start()
-        self.children.append(child)
-        return child.wait_listening(timeout_s=30)
+        return self.local.start_server(*flags).wait_listening()
 
     def stop(self) -> None:
         self.http.close()
-        for child in reversed(self.children):
-            child.stop()
+        self.local.stop()
 
     def redis(self) -> redis.Redis[Any]:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
@@ -234,7 +232,7 @@ def receive_results(
 
 
 def start_pipeline(
-    log_dir: Path,
+    directory: Path,
     redis_url: str,
     *,
     server_flags: tuple[str, ...] = (),
@@ -244,57 +242,28 @@ def start_pipeline(
     env: dict[str, str] | None = None,
 ) -> Pipeline:
     """Start sim, server and worker side by side (their start-ups overlap), wait for all."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    sim = Child(
-        "stripe-sim",
-        flashsale_argv("stripe-sim", "--port", "0", *sim_flags),
-        log_dir / "stripe-sim.log",
-    ).start()
-    children = [sim]
-    try:
-        sim_url = sim.wait_listening()
-        child_env = {
-            **os.environ,
-            "FLASHSALE_REDIS_URL": redis_url,
-            "STRIPE_API_BASE": sim_url,
+    local = LocalPipeline(
+        directory,
+        env={
             "STRIPE_SECRET_KEY": "sk_test_pipeline",
             "FLASHSALE_SECRET": TEST_SECRET,
-            **sim_limit_env(sim_flags),
             **(env or {}),
-        }
-        server = Child(
-            "server",
-            flashsale_argv("serve", "--port", "0", *server_flags),
-            log_dir / "server.log",
-            env=child_env,
-        ).start()
-        children.append(server)
-        pipeline = Pipeline(
-            redis_url=redis_url,
-            sim_url=sim_url,
-            server_url="",
-            log_dir=log_dir,
-            env=child_env,
-            children=children,
-        )
+        },
+    )
+    local.use_redis(redis_url)
+    pipeline = Pipeline(local)
+    try:
+        local.start_simulator(*sim_flags)
+        server = local.start_server(*server_flags, wait=False)
         if with_worker:
             worker = pipeline.start_worker(*worker_flags, wait=False)
-        pipeline.server_url = server.wait_listening(timeout_s=30)
+        local.wait_ready(server)
         if with_worker:
-            worker.wait_for(WORKER_READY, timeout_s=30)
+            local.wait_ready(worker)
         return pipeline
     except BaseException:
-        for child in reversed(children):
-            child.stop()
+        pipeline.stop()
         raise
-
-
-def sim_limit_env(sim_flags: tuple[str, ...]) -> dict[str, str]:
-    """The workers keep to the simulator's --rate-limit: they are told it (never ask /_sim)."""
-    flags = list(sim_flags)
-    if "--rate-limit" in flags:
-        return {"FLASHSALE_STRIPE_LIMIT": flags[flags.index("--rate-limit") + 1]}
-    return {}
 
 
 @pytest.fixture(scope="module")
@@ -315,8 +284,8 @@ def pipeline_factory(
     started: list[Pipeline] = []
 
     def start(**options: Any) -> Pipeline:
-        log_dir = tmp_path_factory.mktemp("pipeline")
-        pipeline = start_pipeline(log_dir, module_redis_url, **options)
+        directory = tmp_path_factory.mktemp("pipeline")
+        pipeline = start_pipeline(directory, module_redis_url, **options)
         started.append(pipeline)
         return pipeline
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import signal
@@ -19,8 +18,17 @@ from pipeline_fixtures import Pipeline
 from rich.console import Console
 
 from flashsale.cli import cli
-from flashsale.loadgen.runner import LoadConfig, Runner, RunResult
-from flashsale.loadgen.scenario import DEFAULT_CARDS, TEST_CARDS, build_schedule, parse_cards
+from flashsale.loadgen.client import loop
+from flashsale.loadgen.coordinator import Coordinator, RunResult
+from flashsale.loadgen.engine import Engine
+from flashsale.loadgen.fleet.inprocess import InProcess
+from flashsale.loadgen.scenario import (
+    DEFAULT_CARDS,
+    TEST_CARDS,
+    LoadConfig,
+    build_schedule,
+    parse_cards,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,7 +46,7 @@ def run_loadgen(
     cards: str = DEFAULT_CARDS,
     tokenize: str = "raw",
     **schedule: Any,
-) -> tuple[RunResult, Runner]:
+) -> tuple[RunResult, Engine]:
     config_fields = {
         key: schedule.pop(key) for key in ("max_in_flight", "dashboard", "slos") if key in schedule
     }
@@ -53,15 +61,16 @@ def run_loadgen(
         max_lag_s=5,
         **config_fields,
     )
-    runner = Runner(config, console or Console(file=io.StringIO()), keep_journeys=True)
-    return asyncio.run(runner.run()), runner
+    fleet = InProcess(keep_journeys=True)
+    result = loop.run(Coordinator(config, fleet, console or Console(file=io.StringIO())).run())
+    return result, fleet.engine
 
 
 def test_outcomes_match_the_card_mix_and_the_simulators_ledger(pipeline: Pipeline) -> None:
     result, _ = run_loadgen(pipeline.server_url, customers=100, rate="100/s")
     report = result.report
-    assert report["customers"] == 100
-    assert report["outcomes"] == {
+    assert report.customers == 100
+    assert report.outcomes == {
         "succeeded": 85,
         "declined": 15,
         "sold_out": 0,
@@ -70,7 +79,7 @@ def test_outcomes_match_the_card_mix_and_the_simulators_ledger(pipeline: Pipelin
         "disconnected": 0,
         "error": 0,
     }
-    assert report["decline_codes"] == {
+    assert report.decline_codes == {
         "insufficient_funds": 5,
         "generic_decline": 5,
         "expired_card": 3,
@@ -88,9 +97,9 @@ def test_outcomes_match_the_card_mix_and_the_simulators_ledger(pipeline: Pipelin
         journey = ours[charge["metadata"]["order_id"]]
         if charge["status"] == "failed":
             assert charge["outcome"]["reason"] == journey.decline_code
-    assert report["integrity_problems"] == [] and report["clamped_to_1us"] >= 0
-    assert report["latency_ms"]["e2e"]["count"] == 100
-    assert report["generator"]["peak_sockets"] >= 1
+    assert report.integrity_problems == [] and report.clamped_to_1us >= 0
+    assert report.latency_ms["e2e"]["count"] == 100
+    assert report.generator.peak_sockets >= 1
 
 
 def test_result_p50_follows_the_simulators_charge_latency(pipeline: Pipeline) -> None:
@@ -102,9 +111,9 @@ def test_result_p50_follows_the_simulators_charge_latency(pipeline: Pipeline) ->
         slow, _ = run_loadgen(pipeline.server_url, **flags)
     finally:
         pipeline.sim_config(latency="0")
-    own_p50 = own.report["latency_ms"]["result"]["p50"]
-    slow_p50 = slow.report["latency_ms"]["result"]["p50"]
-    assert slow.report["outcomes"]["succeeded"] == 40
+    own_p50 = own.report.latency_ms["result"]["p50"]
+    slow_p50 = slow.report.latency_ms["result"]["p50"]
+    assert slow.report.outcomes["succeeded"] == 40
     assert slow_p50 == pytest.approx(200 + own_p50, rel=0.10), (own_p50, slow_p50)
 
 
@@ -137,7 +146,7 @@ def test_slo_pass_fail_and_invalid_run_exit_codes(pipeline: Pipeline, tmp_path: 
 
 def test_doors_open_releases_all_submits_together_on_a_live_dashboard(pipeline: Pipeline) -> None:
     console = Console(file=io.StringIO(), width=140, record=True, color_system=None)
-    result, runner = run_loadgen(
+    result, engine = run_loadgen(
         pipeline.server_url,
         console,
         customers=60,
@@ -147,19 +156,19 @@ def test_doors_open_releases_all_submits_together_on_a_live_dashboard(pipeline: 
         tokenize="test-tokens",
         dashboard=True,
     )
-    doors = result.report["run"]["doors_open"]
+    doors = result.report.run.doors_open
     assert doors["ready"] == 60 and doors["submits"] == 60
-    assert result.report["outcomes"]["succeeded"] == 60
-    assert runner.kit is not None and runner.kit.doors is not None
-    opened = runner.kit.doors.opened_at
+    assert result.report.outcomes["succeeded"] == 60
+    assert engine.kit is not None and engine.kit.doors is not None
+    opened = engine.kit.doors.opened_at
     assert opened is not None
     submits = [j.submit_started for j in result.journeys]
     assert all(s is not None for s in submits)
     # Nobody submitted before the last customer had joined, and all submits left in one burst
     # (the customers trickled in over ~300 ms at 200/s).
-    assert min(s for s in submits if s is not None) >= opened - runner.clock0
+    assert min(s for s in submits if s is not None) >= opened - engine.clock0
     assert doors["submit_spread_ms"] < 150
-    assert result.report["generator"]["peak_sockets"] == 60
+    assert result.report.generator.peak_sockets == 60
     frame = console.export_text()
     assert "flashsale loadgen" in frame and "doors-open" in frame
     assert "succeeded" in frame and "60" in frame
@@ -172,7 +181,7 @@ def test_coordinated_omission_a_stall_shows_corrected_not_uncorrected(pipeline: 
     server = next(child for child in pipeline.children if child.name == "server")
     flags = {"cards": "visa", "tokenize": "test-tokens"}
     warm, _ = run_loadgen(pipeline.server_url, customers=20, rate="10/s", **flags)
-    journey_s = warm.report["latency_ms_uncorrected"]["e2e"]["p90"] / 1000
+    journey_s = warm.report.latency_ms_uncorrected["e2e"]["p90"] / 1000
     slots = 2
     rate = min(40.0, 0.6 * slots / journey_s)  # 60% busy: the cap rarely binds without a stall
     customers = 100 * slots + 50  # the 2 stalled ones stay above p99 uncorrected
@@ -199,11 +208,11 @@ def test_coordinated_omission_a_stall_shows_corrected_not_uncorrected(pipeline: 
         staller.join()
         server.signal(signal.SIGCONT)
     report = result.report
-    assert report["outcomes"]["succeeded"] == customers
-    corrected_p99 = report["latency_ms"]["e2e"]["p99"]
-    uncorrected_p99 = report["latency_ms_uncorrected"]["e2e"]["p99"]
-    assert corrected_p99 >= 0.8 * stall_s * 1000, report["latency_ms"]["e2e"]
-    assert uncorrected_p99 < 0.5 * stall_s * 1000, report["latency_ms_uncorrected"]["e2e"]
+    assert report.outcomes["succeeded"] == customers
+    corrected_p99 = report.latency_ms["e2e"]["p99"]
+    uncorrected_p99 = report.latency_ms_uncorrected["e2e"]["p99"]
+    assert corrected_p99 >= 0.8 * stall_s * 1000, report.latency_ms["e2e"]
+    assert uncorrected_p99 < 0.5 * stall_s * 1000, report.latency_ms_uncorrected["e2e"]
     # The stall is there in the uncorrected maximum: it is not hidden, just rare there.
-    assert report["latency_ms_uncorrected"]["e2e"]["max"] >= 0.8 * stall_s * 1000
-    assert report["generator"]["max_schedule_lag_ms"] >= 0.5 * stall_s * 1000
+    assert report.latency_ms_uncorrected["e2e"]["max"] >= 0.8 * stall_s * 1000
+    assert report.generator.max_schedule_lag_ms >= 0.5 * stall_s * 1000

@@ -10,7 +10,7 @@ import pytest
 from pipeline_fixtures import Pipeline
 
 from flashsale.core import events
-from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused
+from flashsale.loadgen.client.socketio import RoomSocket, SocketError, SocketRefused
 from flashsale.ops.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)

@@ -45,6 +45,15 @@ def charge_ids(pipeline: Pipeline) -> set[str]:
     return {c["id"] for c in pipeline.sim_charges()}
 
 
+def wait_for_charges(pipeline: Pipeline, before: set[str], count: int, process: Any) -> None:
+    """Until the run has charged `count` customers: it is well under way."""
+    deadline = time.monotonic() + 60
+    while len(charge_ids(pipeline) - before) < count:
+        assert process.poll() is None, "loadgen ended early"
+        assert time.monotonic() < deadline, f"fewer than {count} charges within 60s"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def agents(redis_url: str, tmp_path: Path) -> Iterator[list[Child]]:
     """Two `flashsale loadgen-agent` workers on the test's private Redis."""
@@ -117,11 +126,12 @@ def test_ctrl_c_stops_and_still_writes_the_report(
     argv = flashsale_argv("loadgen", "--url", pipeline.server_url, "--report", str(report_path))
     argv += [*QUIET, "--processes", processes, "--customers", "2000", "--rate", "20/s"]
     argv += ["--tokenize", "test-tokens"]
+    before = charge_ids(pipeline)
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        time.sleep(6)
+        wait_for_charges(pipeline, before, 20, process)
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -163,9 +173,12 @@ def test_a_lost_agent_is_reported_and_invalidates_the_run(
     argv = flashsale_argv("loadgen", "--url", pipeline.server_url, "--report", str(report_path))
     argv += [*QUIET, "--agents", "2", "--agents-redis-url", redis_url, "--lost-after", "3s"]
     argv += ["--customers", "100", "--rate", "10/s", "--tokenize", "test-tokens"]
+    before = charge_ids(pipeline)
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(5)  # both agents have accepted and started playing
+        for agent in agents:  # both agents have accepted and started playing
+            agent.wait_for(re.compile(r"Task flashsale\.loadgen\.shard\[\S+\] received"))
+        wait_for_charges(pipeline, before, 10, process)
         agents[1].signal(signal.SIGKILL)
         output, _ = process.communicate(timeout=120)
     finally:

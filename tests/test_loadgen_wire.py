@@ -1,4 +1,4 @@
-"""The generator's HTTP/1.1 and websocket client (loadgen/wire.py).
+"""The generator's HTTP/1.1 and websocket client (loadgen/client/).
 
 Against the real simulator for ordinary exchanges, and against small raw-socket peers written
 here for what a well-behaved server does not do on demand: chunked bodies, a keep-alive
@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from flashsale.loadgen import wire
+from flashsale.loadgen.client import connection, http, websocket
 from flashsale.ops.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,13 +42,13 @@ def ok(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
-def fetch_in_turn(handler: Handler, paths: list[str], pause_s: float = 0.0) -> list[wire.Response]:
+def fetch_in_turn(handler: Handler, paths: list[str], pause_s: float = 0.0) -> list[http.Response]:
     """GET each path from a peer, one after another on one client, pausing between them."""
 
-    async def fetch() -> list[wire.Response]:
+    async def fetch() -> list[http.Response]:
         server, url = await serve(handler)
         answers = []
-        async with server, wire.HttpClient() as client, asyncio.timeout(10):
+        async with server, http.HttpClient() as client, asyncio.timeout(10):
             for path in paths:
                 if answers:
                     await asyncio.sleep(pause_s)
@@ -62,8 +62,8 @@ def fetch_in_turn(handler: Handler, paths: list[str], pause_s: float = 0.0) -> l
 
 
 def test_requests_to_the_simulator_share_one_keep_alive_connection(stripe_sim: str) -> None:
-    async def two_requests() -> tuple[wire.Response, wire.Response, bool]:
-        async with wire.HttpClient() as client:
+    async def two_requests() -> tuple[http.Response, http.Response, bool]:
+        async with http.HttpClient() as client:
             first = await client.request("GET", f"{stripe_sim}/_sim/config")
             (origin,) = client.idle
             (connection,) = client.idle[origin]
@@ -96,7 +96,7 @@ def test_a_chunked_body_is_read_whole() -> None:
         await writer.drain()
         await reader.read()  # until the client hangs up
 
-    assert fetch_in_turn(chunked, ["/x"]) == [wire.Response(200, b"hello world")]
+    assert fetch_in_turn(chunked, ["/x"]) == [http.Response(200, b"hello world")]
 
 
 def test_a_keep_alive_connection_closed_under_a_request_is_replaced() -> None:
@@ -153,7 +153,7 @@ def test_no_answer_times_out_and_the_connection_is_not_reused() -> None:
 
     async def wait() -> int:
         server, url = await serve(silent)
-        async with server, wire.HttpClient() as client:
+        async with server, http.HttpClient() as client:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await client.request("GET", f"{url}/slow")
@@ -164,10 +164,10 @@ def test_no_answer_times_out_and_the_connection_is_not_reused() -> None:
 
 def test_nothing_listening_is_said_in_a_few_words() -> None:
     async def refused() -> None:
-        async with wire.HttpClient() as client:
+        async with http.HttpClient() as client:
             await client.request("GET", f"http://127.0.0.1:{free_port()}/")
 
-    with pytest.raises(wire.WireError) as raised:
+    with pytest.raises(connection.WireError) as raised:
         asyncio.run(refused())
     assert str(raised.value) == "ConnectionRefusedError: Connection refused"
 
@@ -184,10 +184,10 @@ def test_a_line_break_in_a_target_or_header_is_refused(
     url: str, headers: tuple[tuple[str, str], ...]
 ) -> None:
     async def send() -> None:
-        async with wire.HttpClient() as client:
+        async with http.HttpClient() as client:
             await client.request("GET", url, headers=headers)
 
-    with pytest.raises(wire.WireError, match="line break"):
+    with pytest.raises(connection.WireError, match="line break"):
         asyncio.run(send())
 
 
@@ -202,8 +202,8 @@ def test_a_line_break_in_a_target_or_header_is_refused(
     ],
 )
 def test_urls_it_cannot_speak_to_are_refused_clearly(url: str) -> None:
-    with pytest.raises(wire.WireError):
-        wire.split_url(url)
+    with pytest.raises(connection.WireError):
+        connection.split_url(url)
 
 
 # -- websocket -------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def accept_of(head: bytes) -> bytes:
         for line in head.split(b"\r\n")
         if line.lower().startswith(b"sec-websocket-key:")
     )
-    return base64.b64encode(hashlib.sha1(key + wire.WEBSOCKET_GUID).digest())
+    return base64.b64encode(hashlib.sha1(key + websocket.WEBSOCKET_GUID).digest())
 
 
 def server_frame(opcode: int, payload: bytes, final: bool = True, masked: bool = False) -> bytes:
@@ -253,16 +253,16 @@ def test_websocket_pings_fragments_long_messages_and_the_close_handshake() -> No
             + accept_of(head)
             + b"\r\n\r\n"
             # In the same write as the handshake: the client must not lose it.
-            + server_frame(wire.OP_TEXT, b"hello")
+            + server_frame(websocket.OP_TEXT, b"hello")
         )
-        writer.write(server_frame(wire.OP_PING, b"are you there"))
-        writer.write(server_frame(wire.OP_TEXT, b"frag", final=False))
-        writer.write(server_frame(wire.OP_CONTINUATION, b"mented"))
-        writer.write(server_frame(wire.OP_TEXT, long_text.encode()))
+        writer.write(server_frame(websocket.OP_PING, b"are you there"))
+        writer.write(server_frame(websocket.OP_TEXT, b"frag", final=False))
+        writer.write(server_frame(websocket.OP_CONTINUATION, b"mented"))
+        writer.write(server_frame(websocket.OP_TEXT, long_text.encode()))
         await writer.drain()
         from_client.append(await read_client_frame(reader))  # the pong
         from_client.append(await read_client_frame(reader))  # a text the client sends
-        writer.write(server_frame(wire.OP_CLOSE, (1001).to_bytes(2, "big")))
+        writer.write(server_frame(websocket.OP_CLOSE, (1001).to_bytes(2, "big")))
         await writer.drain()
         from_client.append(await read_client_frame(reader))  # the close answered
         writer.close()
@@ -272,7 +272,7 @@ def test_websocket_pings_fragments_long_messages_and_the_close_handshake() -> No
         texts: list[str] = []
         closes: list[str] = []
         async with server:
-            socket = await wire.open_websocket(url + "/ws", texts.append, closes.append)
+            socket = await websocket.open_websocket(url + "/ws", texts.append, closes.append)
             async with asyncio.timeout(10):
                 while len(texts) < 3:
                     await asyncio.sleep(0.01)
@@ -286,9 +286,9 @@ def test_websocket_pings_fragments_long_messages_and_the_close_handshake() -> No
     assert texts == ["hello", "fragmented", long_text]
     assert closes == ["transport close"]
     assert from_client == [
-        (wire.OP_PONG, b"are you there"),
-        (wire.OP_TEXT, "héllo back".encode()),
-        (wire.OP_CLOSE, (1001).to_bytes(2, "big")),
+        (websocket.OP_PONG, b"are you there"),
+        (websocket.OP_TEXT, "héllo back".encode()),
+        (websocket.OP_CLOSE, (1001).to_bytes(2, "big")),
     ]
 
 
@@ -313,9 +313,9 @@ def test_a_refused_websocket_handshake_says_why(answer: bytes, reason: str) -> N
     async def connect() -> None:
         server, url = await serve(refuse)
         async with server:
-            await wire.open_websocket(url + "/ws", print, print)
+            await websocket.open_websocket(url + "/ws", print, print)
 
-    with pytest.raises(wire.WireError) as raised:
+    with pytest.raises(connection.WireError) as raised:
         asyncio.run(connect())
     assert str(raised.value) == reason
 
@@ -329,7 +329,7 @@ def test_a_masked_frame_from_the_server_ends_the_connection() -> None:
         )
         await writer.drain()
         await asyncio.sleep(0.05)
-        writer.write(server_frame(wire.OP_TEXT, b"nope", masked=True))
+        writer.write(server_frame(websocket.OP_TEXT, b"nope", masked=True))
         await writer.drain()
         await reader.read()
 
@@ -338,7 +338,7 @@ def test_a_masked_frame_from_the_server_ends_the_connection() -> None:
         texts: list[str] = []
         closes: list[str] = []
         async with server:
-            await wire.open_websocket(url + "/ws", texts.append, closes.append)
+            await websocket.open_websocket(url + "/ws", texts.append, closes.append)
             async with asyncio.timeout(10):
                 while not closes:
                     await asyncio.sleep(0.01)

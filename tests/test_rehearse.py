@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from flashsale.core import orders, store
 from flashsale.errors import ConfigError
+from flashsale.ops.pipeline import WORKER_READY
 from flashsale.ops.plan import as_flags, default_plan, parse_plan
 from flashsale.ops.processes import flashsale_argv
-from flashsale.ops.rehearse import WORKER_READY, Rehearsal
+from flashsale.ops.rehearse import Rehearsal
 from flashsale.settings import Settings
 
 TINY = """
@@ -54,6 +58,12 @@ def processes_of(run_dir: Path) -> list[int]:
         if marker in environ.split(b"\0") and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def orders_placed(server_url: str) -> int:
+    """Orders the sale holds, from the server's /metrics."""
+    text = httpx.get(f"{server_url}/metrics", timeout=5).text
+    return sum(int(float(n)) for n in re.findall(r"^flashsale_orders\{.*\} (\S+)$", text, re.M))
 
 
 def scenario(tmp_path: Path, customers: int, rate: str) -> Path:
@@ -123,7 +133,12 @@ def test_ctrl_c_mid_run_stops_every_child(tmp_path: Path) -> None:
             assert process.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(0.1)
-        time.sleep(2)  # mid-run: customers are arriving
+        server = re.search(r"server: (http://127\.0\.0\.1:\d+)", output.read_text())
+        assert server, output.read_text()
+        while not orders_placed(server.group(1)):  # mid-run: customers are paying
+            assert process.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)
         assert len(processes_of(run_dir)) >= 4  # redis, sim, server, worker (+ loadgen)
         os.killpg(process.pid, signal.SIGINT)
         code = process.wait(timeout=90)
@@ -156,12 +171,19 @@ def test_a_worker_that_dies_on_its_own_is_replaced_and_reported(tmp_path: Path) 
     )
     killed: list[int] = []
 
+    def paid_orders() -> int:
+        client = store.connect(rehearsal.pipeline.redis_url)
+        try:
+            return orders.count_by_state(client)[orders.SUCCEEDED]
+        finally:
+            client.close()
+
     def kill_first_worker() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             workers = rehearsal.workers()
-            if workers and WORKER_READY.search(workers[0].log_text()):
-                time.sleep(3)  # customers are paying
+            if workers and WORKER_READY.search(workers[0].log_text()) and paid_orders() >= 5:
+                # Customers are paying: the worker holds charges in flight.
                 killed.append(workers[0].pid)
                 os.killpg(workers[0].pid, signal.SIGKILL)
                 return
@@ -217,3 +239,50 @@ def test_bad_scenario_file_is_a_usage_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "workerz" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+VALID = """
+[loadgen]
+customers = 10
+rate = "10/s"
+"""
+
+
+@pytest.mark.parametrize(
+    ("scenario_text", "after", "says"),
+    [
+        ("[loadgen]\ncustmers = 10\n", [], "unknown load option(s) --custmers"),
+        ('[sale]\nstock = "lots"\n' + VALID, [], "[sale] stock must be a whole number"),
+        ("[pipeline]\nworkers = 0\n" + VALID, [], "[pipeline] workers must be"),
+        ("[pipeline]\nvisibility_timeout = 5\n" + VALID, [], "visibility timeout"),
+        ('[stripe_sim]\nlatency = "200"\n' + VALID, [], "has no unit: write 200ms or 200s"),
+        ('[stripe_sim]\nrate_limt = "live"\n' + VALID, [], "unknown key(s) in [stripe_sim]"),
+        (VALID + "timeout = 60\n", [], "--timeout must be text"),
+        (VALID + 'cards = "visa=x"\n', [], "whole number"),
+        (VALID + 'url = "http://127.0.0.1:1"\n', [], "rehearse sets these itself"),
+        ('[loadgen]\nrate = "10/s"\n', [], "bound the run"),
+        (VALID, ["--", "--bogus"], "options after --: No such option '--bogus'"),
+        (VALID, ["--", "--max-lag", "100"], "--max-lag '100' has no unit"),
+        (VALID, ["--", "--rate", "fast"], "not a rate"),
+        (VALID, ["--", "--customers", "0"], "--customers"),
+        (VALID, ["--", "--url", "http://127.0.0.1:1"], "rehearse sets url itself"),
+    ],
+)
+def test_bad_scenarios_and_options_are_refused_before_anything_starts(
+    tmp_path: Path, scenario_text: str, after: list[str], says: str
+) -> None:
+    """Exit 2, one line naming the key, nothing started, no run directory."""
+    path = tmp_path / "team.toml"
+    path.write_text(scenario_text)
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        flashsale_argv("rehearse", "--scenario", str(path), "--run-dir", str(run_dir), *after),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert "run directory" not in done.stdout  # rehearse says so first when it starts
+    assert not run_dir.exists()

@@ -180,7 +180,7 @@ def test_no_secret_reaches_the_logs_or_reports_of_a_rehearsal(tmp_path: Path) ->
     )
     result = rehearsal.run()
     assert result.reconciliation is not None and result.reconciliation.orders > 0
-    secret = rehearsal.env["FLASHSALE_SECRET"]
+    secret = rehearsal.pipeline.env["FLASHSALE_SECRET"]
     files = [
         run_dir / "report.json",
         run_dir / "report.html",

@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import shlex
 import statistics
 import sys
@@ -38,17 +37,10 @@ import httpx
 import redis
 
 from flashsale.core import orders
-from flashsale.ops.processes import (
-    Child,
-    flashsale_argv,
-    free_port,
-    redis_server_argv,
-    wait_for_redis,
-)
+from flashsale.ops.pipeline import LocalPipeline
+from flashsale.ops.processes import Child, flashsale_argv
 
 HERE = Path(__file__).resolve().parent
-WORKER_READY = re.compile(r"flashsale worker ready")
-TICKS = os.sysconf("SC_CLK_TCK")
 PIPELINE_CPU, GENERATOR_CPU = "0", "1"
 INJECTED_MS = 200.0
 # Seconds after a generator starts before its steady-state CPU is measured.
@@ -57,50 +49,6 @@ WARMUP_S = 4.0
 
 def pinned(cpu: str, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv]
-
-
-def process_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(parents.get(current, []))
-    return found
-
-
-def run_generator(child: Child, limit_s: float) -> tuple[float, list[tuple[float, float]]]:
-    """Run a generator to its end; return its CPU seconds (all processes) and the CPU curve.
-
-    The curve is (seconds since start, CPU seconds so far) every 0.1 s, from which
-    steady_cpu_per_s() takes the rate once start-up is over.
-    """
-    cpu: dict[int, float] = {}
-    curve: list[tuple[float, float]] = []
-    started = time.monotonic()
-    child.start()
-    while child.alive() and time.monotonic() - started < limit_s:
-        for pid in descendants(child.pid):
-            cpu[pid] = max(cpu.get(pid, 0.0), process_cpu_s(pid))
-        curve.append((time.monotonic() - started, sum(cpu.values())))
-        time.sleep(0.1)
-    child.stop()
-    return sum(cpu.values()), curve
 
 
 def steady_cpu_per_s(curve: list[tuple[float, float]], duration_s: float) -> float:
@@ -155,7 +103,7 @@ def run_flashsale(url: str, rate: float, duration_s: float, log_dir: Path, tag: 
         ),
         log_dir / f"flashsale-{tag}.log",
     )
-    cpu_s, curve = run_generator(child, duration_s + 90)
+    cpu_s, curve = child.run_measured(duration_s + 90)
     report = json.loads(report_path.read_text())
     customers = report["customers"]
     failed = customers - report["outcomes"]["succeeded"]
@@ -202,7 +150,7 @@ def run_locust(url: str, rate: float, duration_s: float, log_dir: Path, tag: str
         log_dir / f"locust-{tag}.log",
         env={**os.environ, "FLASHSALE_PACE_S": "1"},
     )
-    cpu_s, curve = run_generator(child, duration_s + 90)
+    cpu_s, curve = child.run_measured(duration_s + 90)
     with open(f"{prefix}_stats.csv") as stats:
         rows = {row["Name"]: row for row in csv.DictReader(stats)}
     journeys = rows.get("journey", {})
@@ -280,44 +228,15 @@ def main() -> None:
         parser.error(f"--tools: choose from {', '.join(KNOWN_TOOLS)}")
 
     log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-peers-"))
-    children: list[Child] = []
+    pipeline = LocalPipeline(log_dir, prefix=("taskset", "-c", PIPELINE_CPU))
     try:
-        port = free_port()
-        redis_child = Child(
-            "redis", pinned(PIPELINE_CPU, redis_server_argv(port, log_dir)), log_dir / "redis.log"
-        ).start()
-        children.append(redis_child)
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        wait_for_redis(redis_url, redis_child)
-        sim = Child(
-            "sim",
-            pinned(PIPELINE_CPU, flashsale_argv("stripe-sim", "--port", "0")),
-            log_dir / "sim.log",
-        ).start()
-        children.append(sim)
-        sim_url = sim.wait_listening()
-        env = {
-            **os.environ,
-            "FLASHSALE_REDIS_URL": redis_url,
-            "STRIPE_API_BASE": sim_url,
-            "STRIPE_SECRET_KEY": "sk_test_bench_peers",
-        }
-        server = Child(
-            "server",
-            pinned(PIPELINE_CPU, flashsale_argv("serve", "--port", "0", "--stock", "10000000")),
-            log_dir / "server.log",
-            env=env,
-        ).start()
-        children.append(server)
-        worker = Child(
-            "worker",
-            pinned(PIPELINE_CPU, flashsale_argv("worker", "--concurrency", "64")),
-            log_dir / "worker.log",
-            env=env,
-        ).start()
-        children.append(worker)
-        url = server.wait_listening(timeout_s=60)
-        worker.wait_for(WORKER_READY, timeout_s=60)
+        redis_url = pipeline.start_redis()
+        sim_url = pipeline.start_simulator()
+        server = pipeline.start_server("--stock", "10000000", wait=False)
+        worker = pipeline.start_worker("--concurrency", "64", wait=False)
+        pipeline.wait_ready(server)
+        pipeline.wait_ready(worker)
+        url = pipeline.server_url
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         tools = {name: KNOWN_TOOLS[name] for name in wanted}
 
@@ -354,8 +273,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        for child in reversed(children):
-            child.stop()
+        pipeline.stop()
 
     print()
     print(

@@ -7,57 +7,21 @@ import contextlib
 import datetime
 import functools
 import json
-import logging
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from flashsale.core import events
-from flashsale.loadgen import wire
-from flashsale.loadgen.room import RoomSocket, SocketError, SocketRefused
+from flashsale.loadgen.client.connection import WireError, describe
+from flashsale.loadgen.client.socketio import RoomSocket, SocketError, SocketRefused
+from flashsale.loadgen.crowd import Kit
 from flashsale.loadgen.scenario import TestCard
 from flashsale.loadgen.stats import Journey
 
 FALLBACK_POLL_S = 0.2
 
 
-class CountingHandler(logging.Handler):
-    """Counts the connections' log lines (asyncio's logger) instead of printing them.
-
-    Under overload the event loop's warnings about transports (a write to a closed socket, a
-    failed callback) would land per connection on the dashboard; the run reports the counts,
-    and the drops themselves are counted per journey with their reason.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.counts: Counter[str] = Counter()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.counts[f"{record.name}: {record.getMessage()}"[:120]] += 1
-
-    def drain(self) -> Counter[str]:
-        counts, self.counts = self.counts, Counter()
-        return counts
-
-
-CLIENT_LOG = CountingHandler()
-
-
-def _quiet_logger(name: str) -> logging.Logger:
-    logger = logging.getLogger(name)
-    logger.propagate = False
-    logger.setLevel(logging.WARNING)
-    logger.addHandler(CLIENT_LOG)
-    return logger
-
-
-# asyncio reports what goes wrong inside a transport or a protocol callback on its logger, per
-# connection: under overload that would flood the dashboard, so it is counted like the rest.
-_quiet_logger("asyncio")
 # A restarting server (a deploy, a crash) refuses or cuts connections for a moment, or answers
 # 503 while its Redis is away: like a checkout page, a customer tries again within the phase's
 # timeout. Retrying POST /charges is safe: the same customer + card token is the same order.
@@ -67,60 +31,7 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 # lost although the socket stays up. A customer still waiting this long asks GET /orders/<id>.
 RESULT_CHECK_S = 5.0
 # What a failed HTTP exchange raises: no answer in time, or the connection refused or cut.
-HTTP_ERRORS = (wire.WireError, TimeoutError)
-
-
-@dataclass
-class Target:
-    """Where customers go and how they behave there."""
-
-    url: str
-    tokenize: str = "raw"  # raw | test-tokens
-    timeout_s: float = 30.0
-    fallback: bool = True
-
-
-class Doors:
-    """Doors-open mode: customers get ready, then all submit the moment the last one is ready.
-
-    In a multi-process run each process only knows its own customers: `on_ready` then tells
-    the coordinator, which opens every process's doors at one agreed instant (`open(at=)`).
-    """
-
-    def __init__(self, on_ready: Callable[[], None] | None = None) -> None:
-        self.expected: int | None = None  # known once every arrival has been dispatched
-        self.ready = 0
-        self.dropped_out = 0
-        self.opened = asyncio.Event()
-        self.opened_at: float | None = None
-        self.last_ready_at: float | None = None
-        self.on_ready = on_ready
-        self.all_ready = False
-
-    def arrive_ready(self) -> None:
-        self.ready += 1
-        self.last_ready_at = time.perf_counter()
-        self.check()
-
-    def drop_out(self) -> None:
-        self.dropped_out += 1
-        self.check()
-
-    def check(self) -> None:
-        if self.opened.is_set() or self.expected is None or self.all_ready:
-            return
-        if self.ready + self.dropped_out >= self.expected:
-            if self.on_ready is None:
-                self.open()
-            else:
-                self.all_ready = True
-                self.on_ready()
-
-    def open(self, at: float | None = None) -> None:
-        """Open now, or record the agreed instant `at` (perf_counter) that was just reached."""
-        if not self.opened.is_set():
-            self.opened_at = time.perf_counter() if at is None else at
-            self.opened.set()
+HTTP_ERRORS = (WireError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -129,40 +40,6 @@ class Answer:
 
     status: int
     body: dict[str, Any]
-
-
-@dataclass
-class Kit:
-    """What every customer of a run shares: the connection pool, the run clock, live gauges."""
-
-    target: Target
-    http: wire.HttpClient
-    clock0: float
-    doors: Doors | None = None
-    in_flight: Counter[str] = field(default_factory=Counter)
-    sockets: int = 0
-    peak_sockets: int = 0
-    last_sale: dict[str, Any] | None = None
-    submit_starts: list[float] = field(default_factory=list)
-
-    def now(self) -> float:
-        """Seconds on the run clock."""
-        return time.perf_counter() - self.clock0
-
-
-def create_kit(target: Target, clock0: float, doors: Doors | None = None) -> Kit:
-    """One keep-alive pool for every customer's requests, unbounded in connections.
-
-    The generator's own client (`wire`), not httpx (which the rest of flashsale uses) nor
-    aiohttp: on the hot path those cost most of a journey's CPU (benchmarks/RESULTS.md
-    section 3). Idle connections close after wire.IDLE_S: a doors-open burst opens one per
-    customer, and they would otherwise stay open beside the customers' websockets.
-    """
-    return Kit(target=target, http=wire.HttpClient(), clock0=clock0, doors=doors)
-
-
-async def close_kit(kit: Kit) -> None:
-    await kit.http.close()
 
 
 class JourneyStop(Exception):
@@ -235,7 +112,7 @@ class Customer:
         try:
             answer = await self.request("GET", f"{self.kit.target.url}/session")
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"session: {wire.describe(error)}") from None
+            raise self.finish("error", f"session: {describe(error)}") from None
         if answer.status != 200:
             raise self.finish("error", f"session: http {answer.status}")
         session = answer.body
@@ -259,7 +136,7 @@ class Customer:
                 headers=(("Authorization", f"Bearer {session.get('publishable_key', '')}"),),
             )
         except HTTP_ERRORS as error:
-            raise self.finish("error", f"tokenize: {wire.describe(error)}") from None
+            raise self.finish("error", f"tokenize: {describe(error)}") from None
         body = answer.body
         if answer.status == 200 and str(body.get("id", "")).startswith("tok_"):
             self.done("tokenize")
@@ -334,7 +211,7 @@ class Customer:
                 },
             )
         except HTTP_ERRORS as failure:
-            raise self.finish("error", f"submit: {wire.describe(failure)}") from None
+            raise self.finish("error", f"submit: {describe(failure)}") from None
         body = answer.body
         error = _error_of(body)
         if answer.status in (200, 202) and body.get("order_id"):

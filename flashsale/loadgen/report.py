@@ -1,4 +1,4 @@
-"""The run report: JSON with fixed keys for machines, an offline HTML page with SVG charts."""
+"""The run report: one typed LoadReport, JSON with fixed keys for machines, an offline HTML page."""
 
 from __future__ import annotations
 
@@ -57,66 +57,154 @@ class RunInfo:
     lost: list[str] = field(default_factory=list)
 
 
-def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) -> dict[str, Any]:
-    """The JSON report; the keys issue 4 names are stable, everything else is extra detail."""
-    generator = {
-        "cpu_percent": round(run.cpu_percent, 1),
-        "max_schedule_lag_ms": round(run.max_schedule_lag_ms, 3),
-        "max_dispatch_lag_ms": round(run.max_dispatch_lag_ms, 3),
-        "schedule_lag_ms": summarize(stats.schedule_lag),
-        "loop_lag_p99_ms": round(run.loop_lag_p99_ms, 3),
-        "loop_lag_max_ms": round(run.loop_lag_max_ms, 3),
-        "cpu_ms_per_customer": None
+@dataclass
+class GeneratorView:
+    """How the generator itself fared: if `valid` is false, the other numbers are not the
+    system's and `invalid_reasons` says why."""
+
+    cpu_percent: float
+    max_schedule_lag_ms: float
+    max_dispatch_lag_ms: float
+    schedule_lag_ms: dict[str, Any]
+    loop_lag_p99_ms: float
+    loop_lag_max_ms: float
+    cpu_ms_per_customer: float | None
+    peak_sockets: int
+    open_files_limit: int
+    loop_lag_by_stage_ms: dict[str, Any]
+    release_lag_ms: dict[str, Any] | None
+    processes: list[dict[str, Any]]
+    lost: list[str]
+    valid: bool
+    invalid_reasons: list[str]
+
+
+@dataclass
+class SloView:
+    passed: bool
+    results: list[dict[str, Any]]
+
+    @property
+    def failed(self) -> list[str]:
+        return [result["slo"] for result in self.results if not result["passed"]]
+
+
+@dataclass
+class LoadReport:
+    """One load run's results: what `--report` writes as JSON and what a rehearsal reads.
+
+    The JSON keys issue 4 names are stable; as_dict() and from_dict() keep them.
+    """
+
+    customers: int
+    outcomes: dict[str, int]
+    decline_codes: dict[str, int]
+    latency_ms: dict[str, dict[str, Any]]
+    latency_ms_uncorrected: dict[str, dict[str, Any]]
+    latency_ms_by_outcome: dict[str, dict[str, Any]]
+    rate: dict[str, float | None]
+    generator: GeneratorView
+    slo: SloView
+    errors: dict[str, int]
+    cards: dict[str, int]
+    fallbacks: int
+    disconnects: int
+    socket_drops: dict[str, int]
+    socket_client_log: dict[str, int]
+    integrity_problems: list[str]
+    clamped_to_1us: int
+    run: RunInfo
+    series: list[dict[str, Any]]
+    histograms: dict[str, Any]
+    version: int = REPORT_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("generator", "slo", "run"):
+            data[name] = asdict(data[name])
+        return {"version": data.pop("version"), **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoadReport:
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        fields["generator"] = GeneratorView(**data["generator"])
+        fields["slo"] = SloView(**data["slo"])
+        fields["run"] = RunInfo(**data["run"])
+        return cls(**fields)
+
+    @classmethod
+    def load(cls, path: Path) -> LoadReport:
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def stats(self) -> RunStats:
+        """The run's measurements back from its encoded histograms."""
+        return RunStats.from_dict(self.histograms)
+
+    @property
+    def told(self) -> int:
+        """Customers who got a final answer on an order they placed."""
+        return sum(self.outcomes[outcome] for outcome in ("succeeded", "declined", "failed"))
+
+
+def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) -> LoadReport:
+    """The run's report from its merged measurements, what the coordinator knows, the SLOs."""
+    generator = GeneratorView(
+        cpu_percent=round(run.cpu_percent, 1),
+        max_schedule_lag_ms=round(run.max_schedule_lag_ms, 3),
+        max_dispatch_lag_ms=round(run.max_dispatch_lag_ms, 3),
+        schedule_lag_ms=summarize(stats.schedule_lag),
+        loop_lag_p99_ms=round(run.loop_lag_p99_ms, 3),
+        loop_lag_max_ms=round(run.loop_lag_max_ms, 3),
+        cpu_ms_per_customer=None
         if run.cpu_ms_per_customer is None
         else round(run.cpu_ms_per_customer, 3),
-        "peak_sockets": run.peak_sockets,
-        "open_files_limit": run.open_files_limit,
-        "loop_lag_by_stage_ms": run.loop_lag_by_stage_ms,
-        "release_lag_ms": run.release_lag_ms,
-        "processes": run.processes,
-        "lost": run.lost,
-        "valid": run.valid,
-        "invalid_reasons": run.invalid_reasons,
-    }
-    return {
-        "version": REPORT_VERSION,
-        "customers": stats.finished,
-        "outcomes": {outcome: stats.outcomes[outcome] for outcome in OUTCOMES},
-        "decline_codes": dict(stats.decline_codes.most_common()),
-        "latency_ms": {phase: stats.phase_summary(phase) for phase in PHASES},
-        "latency_ms_uncorrected": {
+        peak_sockets=run.peak_sockets,
+        open_files_limit=run.open_files_limit,
+        loop_lag_by_stage_ms=run.loop_lag_by_stage_ms,
+        release_lag_ms=run.release_lag_ms,
+        processes=run.processes,
+        lost=run.lost,
+        valid=run.valid,
+        invalid_reasons=run.invalid_reasons,
+    )
+    return LoadReport(
+        customers=stats.finished,
+        outcomes={outcome: stats.outcomes[outcome] for outcome in OUTCOMES},
+        decline_codes=dict(stats.decline_codes.most_common()),
+        latency_ms={phase: stats.phase_summary(phase) for phase in PHASES},
+        latency_ms_uncorrected={
             phase: stats.phase_summary(phase, corrected=False) for phase in PHASES
         },
-        "latency_ms_by_outcome": {
+        latency_ms_by_outcome={
             outcome: stats.outcome_summary(outcome)
             for outcome in OUTCOMES
             if stats.outcomes[outcome]
         },
-        "rate": {
+        rate={
             "target_per_s": None if run.target_per_s is None else round(run.target_per_s, 3),
             "achieved_per_s": round(run.achieved_per_s, 3),
         },
-        "generator": generator,
-        "slo": {
-            "passed": all(result.passed for result in slo_results),
-            "results": [result.as_dict() for result in slo_results],
-        },
-        "errors": dict(stats.errors.most_common()),
-        "cards": dict(stats.cards),
-        "fallbacks": stats.fallbacks,
-        "disconnects": stats.disconnects,
-        "socket_drops": dict(stats.socket_drops.most_common()),
-        "socket_client_log": dict(stats.client_log.most_common()),
-        "integrity_problems": stats.integrity_problems,
-        "clamped_to_1us": stats.clamped,
-        "run": asdict(run),
-        "series": stats.series(),
-        "histograms": stats.to_dict(),
-    }
+        generator=generator,
+        slo=SloView(
+            passed=all(result.passed for result in slo_results),
+            results=[result.as_dict() for result in slo_results],
+        ),
+        errors=dict(stats.errors.most_common()),
+        cards=dict(stats.cards),
+        fallbacks=stats.fallbacks,
+        disconnects=stats.disconnects,
+        socket_drops=dict(stats.socket_drops.most_common()),
+        socket_client_log=dict(stats.client_log.most_common()),
+        integrity_problems=list(stats.integrity_problems),
+        clamped_to_1us=stats.clamped,
+        run=run,
+        series=stats.series(),
+        histograms=stats.to_dict(),
+    )
 
 
-def write_json(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+def write_json(report: LoadReport, path: Path) -> None:
+    path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=False) + "\n")
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -291,8 +379,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(report: dict[str, Any], stats: RunStats) -> str:
+def render_html(loaded: LoadReport, stats: RunStats) -> str:
     """One self-contained page: inline CSS and SVG, no scripts, no network."""
+    report = loaded.as_dict()
     run = report["run"]
     generator = report["generator"]
     latency_rows = []
@@ -351,5 +440,5 @@ figure {{ margin: 1.5em 0; }} figcaption {{ font-weight: bold; }}
 """
 
 
-def write_html(report: dict[str, Any], stats: RunStats, path: Path) -> None:
+def write_html(report: LoadReport, stats: RunStats, path: Path) -> None:
     path.write_text(render_html(report, stats))

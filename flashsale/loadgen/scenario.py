@@ -1,15 +1,19 @@
-"""What a load run does: arrival schedules (open, closed, doors-open) and the test-card mix."""
+"""What a load run does: arrival schedules (open, closed, doors-open), test cards, its options."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from flashsale.errors import ConfigError
-from flashsale.units import parse_duration, parse_rate
+from flashsale.loadgen.stats import Slo, parse_slo
+from flashsale.units import parse_duration, parse_rate, parse_share_or_duration
 
 
 @dataclass(frozen=True)
@@ -303,3 +307,228 @@ def build_schedule(
         seed=seed,
         doors_open=doors_open,
     )
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """Everything one load run is told: the customers to play and how the run is judged."""
+
+    url: str
+    schedule: Schedule
+    cards: CardMix
+    tokenize: str = "raw"
+    timeout_s: float = 30.0
+    max_in_flight: int | None = None
+    slos: tuple[Slo, ...] = ()
+    report_path: Path | None = None
+    html_path: Path | None = None
+    dashboard: bool = True
+    status_every_s: float = 5.0
+    interval_s: float = 1.0
+    max_lag_s: float = 0.1
+    max_cpu_percent: float = 90.0
+    fallback: bool = True
+    # Doors-open release: an absolute limit, or (None) a share of the median e2e it distorts.
+    max_release_lag_s: float | None = None
+    max_release_lag_ratio: float = 0.10
+    # Who plays the customers: N local processes (None: one per core), or N agents.
+    processes: int | None = None
+    agents: int | None = None
+    agents_redis_url: str | None = None
+    accept_timeout_s: float = 30.0
+    lost_after_s: float = 10.0
+
+    def to_spec(self) -> dict[str, Any]:
+        """What a shard needs to play its customers, as JSON data (it travels through Celery)."""
+        return {
+            "url": self.url,
+            "schedule": dataclasses.asdict(self.schedule),
+            "cards": self.cards.spec(),
+            "tokenize": self.tokenize,
+            "timeout_s": self.timeout_s,
+            "max_in_flight": self.max_in_flight,
+            "interval_s": self.interval_s,
+            "fallback": self.fallback,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LoadConfig:
+        schedule = dict(spec["schedule"])
+        rate = schedule.pop("rate")
+        return cls(
+            url=spec["url"],
+            schedule=Schedule(rate=ArrivalRate(**rate) if rate else None, **schedule),
+            cards=parse_cards(spec["cards"], spec["tokenize"]),
+            tokenize=spec["tokenize"],
+            timeout_s=spec["timeout_s"],
+            max_in_flight=spec["max_in_flight"],
+            interval_s=spec["interval_s"],
+            fallback=spec["fallback"],
+            dashboard=False,
+        )
+
+
+# The options of a load run, as `flashsale loadgen` flags (--max-lag) and scenario keys
+# (max_lag) name them; load_config() is the one place that reads and checks them.
+OPTION_KINDS: dict[str, str] = {
+    "url": "text",
+    "customers": "count",
+    "duration": "text",
+    "rate": "text",
+    "ramp": "text",
+    "poisson": "flag",
+    "seed": "whole",
+    "doors_open": "flag",
+    "concurrency": "count",
+    "max_in_flight": "count",
+    "cards": "text",
+    "tokenize": "text",
+    "timeout": "text",
+    "report": "text",
+    "html": "text",
+    "slo": "texts",
+    "no_dashboard": "flag",
+    "interval": "text",
+    "max_lag": "text",
+    "max_cpu": "number",
+    "max_release_lag": "text",
+    "no_fallback": "flag",
+    "processes": "count",
+    "agents": "count",
+    "agents_redis_url": "text",
+    "accept_timeout": "text",
+    "lost_after": "text",
+}
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "url": "http://127.0.0.1:5000",
+    "tokenize": "raw",
+    "timeout": "30s",
+    "interval": "1s",
+    "max_lag": "100ms",
+    "max_cpu": 90.0,
+    "max_release_lag": "10%",
+    "accept_timeout": "30s",
+    "lost_after": "10s",
+    "seed": 0,
+}
+
+
+def option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _checked(key: str, value: Any) -> Any:
+    """A value of the kind its option takes, or a ConfigError naming the option."""
+    kind = OPTION_KINDS[key]
+    name = option_name(key)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} is a flag: true or false, not {value!r}")
+        return value
+    if kind in ("count", "whole"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number, not {value!r}")
+        if kind == "count" and value < 1:
+            raise ConfigError(f"{name} must be at least 1, not {value}")
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, not {value!r}")
+        return float(value)
+    if kind == "texts":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name} takes text (or a list of texts), not {value!r}")
+        return tuple(items)
+    if not isinstance(value, str):
+        hint = (
+            " (a duration carries its unit, e.g. '60s')" if isinstance(value, int | float) else ""
+        )
+        raise ConfigError(f"{name} must be text, not {value!r}{hint}")
+    return value
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Each option on its own: known, of its kind, its value readable. Returns those given
+    (None and empty lists mean not given). A scenario's [loadgen] table is checked so when
+    parsed; load_config() then checks them together."""
+    unknown = sorted(set(options) - set(OPTION_KINDS))
+    if unknown:
+        keys = ", ".join(option_name(key) for key in unknown)
+        raise ConfigError(f"unknown load option(s) {keys}; known: {', '.join(OPTION_KINDS)}")
+    given = {key: _checked(key, value) for key, value in options.items() if value is not None}
+    given = {key: value for key, value in given.items() if value != ()}
+    for key in ("duration", "timeout", "interval", "max_lag", "accept_timeout", "lost_after"):
+        if key in given:
+            parse_duration(given[key], option_name(key))
+    if "rate" in given:
+        parse_rate(given["rate"], "--rate")
+    if "ramp" in given:
+        parse_ramp(given["ramp"])
+    if "max_release_lag" in given:
+        parse_share_or_duration(given["max_release_lag"], "--max-release-lag")
+    if "cards" in given or "tokenize" in given:
+        parse_cards(given.get("cards", DEFAULT_CARDS), given.get("tokenize", "raw"))
+    for text in given.get("slo", ()):
+        parse_slo(text)
+    return given
+
+
+def load_config(options: Mapping[str, Any]) -> LoadConfig:
+    """Check every option of a load run and build its config; None (or absent) means default.
+
+    The `flashsale loadgen` command and a rehearsal's [loadgen] table (plus the options after
+    `--`) both come through here, so a mistake is refused before anything starts.
+    """
+    given = check_options(options)
+    values = {**DEFAULT_OPTIONS, **given}
+    tokenize = values["tokenize"]
+    release_lag_s, release_lag_ratio = parse_share_or_duration(
+        values["max_release_lag"], "--max-release-lag"
+    )
+    if values.get("agents") is not None and not values.get("agents_redis_url"):
+        raise ConfigError("--agents needs --agents-redis-url: the Redis the agents listen on")
+    if values.get("agents") is not None and values.get("processes") is not None:
+        raise ConfigError("give either --agents or --processes, not both")
+    if values["max_cpu"] < 0:
+        raise ConfigError(f"--max-cpu must be 0 or more, not {values['max_cpu']:g}")
+    report, html = values.get("report"), values.get("html")
+    return LoadConfig(
+        url=str(values["url"]).rstrip("/"),
+        schedule=build_schedule(
+            rate=values.get("rate"),
+            ramp=values.get("ramp"),
+            poisson=bool(values.get("poisson")),
+            seed=values["seed"],
+            doors_open=bool(values.get("doors_open")),
+            concurrency=values.get("concurrency"),
+            customers=values.get("customers"),
+            duration=values.get("duration"),
+        ),
+        cards=parse_cards(values.get("cards") or DEFAULT_CARDS, tokenize),
+        tokenize=tokenize,
+        timeout_s=positive_duration(values["timeout"], "--timeout"),
+        max_in_flight=values.get("max_in_flight"),
+        slos=tuple(parse_slo(text) for text in values.get("slo", ())),
+        report_path=Path(report) if report else None,
+        html_path=Path(html) if html else None,
+        dashboard=not values.get("no_dashboard"),
+        interval_s=positive_duration(values["interval"], "--interval"),
+        max_lag_s=parse_duration(values["max_lag"], "--max-lag"),
+        max_cpu_percent=values["max_cpu"],
+        fallback=not values.get("no_fallback"),
+        max_release_lag_s=release_lag_s,
+        max_release_lag_ratio=release_lag_ratio or 0.10,
+        processes=values.get("processes"),
+        agents=values.get("agents"),
+        agents_redis_url=values.get("agents_redis_url"),
+        accept_timeout_s=positive_duration(values["accept_timeout"], "--accept-timeout"),
+        lost_after_s=positive_duration(values["lost_after"], "--lost-after"),
+    )
+
+
+def positive_duration(text: str, what: str) -> float:
+    seconds = parse_duration(text, what)
+    if seconds <= 0:
+        raise ConfigError(f"{what} must be above zero")
+    return seconds

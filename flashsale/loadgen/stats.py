@@ -12,6 +12,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from flashsale.errors import ConfigError
+from flashsale.units import parse_duration
 
 PHASES = ("session", "tokenize", "connect", "submit", "result", "e2e")
 OUTCOMES = ("succeeded", "declined", "sold_out", "failed", "timeout", "disconnected", "error")
@@ -361,8 +362,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
 }
 _SLO = re.compile(r"^\s*([a-z0-9_]+)\.([a-z0-9_]+)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
-_TIME = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m)?$")
-_TIME_MS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 COUNTERS = ("customers", "fallback", "integrity", "clamped")
 
 
@@ -412,10 +411,12 @@ def parse_slo(text: str) -> Slo:
 def _threshold(text: str, stat: str, value: str) -> float:
     value = value.strip()
     if stat in LATENCY_STATS:
-        match = _TIME.match(value)
-        if not match:
-            raise ConfigError(f"--slo {text!r}: {value!r} is not a time like 2s or 250ms")
-        return float(match.group(1)) * _TIME_MS[match.group(2) or "ms"]
+        try:
+            return parse_duration(value, "--slo") * 1000
+        except ConfigError as error:
+            raise ConfigError(
+                f"--slo {text!r}: {value!r} is not a time like 2s or 250ms ({error})"
+            ) from None
     if stat == "ratio":
         try:
             if value.endswith("%"):

@@ -29,15 +29,16 @@ SIM_CHANGES: dict[str, dict[str, Any]] = {
 
 
 class ChaosTarget(Protocol):
-    """What the injector acts on: a rehearsal's (or a test's) running pipeline."""
+    """What the injector acts on: a running pipeline (ops.pipeline.LocalPipeline)."""
 
     redis_url: str
     sim_url: str | None
 
     def workers(self) -> list[Child]: ...
 
-    def replace_worker(self, dead: Child) -> Child:
-        """Start a worker in place of dead (already killed) and wait until it is ready."""
+    def replace_worker(self, dead: Child) -> Child | None:
+        """Start a worker in place of dead (already killed) and wait until it is ready; None
+        when someone else (a supervisor) replaced it first."""
         ...
 
     def server(self) -> Child: ...
@@ -185,6 +186,8 @@ class Injector:
                 victim.process.wait(timeout=10)
             began = time.monotonic()
             replacement = self.target.replace_worker(victim)
+        if replacement is None:
+            return f"killed worker pid {victim.pid}; replaced by the worker supervisor"
         return (
             f"killed worker pid {victim.pid}; replacement pid {replacement.pid} ready after "
             f"{time.monotonic() - began:.1f}s"

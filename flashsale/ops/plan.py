@@ -9,19 +9,46 @@ from pathlib import Path
 from typing import Any
 
 from flashsale.errors import ConfigError
+from flashsale.loadgen.scenario import LoadConfig, check_options, load_config
+from flashsale.ops.faults import parse_spec
+from flashsale.settings import Settings
+from flashsale.stripe_sim.config import SimConfig
 
-SALE_KEYS = {"stock", "price", "currency", "sku", "name", "max_quantity"}
-# Worker timings a fault rehearsal shortens (a killed worker's tasks return after
-# visibility_timeout), mapped onto `flashsale worker` flags.
-WORKER_FLAG_KEYS = ("visibility_timeout", "stripe_timeout", "retry_backoff_max", "max_retries")
-PIPELINE_KEYS = {
-    "workers",
-    "worker_concurrency",
-    "server_workers",
-    "chaos",
-    "redis_durable",
-    *WORKER_FLAG_KEYS,
+# What each key of [sale] and [pipeline] takes: a check, and the words for a refusal.
+Check = tuple[type | tuple[type, ...], Any, str]
+SALE_KEYS: dict[str, Check] = {
+    "stock": (int, lambda v: v >= 0, "a whole number of units, 0 or more"),
+    "price": (int, lambda v: v >= 1, "a whole amount in minor units (cents), above 0"),
+    "currency": (str, lambda v: len(v) == 3 and v.isalpha(), "a 3-letter ISO code like usd"),
+    "sku": (str, lambda v: bool(v.strip()), "a non-empty SKU"),
+    "name": (str, lambda v: bool(v.strip()), "a non-empty name"),
+    "max_quantity": (int, lambda v: 1 <= v <= 100, "a whole number from 1 to 100"),
 }
+# Worker timings a fault rehearsal shortens (a killed worker's tasks return after
+# visibility_timeout), mapped onto `flashsale worker` flags; numbers of seconds, as those flags.
+WORKER_FLAG_KEYS = ("visibility_timeout", "stripe_timeout", "retry_backoff_max", "max_retries")
+SECONDS = (int, float)
+PIPELINE_KEYS: dict[str, Check] = {
+    "workers": (int, lambda v: v >= 1, "a whole number of worker processes, 1 or more"),
+    "worker_concurrency": (int, lambda v: v >= 1, "a whole number of threads, 1 or more"),
+    "server_workers": (int, lambda v: v >= 1, "a whole number of server processes, 1 or more"),
+    "chaos": (str, lambda v: True, "a fault spec like 'kill-worker@5s'"),
+    "redis_durable": (bool, lambda v: True, "true or false"),
+    "visibility_timeout": (int, lambda v: v >= 1, "a whole number of seconds"),
+    "stripe_timeout": (SECONDS, lambda v: v > 0, "a number of seconds above 0"),
+    "retry_backoff_max": (SECONDS, lambda v: v >= 0, "a number of seconds"),
+    "max_retries": (int, lambda v: v >= 0, "a whole number, 0 or more"),
+}
+STRIPE_SIM_KEYS = {
+    "rate_limit",
+    "concurrency_limit",
+    "latency",
+    "error_rate",
+    "drop_rate",
+    "idempotency_ttl",
+}
+# Set by rehearse itself: where the sale is and where the reports go.
+REHEARSE_OWNS = {"url", "report", "html"}
 TABLES = {"sale", "pipeline", "stripe_sim", "loadgen"}
 
 
@@ -53,6 +80,11 @@ class RehearsalPlan:
     def redis_durable(self) -> bool:
         return bool(self.pipeline.get("redis_durable", False))
 
+    def server_flags(self) -> list[str]:
+        """`flashsale serve` flags: the sale, and --workers for several server processes."""
+        processes = int(self.pipeline.get("server_workers", 1))
+        return [*as_flags(self.sale), *(["--workers", str(processes)] if processes > 1 else [])]
+
     def worker_flags(self) -> list[str]:
         return as_flags({key: self.pipeline.get(key) for key in WORKER_FLAG_KEYS})
 
@@ -69,13 +101,83 @@ class RehearsalPlan:
         def merged(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
             return {**base, **{k: v for k, v in (extra or {}).items() if v is not None}}
 
-        return replace(
+        changed = replace(
             self,
             sale=merged(self.sale, sale),
             pipeline=merged(self.pipeline, pipeline),
             stripe_sim=merged(self.stripe_sim, stripe_sim),
             loadgen=merged(self.loadgen, loadgen),
         )
+        return changed.checked("the command line")
+
+    def checked(self, source: str) -> RehearsalPlan:
+        """Refuse every unknown key and bad value, naming the table and key: before anything
+        starts, not when the component that reads it fails."""
+        for table, allowed in (("sale", SALE_KEYS), ("pipeline", PIPELINE_KEYS)):
+            values = getattr(self, table)
+            extra = set(values) - set(allowed)
+            if extra:
+                raise ConfigError(
+                    f"{source}: unknown key(s) in [{table}]: {', '.join(sorted(extra))}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+            for key, value in values.items():
+                kinds, valid, wanted = allowed[key]
+                if isinstance(value, bool) and kinds is not bool or not isinstance(value, kinds):
+                    raise ConfigError(f"{source}: [{table}] {key} must be {wanted}, not {value!r}")
+                if not valid(value):
+                    raise ConfigError(f"{source}: [{table}] {key} must be {wanted}, not {value!r}")
+        self._check_worker_timings(source)
+        if self.chaos is not None:
+            try:
+                parse_spec(self.chaos)
+            except ConfigError as error:
+                raise ConfigError(f"{source}: [pipeline] chaos: {error}") from None
+        extra = set(self.stripe_sim) - STRIPE_SIM_KEYS
+        if extra:
+            raise ConfigError(
+                f"{source}: unknown key(s) in [stripe_sim]: {', '.join(sorted(extra))}; "
+                f"allowed: {', '.join(sorted(STRIPE_SIM_KEYS))}"
+            )
+        try:
+            SimConfig.from_options(
+                **{
+                    ("idempotency_ttl_s" if key == "idempotency_ttl" else key): value
+                    for key, value in self.stripe_sim.items()
+                }
+            )
+        except ConfigError as error:
+            raise ConfigError(f"{source}: [stripe_sim] {error}") from None
+        owned = sorted(set(self.loadgen) & REHEARSE_OWNS)
+        if owned:
+            raise ConfigError(
+                f"{source}: [loadgen] {', '.join(owned)}: rehearse sets these itself "
+                "(its server's URL, report.json and report.html in the run directory)"
+            )
+        try:
+            check_options(self.loadgen)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: [loadgen] {error}") from None
+        return self
+
+    def _check_worker_timings(self, source: str) -> None:
+        timings = {key: self.pipeline[key] for key in WORKER_FLAG_KEYS if key in self.pipeline}
+        settings = Settings().replace(
+            visibility_timeout_s=timings.get("visibility_timeout"),
+            stripe_timeout_s=timings.get("stripe_timeout"),
+            retry_backoff_max_s=timings.get("retry_backoff_max"),
+        )
+        try:
+            settings.checked()
+        except ConfigError as error:
+            raise ConfigError(f"{source}: [pipeline] {error}") from None
+
+    def load_config(self, extra: dict[str, Any] | None = None, **rehearse: Any) -> LoadConfig:
+        """The load run of this plan: its [loadgen] table, then `extra` (the options after
+        `--`) and what rehearse sets itself (url, report, html, ...), checked as one."""
+        options = {**self.loadgen, **(extra or {}), **rehearse}
+        options.setdefault("url", "http://127.0.0.1:1")  # the server's, once it listens
+        return load_config(options)
 
 
 def default_plan() -> RehearsalPlan:
@@ -109,22 +211,8 @@ def parse_plan(text: str, source: str) -> RehearsalPlan:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: [{table}] must be a table")
         tables[table] = value
-    for table, allowed in (("sale", SALE_KEYS), ("pipeline", PIPELINE_KEYS)):
-        extra = set(tables[table]) - allowed
-        if extra:
-            raise ConfigError(
-                f"{source}: unknown key(s) in [{table}]: {', '.join(sorted(extra))}; "
-                f"allowed: {', '.join(sorted(allowed))}"
-            )
-    spec = tables["pipeline"].get("chaos")
-    if spec is not None:
-        from flashsale.ops.faults import parse_spec
-
-        try:
-            parse_spec(spec)
-        except ConfigError as error:
-            raise ConfigError(f"{source}: [pipeline] chaos: {error}") from None
-    return RehearsalPlan(name=str(data.get("name", Path(source).stem)), **tables)
+    name = data.get("name", Path(source).stem)
+    return RehearsalPlan(name=str(name), **tables).checked(source)
 
 
 def as_flags(options: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Supervised child processes: start with a log file, wait until ready, stop without orphans."""
+"""Supervised child processes: start with a log file, wait until ready, measure, stop cleanly."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from flashsale.errors import ComponentFailed
 
 # Every child prints a line like this once it accepts connections on a port it bound itself.
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Child:
@@ -92,6 +93,34 @@ class Child:
     def tail(self, lines: int = 20) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the child and every live process below it (gunicorn's
+        workers, a generator's shards); 0 once it has exited."""
+        if not self.alive():
+            return 0.0
+        return sum(process_cpu_s(pid) for pid in descendants(self.pid))
+
+    def run_measured(
+        self, limit_s: float, every_s: float = 0.1
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """Start, wait for the exit (at most limit_s, then stop), and measure the CPU used.
+
+        A process's CPU is gone from /proc once it exits, so the tree is sampled while it runs:
+        returns the CPU seconds of every process it had and the curve (seconds since start,
+        CPU seconds so far) from which a steady-state rate can be taken.
+        """
+        cpu: dict[int, float] = {}
+        curve: list[tuple[float, float]] = []
+        started = time.monotonic()
+        self.start()
+        while self.alive() and time.monotonic() - started < limit_s:
+            for pid in descendants(self.pid):
+                cpu[pid] = max(cpu.get(pid, 0.0), process_cpu_s(pid))
+            curve.append((time.monotonic() - started, sum(cpu.values())))
+            time.sleep(every_s)
+        self.stop()
+        return sum(cpu.values()), curve
+
     def signal(self, signum: int) -> None:
         if self.alive():
             os.killpg(self.pid, signum)
@@ -113,6 +142,35 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         return self.process.wait()
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads), seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
 
 
 def flashsale_argv(*args: str) -> list[str]:

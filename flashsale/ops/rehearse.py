@@ -2,43 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
-import secrets
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
+from rich.console import Console
 
 from flashsale.core import keys, orders, store
 from flashsale.errors import ComponentFailed, ConfigError
+from flashsale.loadgen import coordinator
+from flashsale.loadgen.report import LoadReport
 from flashsale.ops.chaos import FaultRecord, Injector
 from flashsale.ops.faults import Fault, check_target, parse_spec
-from flashsale.ops.plan import RehearsalPlan, as_flags
-from flashsale.ops.processes import (
-    Child,
-    flashsale_argv,
-    free_port,
-    redis_server_argv,
-    wait_for_redis,
-)
+from flashsale.ops.pipeline import LocalPipeline
+from flashsale.ops.plan import REHEARSE_OWNS, RehearsalPlan, as_flags
 from flashsale.ops.reconcile import Reconciliation, reconcile_live
 from flashsale.settings import Settings
 
-WORKER_READY = re.compile(r"flashsale worker ready")
 # Faults that strand a worker's unacknowledged tasks until the broker's visibility timeout: a
 # fault rehearsal shortens it (and what it must exceed) unless the scenario sets them.
 REDELIVERY_FAULTS = {"kill-worker", "restart-redis"}
 FAST_REDELIVERY = {"visibility_timeout": 12, "stripe_timeout": 4, "retry_backoff_max": 4}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# In the environment of every process a rehearsal starts, so an operator (or a test) can find
+# strays: FLASHSALE_RUN_DIR=<its run directory>.
+RUN_MARKER = "FLASHSALE_RUN_DIR"
 
 
 @dataclass
@@ -55,7 +53,7 @@ class RehearsalResult:
     plan: RehearsalPlan
     run_dir: Path
     loadgen_exit: int | None = None
-    loadgen_report: dict[str, Any] | None = None
+    loadgen_report: LoadReport | None = None
     reconciliation: Reconciliation | None = None
     checks: list[Check] = field(default_factory=list)
     chaos: list[FaultRecord] = field(default_factory=list)
@@ -67,20 +65,6 @@ class RehearsalResult:
     @property
     def passed(self) -> bool:
         return self.exit_code == EXIT_OK
-
-
-@dataclass
-class Pipeline:
-    """The children of one rehearsal and how to reach them."""
-
-    redis_url: str
-    sim_url: str | None
-    server_url: str
-    env: dict[str, str]
-    children: list[Child] = field(default_factory=list)
-
-    def by_name(self, prefix: str) -> list[Child]:
-        return [child for child in self.children if child.name.startswith(prefix)]
 
 
 class Rehearsal:
@@ -96,11 +80,15 @@ class Rehearsal:
         redis_durable: bool = False,
         chaos: str | None = None,
         stripe: str = "sim",
-        loadgen_args: tuple[str, ...] = (),
+        loadgen_options: dict[str, Any] | None = None,
         dashboard: bool = True,
         drain_timeout_s: float = 60.0,
         say: Any = print,
+        console: Console | None = None,
     ) -> None:
+        """Check everything before anything starts: a mistake is a ConfigError (exit 2) with
+        nothing started and no run directory made. `loadgen_options` are the load options
+        given after `--`, as a mapping of option names (max_lag) to values."""
         if stripe not in ("sim", "test"):
             raise ConfigError(f"--stripe must be 'sim' or 'test', not {stripe!r}")
         if stripe == "test" and settings.stripe_mode != "test":
@@ -123,20 +111,28 @@ class Rehearsal:
         ):
             plan = plan.with_overrides(pipeline=FAST_REDELIVERY)
             self.plan = plan
-        # Set once the pipeline runs; the chaos injector reaches the children through these.
-        self.redis_url = ""
-        self.sim_url: str | None = None
-        self.server_port = 0
-        self.env: dict[str, str] = {}
+        # The children of this run; the chaos injector acts on it too.
+        self.pipeline = LocalPipeline(run_dir, env={RUN_MARKER: str(run_dir)}, say=say)
         self.stripe = stripe
-        self.loadgen_args = loadgen_args
+        self.loadgen_options = dict(loadgen_options or {})
+        owned = sorted(set(self.loadgen_options) & REHEARSE_OWNS)
+        if owned:
+            raise ConfigError(f"options after --: rehearse sets {', '.join(owned)} itself")
+        try:
+            self.load_config = plan.load_config(
+                self.loadgen_options,
+                report=str(run_dir / "loadgen.json"),
+                html=str(run_dir / "report.html"),
+                no_dashboard=not dashboard,
+                **({"tokenize": "test-tokens"} if stripe == "test" else {}),
+            )
+        except ConfigError as error:
+            given = " with the options after --" if self.loadgen_options else ""
+            raise ConfigError(f"scenario {plan.name} [loadgen]{given}: {error}") from None
+        self.console = console
         self.dashboard = dashboard
         self.drain_timeout_s = drain_timeout_s
         self.say = say
-        self.children: list[Child] = []
-        # Workers already dealt with (killed by chaos and replaced, or restarted on their death).
-        self._workers_lock = threading.Lock()
-        self._replaced: set[int] = set()
         self.worker_restarts: list[dict[str, Any]] = []
 
     # --- the whole run ----------------------------------------------------------------------
@@ -148,7 +144,9 @@ class Rehearsal:
                 pipeline = self.start_pipeline()
                 supervisor = WorkerSupervisor(self).start()
                 try:
-                    injector = Injector(self, self.faults, say=self.say) if self.faults else None
+                    injector = (
+                        Injector(pipeline, self.faults, say=self.say) if self.faults else None
+                    )
                     if injector is not None:
                         self.say(f"chaos: {', '.join(str(fault) for fault in self.faults)}")
                         injector.start()
@@ -185,122 +183,68 @@ class Rehearsal:
         finally:
             # A second Ctrl-C while stopping must not leave children behind.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for child in reversed(self.children):
-                child.stop()
+            self.pipeline.stop()
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
 
     # --- starting ---------------------------------------------------------------------------
 
-    def _child(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        child = Child(name, argv, self.run_dir / "logs" / f"{name}.log", env=env).start()
-        self.children.append(child)
-        return child
-
-    def start_redis(self) -> str:
-        if self.external_redis_url:
-            client = store.connect(self.external_redis_url)
-            store.check(client)
-            if client.exists(keys.order_index()) or client.exists(keys.stock("*")):
-                raise ConfigError(
-                    f"{self.external_redis_url} already holds a sale (orders or stock); rehearse "
-                    "on an empty database, e.g. another /N, or let rehearse start a private Redis"
-                )
-            return self.external_redis_url
-        data_dir = self.run_dir / "redis"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        child = self._child("redis", redis_server_argv(port, data_dir, durable=self.redis_durable))
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_for_redis(url, child)
-        return url
-
-    def start_pipeline(self) -> Pipeline:
+    def start_pipeline(self) -> LocalPipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.say(f"run directory: {self.run_dir}")
-        redis_url = self.start_redis()
-        env = {
-            **os.environ,
-            "FLASHSALE_REDIS_URL": redis_url,
-            # A fresh secret per run: room tokens of one rehearsal never open another's rooms.
-            "FLASHSALE_SECRET": secrets.token_urlsafe(32),
-            "PYTHONUNBUFFERED": "1",
-            # Marks every child of this run, so an operator (or a test) can find strays.
-            "FLASHSALE_RUN_DIR": str(self.run_dir),
-        }
-        self.env = env
-        sim_url = None
+        pipeline = self.pipeline
+        if self.external_redis_url:
+            self.check_external_redis(self.external_redis_url)
+            pipeline.use_redis(self.external_redis_url)
+        else:
+            pipeline.start_redis(durable=self.redis_durable)
         if self.stripe == "sim":
-            sim = self._child(
-                "stripe-sim",
-                flashsale_argv("stripe-sim", "--port", "0", *as_flags(self.plan.stripe_sim)),
-                env=env,
-            )
-            sim_url = sim.wait_listening()
-            env["STRIPE_API_BASE"] = sim_url
-            # The workers' 'auto' budget keeps to the limit the simulator was started with.
-            env["FLASHSALE_STRIPE_LIMIT"] = str(self.plan.stripe_sim.get("rate_limit", "off"))
-            env.pop("STRIPE_SECRET_KEY", None)
-            env.pop("STRIPE_PUBLISHABLE_KEY", None)
-            self.say(f"stripe-sim: {sim_url}")
-        server = self._child("server", self.server_argv(0), env=env)
-        workers = [self._start_worker(f"worker{index}") for index in range(self.plan.workers)]
-        server_url = server.wait_listening()
-        self.server_port = int(server_url.rsplit(":", 1)[1])
-        self.redis_url, self.sim_url = redis_url, sim_url
-        self.say(f"server: {server_url}")
+            pipeline.start_simulator(*as_flags(self.plan.stripe_sim))
+        server = pipeline.start_server(*self.plan.server_flags(), wait=False)
+        workers = [pipeline.start_worker(*self.worker_flags(), wait=False)]
+        workers += [
+            pipeline.start_worker(*self.worker_flags(), wait=False)
+            for _ in range(self.plan.workers - 1)
+        ]
+        pipeline.wait_ready(server)
         for worker in workers:
-            worker.wait_for(WORKER_READY)
+            pipeline.wait_ready(worker)
         self.say(f"workers: {len(workers)} x {self.plan.worker_concurrency} threads ready")
-        return Pipeline(redis_url, sim_url, server_url, env, list(self.children))
+        return pipeline
 
-    def server_argv(self, port: int) -> list[str]:
-        return flashsale_argv("serve", "--port", str(port), *as_flags(self.plan.sale))
+    def check_external_redis(self, url: str) -> None:
+        client = store.connect(url)
+        store.check(client)
+        if client.exists(keys.order_index()) or client.exists(keys.stock("*")):
+            raise ConfigError(
+                f"{url} already holds a sale (orders or stock); rehearse on an empty database, "
+                "e.g. another /N, or let rehearse start a private Redis"
+            )
 
-    def _start_worker(self, name: str) -> Child:
-        argv = flashsale_argv(
-            "worker",
-            "--concurrency",
-            str(self.plan.worker_concurrency),
-            *self.plan.worker_flags(),
-        )
-        return self._child(name, argv, env=self.env)
+    def worker_flags(self) -> list[str]:
+        return ["--concurrency", str(self.plan.worker_concurrency), *self.plan.worker_flags()]
 
-    # --- what chaos acts on (flashsale.ops.chaos.ChaosTarget) -------------------------------
-
-    def workers(self) -> list[Child]:
-        return [child for child in self.children if child.name.startswith("worker")]
-
-    def replace_worker(self, dead: Child) -> Child:
-        with self._workers_lock:
-            self._replaced.add(id(dead))
-            child = self._start_worker(f"worker{len(self.workers())}")
-        child.wait_for(WORKER_READY)
-        return child
+    def workers(self) -> list[Any]:
+        return self.pipeline.workers()
 
     def restart_dead_workers(self, suspects: set[int], t0: float) -> set[int]:
         """Replace each worker that exited without being asked (seen dead on two polls, so a
         chaos kill, which replaces its victim at once, is never replaced twice); returns the
         workers seen dead on this poll."""
         dead_now: set[int] = set()
-        for child in self.workers():
-            if child.alive() or id(child) in self._replaced:
+        for child in self.pipeline.workers():
+            if child.alive() or self.pipeline.was_replaced(child):
                 continue
             if id(child) not in suspects:
                 dead_now.add(id(child))
                 continue
-            with self._workers_lock:
-                if id(child) in self._replaced:
-                    continue
-                self._replaced.add(id(child))
-                code = child.process.returncode if child.process else None
-                last = (child.tail(1) or "").strip()[:300]
-                replacement = self._start_worker(f"worker{len(self.workers())}")
-            self.say(
-                f"{child.name} exited unexpectedly (code {code}): {last!r}; "
-                f"started {replacement.name} in its place"
-            )
-            replacement.wait_for(WORKER_READY)
+            code = child.process.returncode if child.process else None
+            last = (child.tail(1) or "").strip()[:300]
+            self.say(f"{child.name} exited unexpectedly (code {code}): {last!r}; replacing it")
+            replacement = self.pipeline.replace_worker(child)
+            if replacement is None:
+                continue  # the chaos injector replaced it first
+            self.say(f"started {replacement.name} in place of {child.name}")
             self.worker_restarts.append(
                 {
                     "worker": child.name,
@@ -312,27 +256,7 @@ class Rehearsal:
             )
         return dead_now
 
-    def server(self) -> Child:
-        return [child for child in self.children if child.name.startswith("server")][-1]
-
-    def restart_server(self) -> Child:
-        """Same port, so customers (and loadgen's fallback) find it where it was."""
-        self.server().stop()
-        restarts = len([c for c in self.children if c.name.startswith("server")])
-        argv = self.server_argv(self.server_port)
-        child = self._child(f"server-restart{restarts}", argv, self.env)
-        child.wait_listening()
-        return child
-
-    def restart_redis(self) -> None:
-        """SIGTERM (Redis writes its AOF on a clean shutdown), then the same port and directory."""
-        old = [child for child in self.children if child.name.startswith("redis")][-1]
-        old.stop()
-        restarts = len([c for c in self.children if c.name.startswith("redis")])
-        child = self._child(f"redis-restart{restarts}", old.argv)
-        wait_for_redis(self.redis_url, child)
-
-    def pipeline_settings(self, pipeline: Pipeline) -> Settings:
+    def pipeline_settings(self, pipeline: LocalPipeline) -> Settings:
         """The settings the children run with, for reconciliation in this process."""
         base = Settings.from_env(pipeline.env)
         sku = self.plan.sale.get("sku")
@@ -340,42 +264,29 @@ class Rehearsal:
 
     # --- load -------------------------------------------------------------------------------
 
-    def run_loadgen(self, pipeline: Pipeline) -> tuple[int, dict[str, Any] | None]:
-        """Loadgen runs in the foreground (same terminal, same Ctrl-C) and writes its report."""
-        report_path = self.run_dir / "loadgen.json"
-        argv = flashsale_argv(
-            "loadgen",
-            "--url",
-            pipeline.server_url,
-            "--redis-url",
-            pipeline.redis_url,
-            "--report",
-            str(report_path),
-            "--html",
-            str(self.run_dir / "report.html"),
-            *(["--tokenize", "test-tokens"] if self.stripe == "test" else []),
-            *([] if self.dashboard else ["--no-dashboard"]),
-            *as_flags(self.plan.loadgen),
-            *self.loadgen_args,
-        )
-        process = subprocess.Popen(argv, env=pipeline.env)
+    def run_loadgen(self, pipeline: LocalPipeline) -> tuple[int, LoadReport]:
+        """The load runs here, in the foreground (same terminal, same Ctrl-C): its shards play
+        in their own processes, this process coordinates and draws the dashboard."""
+        config = dataclasses.replace(self.load_config, url=pipeline.server_url)
+        # The shards are spawned from this process and inherit its environment: marked like
+        # every other process of the run, so strays can be found (see LocalPipeline's env).
+        # multiprocessing's resource tracker, started with the first spawn, serves this process
+        # for its whole life, not the run: it starts unmarked.
+        resource_tracker.ensure_running()
+        previous = os.environ.get(RUN_MARKER)
+        os.environ[RUN_MARKER] = str(self.run_dir)
         try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            # The same Ctrl-C reached loadgen: let it finish writing its report, then go on.
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
-        if code == EXIT_USAGE:
-            raise ConfigError("loadgen refused its options (see above)")
-        if report is None:
-            raise ComponentFailed(f"loadgen exited with {code} and wrote no report")
-        return code, report
+            result = coordinator.run(config, self.console)
+        finally:
+            if previous is None:
+                os.environ.pop(RUN_MARKER, None)
+            else:
+                os.environ[RUN_MARKER] = previous
+        if result.report.run.interrupted:
+            raise KeyboardInterrupt  # Ctrl-C reached the load run: the rehearsal stops too
+        return result.exit_code, result.report
 
-    def drain(self, pipeline: Pipeline) -> None:
+    def drain(self, pipeline: LocalPipeline) -> None:
         """Wait until no order is pending (or the drain timeout passes: reconcile says which)."""
         client = store.connect(pipeline.redis_url)
         deadline = time.monotonic() + self.drain_timeout_s
@@ -399,7 +310,7 @@ class Rehearsal:
                 "pipeline": result.plan.pipeline,
                 "stripe_sim": result.plan.stripe_sim,
                 "loadgen": result.plan.loadgen,
-                "extra_loadgen_args": list(self.loadgen_args),
+                "extra_loadgen_options": self.loadgen_options,
             },
             "stripe": self.stripe,
             "redis_durable": self.redis_durable,
@@ -411,7 +322,7 @@ class Rehearsal:
             "checks": [check.__dict__ for check in result.checks],
             "reconciliation": result.reconciliation.as_dict() if result.reconciliation else None,
             "loadgen_exit": result.loadgen_exit,
-            "loadgen": result.loadgen_report,
+            "loadgen": result.loadgen_report.as_dict() if result.loadgen_report else None,
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -470,15 +381,13 @@ def judge(result: RehearsalResult) -> list[Check]:
             )
         )
     if report is not None:
-        slo = report.get("slo", {})
-        failed = [r["slo"] for r in slo.get("results", []) if not r.get("passed")]
+        failed = report.slo.failed
         checks.append(Check("SLOs met", not failed, ", ".join(failed) or "all met"))
-        generator = report.get("generator", {})
-        reasons = generator.get("invalid_reasons") or []
+        generator = report.generator
         checks.append(
-            Check("generator kept up", bool(generator.get("valid", True)), "; ".join(reasons))
+            Check("generator kept up", generator.valid, "; ".join(generator.invalid_reasons))
         )
-        problems = report.get("integrity_problems", 0)
+        problems = len(report.integrity_problems)
         checks.append(
             Check(
                 "one final result per customer",
@@ -490,7 +399,7 @@ def judge(result: RehearsalResult) -> list[Check]:
         for name, count in rec.discrepancies().items():
             checks.append(Check(name.replace("_", " "), count == 0, str(count)))
         if report is not None:
-            seen = report["outcomes"]["succeeded"]
+            seen = report.outcomes["succeeded"]
             stored = rec.orders_by_state.get(orders.SUCCEEDED, 0)
             checks.append(
                 Check(
@@ -506,7 +415,7 @@ def exit_code_for(result: RehearsalResult) -> int:
     if result.interrupted:
         return EXIT_INTERRUPTED
     report = result.loadgen_report
-    if report is not None and not report.get("generator", {}).get("valid", True):
+    if report is not None and not report.generator.valid:
         return EXIT_INVALID
     if result.reconciliation is None or not all(check.passed for check in result.checks):
         return EXIT_FAILED

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 import redis
 from celery import Celery
+from rich.console import RenderableType
+from rich.live import Live
 
 from flashsale.core import inventory, jobs, orders, store
 from flashsale.settings import Settings
@@ -60,6 +64,23 @@ def collect_status(
     if server_url:
         status.sockets_connected = scrape_sockets(server_url)
     return status
+
+
+def watch_status(
+    settings: Settings,
+    server_url: str | None,
+    interval_s: float,
+    render: Callable[[Status], RenderableType],
+    first: Status,
+) -> None:
+    """`status --watch`: the screen from `first`, refreshed every interval until Ctrl-C."""
+    with Live(render(first), refresh_per_second=4) as live:
+        try:
+            while True:
+                time.sleep(interval_s)
+                live.update(render(collect_status(settings, server_url)))
+        except KeyboardInterrupt:
+            pass
 
 
 def ping_workers(redis_url: str, timeout_s: float) -> list[str]:

@@ -9,11 +9,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from flashsale.loadgen.stats import PHASES
 from flashsale.ops.reconcile import Reconciliation
 from flashsale.ops.rehearse import RehearsalResult
 from flashsale.ops.status import Status
-
-PHASES = ("session", "tokenize", "connect", "submit", "result", "e2e")
 
 
 def _mark(passed: bool) -> Text:
@@ -114,16 +113,16 @@ def verdict_panel(result: RehearsalResult) -> Panel:
     report = result.loadgen_report
     if report:
         outcomes = Table(title="outcomes", show_header=True, header_style="bold")
-        for name in report["outcomes"]:
+        for name in report.outcomes:
             outcomes.add_column(name, justify="right")
-        outcomes.add_row(*(str(v) for v in report["outcomes"].values()))
+        outcomes.add_row(*(str(v) for v in report.outcomes.values()))
         parts.append(outcomes)
         latency = Table(title="latency (ms, from scheduled arrival)", header_style="bold")
         latency.add_column("phase")
         for column in ("p50", "p90", "p99", "p999", "max", "count"):
             latency.add_column(column, justify="right")
         for phase in PHASES:
-            row = report["latency_ms"].get(phase)
+            row = report.latency_ms.get(phase)
             if row:
                 latency.add_row(
                     phase,

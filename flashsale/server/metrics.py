@@ -10,13 +10,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from flashsale.core import inventory, orders
+from flashsale.core import inventory, jobs, orders
 
 log = logging.getLogger("flashsale.server")
+QUEUES = (jobs.QUEUE, jobs.RESULTS_QUEUE)
 
 
 class SaleCollector(Collector):
-    """Reads order counts and stock from Redis at scrape time, so every server process agrees."""
+    """Reads order counts, stock and queue depths from Redis at scrape time, so every server
+    process agrees (and the load generator sees them over HTTP, never in Redis)."""
 
     def __init__(self, client: redis.Redis, sku: str) -> None:
         self.client = client
@@ -26,6 +28,7 @@ class SaleCollector(Collector):
         try:
             counts = orders.count_by_state(self.client)
             left = inventory.stock_left(self.client, self.sku)
+            depths = {queue: int(self.client.llen(queue)) for queue in QUEUES}
         except redis.RedisError as error:
             # A scrape during an outage still shows the process metrics (and /healthz says why).
             log.warning("metrics: Redis unavailable: %s", error)
@@ -39,6 +42,14 @@ class SaleCollector(Collector):
         stock = GaugeMetricFamily("flashsale_stock_left", "Units still for sale.", labels=["sku"])
         stock.add_metric([self.sku], left)
         yield stock
+        depth = GaugeMetricFamily(
+            "flashsale_queue_depth",
+            "Celery tasks waiting in the pipeline's queues (not yet taken by a worker).",
+            labels=["queue"],
+        )
+        for queue, waiting in depths.items():
+            depth.add_metric([queue], waiting)
+        yield depth
 
 
 class ServerMetrics:

@@ -1,4 +1,4 @@
-"""One customer's Socket.IO connection: the few packets a customer needs, over wire.WebSocket.
+"""One customer's Socket.IO connection: the few packets a customer needs, over client.websocket.
 
 A customer needs one namespace, a handful of server events and the pongs that keep it alive.
 python-socketio's AsyncClient brings a writer task, a packet queue, reconnection machinery and
@@ -23,7 +23,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from flashsale.loadgen import wire
+from flashsale.loadgen.client.connection import WireError, describe
+from flashsale.loadgen.client.websocket import WebSocket, open_websocket
 
 # Engine.IO 4, websocket from the first request: the server accepts no other transport.
 ENDPOINT = "/socket.io/?EIO=4&transport=websocket"
@@ -58,7 +59,7 @@ class RoomSocket:
         self.on_event = on_event
         self.on_drop = on_drop
         self.tls = tls
-        self.ws: wire.WebSocket | None = None
+        self.ws: WebSocket | None = None
         self.state = "new"  # opening -> connecting -> connected
         self.stage: asyncio.Future[None] | None = None  # the handshake step awaited
         self.closing = False
@@ -76,16 +77,14 @@ class RoomSocket:
         self.stage = loop.create_future()
         try:
             async with asyncio.timeout(timeout_s):
-                self.ws = ws = await wire.open_websocket(
-                    endpoint, self.on_text, self.on_close, self.tls
-                )
+                self.ws = ws = await open_websocket(endpoint, self.on_text, self.on_close, self.tls)
                 await self.stage  # Engine.IO's OPEN packet
                 self.stage = loop.create_future()
                 ws.send_text(EIO_MESSAGE + SIO_CONNECT + json.dumps(auth, separators=(",", ":")))
                 await self.stage  # the namespace's CONNECT (or CONNECT_ERROR)
-        except (wire.WireError, TimeoutError) as error:
+        except (WireError, TimeoutError) as error:
             self.abort()
-            raise SocketError(wire.describe(error)) from None
+            raise SocketError(describe(error)) from None
         except SocketError:
             self.abort()
             raise

@@ -1,4 +1,8 @@
-"""Distributed loadgen on Celery + Redis: the agent worker, its shard task, the Redis link."""
+"""The agents fleet: shards played by `flashsale loadgen-agent` workers on other machines.
+
+Both ends are here: the coordinator's (CeleryAgents: shards go out as Celery tasks, messages
+come back through a Redis list) and the agent's (its Celery app, the shard task, RedisLink).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from celery import Celery
-from rich.console import Console
 
-from flashsale.loadgen import loop
-from flashsale.loadgen.coordinator import Coordinator
-from flashsale.loadgen.runner import LoadConfig, RunResult
-from flashsale.loadgen.shard import run_shard
+from flashsale.loadgen.client import loop
+from flashsale.loadgen.fleet.protocol import Command, Message, decode, encode, run_shard
 
 QUEUE = "loadgen"
 SHARD_TASK = "flashsale.loadgen.shard"
 KEY_TTL_S = 3600  # a run's Redis lists outlive it by an hour at most, whatever happens
 POP_TIMEOUT_S = 0.2
+TICK_S = 0.5
 
 
 def up_key(run_id: str) -> str:
@@ -61,26 +63,9 @@ async def play_shard(
 ) -> None:
     link = RedisLink(redis_url, run_id, index)
     try:
-        await run_shard(spec, index, count, link)
+        await run_shard(spec, index, count, link, tick_s=TICK_S)
     finally:
         await link.client.aclose()
-
-
-def run_agents(
-    config: LoadConfig,
-    count: int,
-    redis_url: str,
-    *,
-    accept_timeout_s: float,
-    lost_after_s: float,
-    console: Console | None = None,
-) -> RunResult:
-    """Run a scenario over `count` agents (each plays one shard) and merge them."""
-    fleet = CeleryAgents(count, redis_url, accept_timeout_s)
-    coordinator = Coordinator(
-        config, fleet, console, accept_timeout_s=accept_timeout_s, lost_after_s=lost_after_s
-    )
-    return loop.run(coordinator.run())
 
 
 def run_agent(redis_url: str, loglevel: str = "INFO", name: str | None = None) -> None:
@@ -114,17 +99,17 @@ class RedisLink:
         self.up = up_key(run_id)
         self.down = down_key(run_id, shard)
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.rpush(self.up, json.dumps(message))
+            pipe.rpush(self.up, json.dumps(encode(message)))
             pipe.expire(self.up, KEY_TTL_S)
             await pipe.execute()
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> Command:
         while True:
             found = await self.client.blpop([self.down], timeout=1)
             if found is not None:
-                return dict(json.loads(found[1]))
+                return decode(json.loads(found[1]))  # type: ignore[return-value]
 
 
 class CeleryAgents:
@@ -151,19 +136,19 @@ class CeleryAgents:
                 expires=self.accept_timeout_s,
             )
 
-    async def messages(self) -> list[dict[str, Any]]:
+    async def messages(self) -> list[Message]:
         found = await self.client.blpop([up_key(self.run_id)], timeout=POP_TIMEOUT_S)
         if found is None:
             return []
-        messages = [json.loads(found[1])]
+        raw = [found[1]]
         rest: Any = await self.client.lpop(up_key(self.run_id), 500)
-        messages += [json.loads(item) for item in rest or []]
-        return messages
+        raw += rest or []
+        return [decode(json.loads(item)) for item in raw]  # type: ignore[misc]
 
-    async def command(self, shard: int, message: dict[str, Any]) -> None:
+    async def command(self, shard: int, command: Command) -> None:
         key = down_key(self.run_id, shard)
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, json.dumps(message))
+            pipe.rpush(key, json.dumps(encode(command)))
             pipe.expire(key, KEY_TTL_S)
             await pipe.execute()
 
