@@ -1,4 +1,8 @@
-"""Bad input to every endpoint of `flashsale serve`: a 4xx JSON error with a code, never a 500."""
+"""Bad input to every endpoint of `flashsale serve`: a 4xx JSON error with a code, never a 500.
+
+The HTTP checks drive the app through Flask's test client (no process to start); the socket
+checks need the real server, and talk to it over Socket.IO.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +10,41 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 import socketio
+from flask.testing import FlaskClient
 from pipeline_fixtures import TEST_SECRET, Pipeline
+from werkzeug.test import TestResponse
 
 from flashsale.core import signing
+from flashsale.server import create_app
+from flashsale.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def pipeline(pipeline_factory: Any) -> Pipeline:
-    # No worker: these tests only talk to the server; accepted orders simply stay pending.
-    return pipeline_factory(
-        server_flags=("--stock", "50", "--max-quantity", "3"), with_worker=False
+def http(module_redis_url: str) -> FlaskClient:
+    """The app on this module's Redis database; accepted orders simply stay pending."""
+    settings = Settings(
+        redis_url=module_redis_url, secret=TEST_SECRET, sale_stock=50, max_quantity=3
     )
+    return create_app(settings, async_mode="threading").test_client()
 
 
 @pytest.fixture
-def session(pipeline: Pipeline) -> dict[str, Any]:
-    return pipeline.session()
+def session(http: FlaskClient) -> dict[str, Any]:
+    return new_session(http)
 
 
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
-    assert response.status_code == status, response.text
+def new_session(http: FlaskClient) -> dict[str, Any]:
+    response = http.get("/session")
+    assert response.status_code == 200
+    return dict(response.get_json())
+
+
+def assert_error(response: TestResponse, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
     assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
+    error = response.get_json()["error"]
     assert error["message"]
     if code is not None:
         assert error["code"] == code
@@ -46,10 +60,16 @@ def valid_body(session: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return {name: value for name, value in body.items() if value is not ...}
 
 
-def test_checkout_page_embeds_customer_and_room_token(pipeline: Pipeline) -> None:
-    response = pipeline.http.get(pipeline.server_url + "/")
+def charge(http: FlaskClient, session: dict[str, Any]) -> str:
+    response = http.post("/charges", json=valid_body(session))
+    assert response.status_code == 202
+    return str(response.get_json()["order_id"])
+
+
+def test_checkout_page_embeds_customer_and_room_token(http: FlaskClient) -> None:
+    response = http.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
-    page = response.text
+    page = response.get_data(as_text=True)
     start = page.index('id="flashsale-session" type="application/json">') + 47
     embedded = json.loads(page[start : page.index("</script>", start)])
     assert (
@@ -59,7 +79,7 @@ def test_checkout_page_embeds_customer_and_room_token(pipeline: Pipeline) -> Non
     assert embedded["customer_id"] in page and embedded["stripe_js_url"] in page
 
 
-def test_session_has_the_agreed_shape(pipeline: Pipeline, session: dict[str, Any]) -> None:
+def test_session_has_the_agreed_shape(http: FlaskClient, session: dict[str, Any]) -> None:
     assert set(session) >= {
         "customer_id",
         "room_token",
@@ -70,16 +90,14 @@ def test_session_has_the_agreed_shape(pipeline: Pipeline, session: dict[str, Any
     }
     assert set(session["sale"]) >= {"sku", "name", "amount", "currency", "stock_left"}
     assert uuid.UUID(session["customer_id"])
-    assert pipeline.session()["customer_id"] != session["customer_id"]
+    assert new_session(http)["customer_id"] != session["customer_id"]
 
 
 def test_a_valid_form_post_is_accepted_like_the_original_page(
-    pipeline: Pipeline, session: dict[str, Any]
+    http: FlaskClient, session: dict[str, Any]
 ) -> None:
-    response = pipeline.http.post(
-        pipeline.server_url + "/charges", data={**valid_body(session), "quantity": "2"}
-    )
-    assert response.status_code == 202 and response.json()["status"] == "pending"
+    response = http.post("/charges", data={**valid_body(session), "quantity": "2"})
+    assert response.status_code == 202 and response.get_json()["status"] == "pending"
 
 
 @pytest.mark.parametrize(
@@ -108,45 +126,39 @@ def test_a_valid_form_post_is_accepted_like_the_original_page(
     ],
 )
 def test_charges_rejects_bad_fields(
-    pipeline: Pipeline, session: dict[str, Any], changes: dict[str, Any], code: str
+    http: FlaskClient, session: dict[str, Any], changes: dict[str, Any], code: str
 ) -> None:
-    response = pipeline.http.post(
-        pipeline.server_url + "/charges", json=valid_body(session, **changes)
-    )
+    response = http.post("/charges", json=valid_body(session, **changes))
     assert_error(response, 400, code)
 
 
 @pytest.mark.parametrize("body", [b"[]", b'"text"', b"null", b"{not json", b"\xff\xfe"])
-def test_charges_rejects_bodies_that_are_not_json_objects(pipeline: Pipeline, body: bytes) -> None:
-    response = pipeline.http.post(
-        pipeline.server_url + "/charges",
-        content=body,
-        headers={"Content-Type": "application/json"},
-    )
+def test_charges_rejects_bodies_that_are_not_json_objects(http: FlaskClient, body: bytes) -> None:
+    response = http.post("/charges", data=body, headers={"Content-Type": "application/json"})
     assert_error(response, 400, "invalid_json")
 
 
 def test_charges_rejects_other_media_types_and_huge_bodies(
-    pipeline: Pipeline, session: dict[str, Any]
+    http: FlaskClient, session: dict[str, Any]
 ) -> None:
-    url = pipeline.server_url + "/charges"
-    text = pipeline.http.post(url, content=b"hello", headers={"Content-Type": "text/plain"})
+    url = "/charges"
+    text = http.post(url, data=b"hello", headers={"Content-Type": "text/plain"})
     assert_error(text, 415, "unsupported_media_type")
     huge = valid_body(session, token="tok_" + "a" * 20_000)
-    assert_error(pipeline.http.post(url, json=huge), 413, "payload_too_large")
-    form = pipeline.http.post(
+    assert_error(http.post(url, json=huge), 413, "payload_too_large")
+    form = http.post(
         url,
-        content=b"x=" + b"a" * 40_000,
+        data=b"x=" + b"a" * 40_000,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert_error(form, 413, "payload_too_large")
 
 
-def test_charges_rejects_repeated_form_fields(pipeline: Pipeline, session: dict[str, Any]) -> None:
+def test_charges_rejects_repeated_form_fields(http: FlaskClient, session: dict[str, Any]) -> None:
     body = valid_body(session)
-    response = pipeline.http.post(
-        pipeline.server_url + "/charges",
-        content=(
+    response = http.post(
+        "/charges",
+        data=(
             f"customer_id={body['customer_id']}&room_token={body['room_token']}"
             "&token=tok_a&token=tok_b"
         ).encode(),
@@ -156,77 +168,71 @@ def test_charges_rejects_repeated_form_fields(pipeline: Pipeline, session: dict[
 
 
 def test_charges_rejects_forged_and_foreign_room_tokens(
-    pipeline: Pipeline, session: dict[str, Any]
+    http: FlaskClient, session: dict[str, Any]
 ) -> None:
-    url = pipeline.server_url + "/charges"
+    url = "/charges"
     forged = signing.issue_room_token("not-the-secret", session["customer_id"])
-    assert_error(pipeline.http.post(url, json=valid_body(session, room_token=forged)), 403)
+    assert_error(http.post(url, json=valid_body(session, room_token=forged)), 403)
     tampered = session["room_token"][:-3] + "abc"
-    assert_error(pipeline.http.post(url, json=valid_body(session, room_token=tampered)), 403)
-    someone_else = pipeline.session()
+    assert_error(http.post(url, json=valid_body(session, room_token=tampered)), 403)
+    someone_else = new_session(http)
     foreign = valid_body(session, room_token=someone_else["room_token"])
-    assert_error(pipeline.http.post(url, json=foreign), 403, "forbidden")
+    assert_error(http.post(url, json=foreign), 403, "forbidden")
 
 
 def test_charges_refuses_a_cross_origin_browser_post(
-    pipeline: Pipeline, session: dict[str, Any]
+    http: FlaskClient, session: dict[str, Any]
 ) -> None:
-    url = pipeline.server_url + "/charges"
-    evil = pipeline.http.post(
-        url, json=valid_body(session), headers={"Origin": "https://evil.test"}
-    )
+    url = "/charges"
+    evil = http.post(url, json=valid_body(session), headers={"Origin": "https://evil.test"})
     assert_error(evil, 403, "cross_origin")
-    same = pipeline.http.post(
-        url, json=valid_body(session), headers={"Origin": pipeline.server_url}
-    )
+    same = http.post(url, json=valid_body(session), headers={"Origin": "http://localhost"})
     assert same.status_code == 202
 
 
-def test_get_order_needs_the_owners_room_token(pipeline: Pipeline, session: dict[str, Any]) -> None:
-    order_id = pipeline.charge(session, "tok_" + uuid.uuid4().hex).json()["order_id"]
-    url = f"{pipeline.server_url}/orders/{order_id}"
-    mine = pipeline.http.get(url, headers={"X-Room-Token": session["room_token"]})
-    assert mine.status_code == 200 and mine.json()["status"] == "pending"
-    assert_error(pipeline.http.get(url), 401, "missing_room_token")
+def test_get_order_needs_the_owners_room_token(http: FlaskClient, session: dict[str, Any]) -> None:
+    order_id = charge(http, session)
+    url = f"/orders/{order_id}"
+    mine = http.get(url, headers={"X-Room-Token": session["room_token"]})
+    assert mine.status_code == 200 and mine.get_json()["status"] == "pending"
+    assert_error(http.get(url), 401, "missing_room_token")
     forged = signing.issue_room_token("not-the-secret", session["customer_id"])
-    assert_error(pipeline.http.get(url, params={"room_token": forged}), 403, "invalid_room_token")
-    other = pipeline.session()["room_token"]
-    assert_error(pipeline.http.get(url, params={"room_token": other}), 404, "not_found")
+    assert_error(http.get(url, query_string={"room_token": forged}), 403, "invalid_room_token")
+    other = new_session(http)["room_token"]
+    assert_error(http.get(url, query_string={"room_token": other}), 404, "not_found")
     assert_error(
-        pipeline.http.get(url, params={"room_token": session["room_token"], "debug": "1"}),
+        http.get(url, query_string={"room_token": session["room_token"], "debug": "1"}),
         400,
         "unknown_field",
     )
-    unknown = f"{pipeline.server_url}/orders/{uuid.uuid4()}"
-    assert_error(pipeline.http.get(unknown, params={"room_token": session["room_token"]}), 404)
+    unknown = f"/orders/{uuid.uuid4()}"
+    assert_error(http.get(unknown, query_string={"room_token": session["room_token"]}), 404)
 
 
 @pytest.mark.parametrize("bad_id", ["abc", "1", "00000000-0000-0000-0000-00000000000Z", "a" * 36])
 def test_get_order_rejects_bad_uuids(
-    pipeline: Pipeline, session: dict[str, Any], bad_id: str
+    http: FlaskClient, session: dict[str, Any], bad_id: str
 ) -> None:
-    response = pipeline.http.get(
-        f"{pipeline.server_url}/orders/{bad_id}", params={"room_token": session["room_token"]}
-    )
+    response = http.get(f"/orders/{bad_id}", query_string={"room_token": session["room_token"]})
     assert_error(response, 400, "invalid_order_id")
 
 
 def test_notify_refuses_unsigned_and_badly_signed_requests(
-    pipeline: Pipeline, session: dict[str, Any]
+    http: FlaskClient, session: dict[str, Any]
 ) -> None:
-    url = pipeline.server_url + "/notify"
-    order_id = pipeline.charge(session, "tok_" + uuid.uuid4().hex).json()["order_id"]
+    url = "/notify"
+    order_id = charge(http, session)
     body = json.dumps({"order_id": order_id}).encode()
     headers = {"Content-Type": "application/json"}
-    assert_error(pipeline.http.post(url, content=body, headers=headers), 403, "bad_signature")
+    assert_error(http.post(url, data=body, headers=headers), 403, "bad_signature")
     wrong = {**headers, signing.SIGNATURE_HEADER: signing.sign_body("not-the-secret", body)}
-    assert_error(pipeline.http.post(url, content=body, headers=wrong), 403, "bad_signature")
+    assert_error(http.post(url, data=body, headers=wrong), 403, "bad_signature")
     other_body = {**headers, signing.SIGNATURE_HEADER: signing.sign_body(TEST_SECRET, b"{}")}
-    assert_error(pipeline.http.post(url, content=body, headers=other_body), 403)
+    assert_error(http.post(url, data=body, headers=other_body), 403)
 
-    def signed(payload: bytes) -> httpx.Response:
+    def signed(payload: bytes) -> TestResponse:
         sign = {**headers, signing.SIGNATURE_HEADER: signing.sign_body(TEST_SECRET, payload)}
-        return pipeline.http.post(url, content=payload, headers=sign)
+        return http.post(url, data=payload, headers=sign)
 
     assert_error(signed(body), 409, "not_final")  # genuine, but nothing to deliver yet
     assert_error(signed(b"[1]"), 400, "invalid_json")
@@ -251,9 +257,15 @@ def test_notify_refuses_unsigned_and_badly_signed_requests(
     ],
 )
 def test_wrong_methods_and_paths_get_json(
-    pipeline: Pipeline, method: str, path: str, status: int
+    http: FlaskClient, method: str, path: str, status: int
 ) -> None:
-    assert_error(pipeline.http.request(method, pipeline.server_url + path), status)
+    assert_error(http.open(path, method=method), status)
+
+
+@pytest.fixture(scope="module")
+def pipeline(pipeline_factory: Any) -> Pipeline:
+    # No worker: these tests only join rooms.
+    return pipeline_factory(server_flags=("--stock", "50"), with_worker=False)
 
 
 @pytest.mark.parametrize(
@@ -269,9 +281,8 @@ def test_sockets_refuse_missing_or_forged_room_tokens(
     client.disconnect()
 
 
-def test_sockets_refuse_a_token_signed_with_another_secret(
-    pipeline: Pipeline, session: dict[str, Any]
-) -> None:
+def test_sockets_refuse_a_token_signed_with_another_secret(pipeline: Pipeline) -> None:
+    session = pipeline.session()
     forged = signing.issue_room_token("not-the-secret", session["customer_id"])
     client = socketio.SimpleClient()
     with pytest.raises(socketio.exceptions.ConnectionError):
