@@ -17,6 +17,7 @@ from celery import Celery
 
 from flashsale.loadgen.client import loop
 from flashsale.loadgen.fleet.protocol import Command, Message, decode, encode, run_shard
+from flashsale.loadgen.stats import RunStats
 
 QUEUE = "loadgen"
 SHARD_TASK = "flashsale.loadgen.shard"
@@ -126,7 +127,7 @@ class CeleryAgents:
         self.app = create_agent_app(redis_url)
         self.client = aioredis.Redis.from_url(redis_url)
 
-    async def start(self, spec: dict[str, Any]) -> None:
+    async def start(self, spec: dict[str, Any], stats: RunStats) -> None:
         for index in range(self.count):
             # Not taken before the accept timeout: the task expires instead of starting late.
             self.app.send_task(

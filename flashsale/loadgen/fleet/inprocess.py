@@ -1,7 +1,8 @@
 """The in-process fleet: one shard on the coordinator's own event loop, linked by queues.
 
 What `--processes 1` runs: the same shard protocol as the other fleets, with its messages
-handed over as objects (nothing encoded), and the Engine kept for callers that want it.
+handed over as objects (nothing encoded), the engine recording straight into the coordinator's
+stats (no deltas to copy), and the Engine kept for callers that want it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from flashsale.loadgen.engine import Engine
 from flashsale.loadgen.fleet.protocol import Command, Message, run_shard
+from flashsale.loadgen.stats import RunStats
 
 WAIT_S = 0.25  # messages() waits at most this long: the coordinator's frame interval
-TICK_S = 0.25  # nothing to encode, so as often as the dashboard draws
+TICK_S = 0.25  # the engine records into the coordinator's stats: a tick is only its gauges
 
 
 class QueueLink:
@@ -50,7 +52,7 @@ class InProcess:
         """The shard's engine, once it has started."""
         return self.engines[0]
 
-    async def start(self, spec: dict[str, Any]) -> None:
+    async def start(self, spec: dict[str, Any], stats: RunStats) -> None:
         self.task = asyncio.create_task(
             run_shard(
                 spec,
@@ -60,6 +62,7 @@ class InProcess:
                 tick_s=TICK_S,
                 engines=self.engines,
                 keep_journeys=self.keep_journeys,
+                stats=stats,
             )
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from flashsale.loadgen.client import loop
 from flashsale.loadgen.fleet.protocol import Command, Message, decode, encode, run_shard
+from flashsale.loadgen.stats import RunStats
 
 TICK_S = 0.5  # how often a shard sends its interval stats (each tick costs it ~15 ms to encode)
 POLL_S = 0.02
@@ -60,7 +61,7 @@ class LocalProcesses:
         self.downs: list[Any] = [self.context.Queue() for _ in range(count)]
         self.processes: list[Any] = []
 
-    async def start(self, spec: dict[str, Any]) -> None:
+    async def start(self, spec: dict[str, Any], stats: RunStats) -> None:
         for index in range(self.count):
             process = self.context.Process(
                 target=process_main,

@@ -39,14 +39,14 @@ class Ready:
 @dataclass
 class Tick:
     shard: int
-    stats: RunStats  # since the previous tick
+    stats: RunStats | None  # since the previous tick; None: recorded into shared stats
     gauges: Gauges
 
 
 @dataclass
 class Done:
     shard: int
-    stats: RunStats  # since the last tick
+    stats: RunStats | None  # since the last tick; None: recorded into shared stats
     gauges: Gauges
     summary: ShardSummary
 
@@ -81,7 +81,7 @@ def encode(item: Message | Command) -> dict[str, Any]:
     data: dict[str, Any] = {"kind": type(item).__name__}
     for name in item.__dataclass_fields__:
         value = getattr(item, name)
-        data[name] = value.to_dict() if hasattr(value, "to_dict") else value
+        data[name] = value.to_dict() if hasattr(value, "to_dict") else value  # None stays
     return data
 
 
@@ -89,7 +89,7 @@ def decode(data: dict[str, Any]) -> Message | Command:
     kind = data["kind"]
     fields = {key: value for key, value in data.items() if key != "kind"}
     if kind in ("Tick", "Done"):
-        fields["stats"] = RunStats.from_dict(fields["stats"])
+        fields["stats"] = RunStats.from_dict(fields["stats"]) if fields["stats"] else None
         fields["gauges"] = Gauges.from_dict(fields["gauges"])
     if kind == "Done":
         fields["summary"] = ShardSummary.from_dict(fields["summary"])
@@ -114,7 +114,10 @@ class Fleet(Protocol):
     kind: str  # "in-process" | "process" | "agent"
     start_lead_s: float  # how far ahead the shared start and release instants are set
 
-    async def start(self, spec: dict[str, Any]) -> None: ...
+    async def start(self, spec: dict[str, Any], stats: RunStats) -> None:
+        """Start the shards; `stats` is the coordinator's, which a fleet playing on its own
+        event loop records into directly (the others send deltas)."""
+        ...
 
     async def messages(self) -> list[Message]:
         """What arrived since the last call; waits a little (at most ~0.25 s) when nothing."""
@@ -138,6 +141,7 @@ async def run_shard(
     tick_s: float,
     engines: list[Engine] | None = None,
     keep_journeys: bool = False,
+    stats: RunStats | None = None,
 ) -> None:
     """Say hello, wait for the shared start, play this shard, send the final numbers.
 
@@ -160,7 +164,12 @@ async def run_shard(
             task.add_done_callback(sending.discard)
 
         engine = Engine(
-            LoadConfig.from_spec(spec), index, count, on_ready=ready, keep_journeys=keep_journeys
+            LoadConfig.from_spec(spec),
+            index,
+            count,
+            on_ready=ready,
+            keep_journeys=keep_journeys,
+            stats=stats,
         )
         if engines is not None:
             engines.append(engine)
