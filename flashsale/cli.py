@@ -367,7 +367,17 @@ def worker(
 @click.option("--timeout", default="30s", show_default=True, help="Wait per phase and for results.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Write the offline HTML report here.")
-@click.option("--slo", multiple=True, help="Objective, e.g. 'e2e.p99<2s' (repeatable).")
+@click.option(
+    "--slo",
+    multiple=True,
+    help="Objective, e.g. 'e2e.p99<2s', 'server_errors.count==0' (repeatable) "
+    "[without any: error.ratio<0.1% and timeout.ratio<0.1%].",
+)
+@click.option(
+    "--no-default-slos",
+    is_flag=True,
+    help="Without --slo, judge nothing (the run exits 0 whatever the customers met).",
+)
 @click.option("--no-dashboard", is_flag=True, help="Print a status line every few seconds.")
 @click.option("--interval", default="1s", show_default=True, help="Time-series resolution.")
 @click.option(

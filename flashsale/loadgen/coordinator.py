@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import signal
 import time
 from dataclasses import dataclass
@@ -338,7 +339,9 @@ class Coordinator:
                 highlight=False,
             )
         reports = (self.config.report_path, self.config.html_path)
-        verdict_lines(self.console, conclusion.slo_results, conclusion.report.run, reports)
+        verdict_lines(
+            self.console, conclusion.slo_results, conclusion.report.run, reports, self.stats
+        )
         journeys = [j for engine in getattr(self.fleet, "engines", []) for j in engine.journeys]
         return RunResult(conclusion.report, self.stats, conclusion.exit_code, journeys)
 
@@ -348,14 +351,25 @@ def plural(kind: str) -> str:
 
 
 async def preflight(url: str) -> None:
-    """Refuse to start against an address nothing listens on: a setup error, not a result."""
+    """Refuse to start against an address that is not a healthy flashsale server (nothing
+    listening, something else listening, or its Redis away): a setup error, not a result."""
+    hint = "is `flashsale serve` running there?"
     try:
         async with HttpClient() as client, asyncio.timeout(5):
-            await client.request("GET", f"{url}/healthz")
+            response = await client.request("GET", f"{url}/healthz")
     except HTTP_ERRORS as error:
+        raise ConfigError(f"cannot reach {url} ({describe(error)}); {hint}") from None
+    try:
+        health = json.loads(response.body)
+    except ValueError:
+        health = None
+    if not isinstance(health, dict) or "status" not in health:
         raise ConfigError(
-            f"cannot reach {url} ({describe(error)}); is `flashsale serve` running there?"
-        ) from None
+            f"{url} is not a flashsale server (GET /healthz answered {response.status} "
+            f"without flashsale's health document); {hint}"
+        )
+    if response.status != 200:
+        raise ConfigError(f"{url} is not healthy: GET /healthz answered {response.status} {health}")
 
 
 async def read_system(http: HttpClient, url: str) -> dict[str, object]:

@@ -32,6 +32,8 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 RESULT_CHECK_S = 5.0
 # What a failed HTTP exchange raises: no answer in time, or the connection refused or cut.
 HTTP_ERRORS = (WireError, TimeoutError)
+# How a socket the server accepted is counted under the "connect" endpoint.
+CONNECTED = "connected"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class Customer:
     async def load_page(self) -> dict[str, Any]:
         self.enter("session")
         try:
-            answer = await self.request("GET", f"{self.kit.target.url}/session")
+            answer = await self.request("session", "GET", f"{self.kit.target.url}/session")
         except HTTP_ERRORS as error:
             raise self.finish("error", f"session: {describe(error)}") from None
         if answer.status != 200:
@@ -130,6 +132,7 @@ class Customer:
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
         try:
             answer = await self.send(
+                "tokenize",
                 "POST",
                 f"{api_base}/v1/tokens",
                 form=card_form(self.card.number, datetime.date.today().year + 3),
@@ -164,13 +167,17 @@ class Customer:
                     {"room_token": session["room_token"]},
                     max(1.0, deadline - time.perf_counter()),
                 )
+                self.journey.calls[("connect", CONNECTED)] += 1
                 break
             except SocketRefused as refused:
                 # A refused room token is final; a server that is not there (yet) is not.
+                self.journey.calls[("connect", "refused")] += 1
                 raise self.finish("error", f"connect: refused: {refused}"[:120]) from None
             except SocketError as error:
+                self.journey.calls[("connect", str(error)[:80])] += 1
                 if time.perf_counter() + RETRY_PAUSE_S >= deadline:
                     raise self.finish("error", f"connect: {error}"[:120]) from None
+            self.journey.retries["connect"] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
         self.counted = True
         self.kit.sockets += 1
@@ -201,6 +208,7 @@ class Customer:
         self.kit.submit_starts.append(self.phase_started)
         try:
             answer = await self.request(
+                "submit",
                 "POST",
                 f"{self.kit.target.url}/charges",
                 json_body={
@@ -264,7 +272,7 @@ class Customer:
         url = f"{self.kit.target.url}/orders/{order_id}"
         try:
             query = urlencode({"room_token": session["room_token"]})
-            answer = await self.send("GET", f"{url}?{query}")
+            answer = await self.send("order_check", "GET", f"{url}?{query}")
         except HTTP_ERRORS:
             return None
         if answer.status == 200 and answer.body.get("status") in events.FINAL_STATUSES:
@@ -273,6 +281,7 @@ class Customer:
 
     async def send(
         self,
+        endpoint: str,
         method: str,
         url: str,
         *,
@@ -281,7 +290,7 @@ class Customer:
         headers: tuple[tuple[str, str], ...] = (),
     ) -> Answer:
         """One HTTP exchange, its body read whole (raises one of HTTP_ERRORS); `form` is an
-        urlencoded body."""
+        urlencoded body. Counted under `endpoint` with its status or its transport error."""
         body = b""
         if form is not None:
             body = form
@@ -289,16 +298,22 @@ class Customer:
         elif json_body is not None:
             body = json.dumps(json_body).encode()
             headers += (("Content-Type", "application/json"),)
-        async with asyncio.timeout(self.kit.target.timeout_s):
-            response = await self.kit.http.request(method, url, body, headers)
+        try:
+            async with asyncio.timeout(self.kit.target.timeout_s):
+                response = await self.kit.http.request(method, url, body, headers)
+        except HTTP_ERRORS as error:
+            self.journey.calls[(endpoint, describe(error))] += 1
+            raise
+        self.journey.calls[(endpoint, str(response.status))] += 1
         return Answer(response.status, _json(response.body))
 
-    async def request(self, method: str, url: str, **options: Any) -> Answer:
-        """One HTTP request, tried again while the server is briefly away (see RETRY_PAUSE_S)."""
+    async def request(self, endpoint: str, method: str, url: str, **options: Any) -> Answer:
+        """One HTTP request, tried again while the server is briefly away (see RETRY_PAUSE_S);
+        every try is counted, and every retry too (a retry is never hidden)."""
         deadline = time.perf_counter() + self.kit.target.timeout_s
         while True:
             try:
-                answer = await self.send(method, url, **options)
+                answer = await self.send(endpoint, method, url, **options)
             except HTTP_ERRORS:
                 if time.perf_counter() + RETRY_PAUSE_S >= deadline:
                     raise
@@ -306,6 +321,7 @@ class Customer:
                 late = time.perf_counter() + RETRY_PAUSE_S >= deadline
                 if answer.status not in RETRYABLE_STATUS or late:
                     return answer
+            self.journey.retries[endpoint] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def poll_order(

@@ -134,6 +134,15 @@ def _latency(snap: Snapshot) -> Table:
 
 def _problems(snap: Snapshot) -> RenderableType | None:
     lines: list[Text] = [Text(w, style="bold red") for w in snap.warnings]
+    stats = snap.stats
+    if stats.server_errors or stats.retries:
+        lines.append(
+            Text(
+                f"{stats.server_errors} server 5xx answers, {sum(stats.retries.values())} "
+                "retries: " + requests_line(stats),
+                style="bold red" if stats.server_errors else "yellow",
+            )
+        )
     for error, count in snap.stats.errors.most_common(5):
         lines.append(Text(f"{count:>6}  {error}", style="red"))
     for problem in snap.stats.integrity_problems[:3]:
@@ -196,6 +205,24 @@ def render(snap: Snapshot) -> RenderableType:
     return Panel(Group(*parts), title=title, border_style="blue")
 
 
+def requests_line(stats: RunStats) -> str:
+    """Each endpoint with trouble: its requests, 5xx, transport errors and retries."""
+    parts = []
+    for name, row in stats.endpoint_rows().items():
+        trouble = [
+            f"{row[key]} {label}"
+            for key, label in (
+                ("server_errors", "5xx"),
+                ("transport_errors", "transport errors"),
+                ("retries", "retries"),
+            )
+            if row[key]
+        ]
+        if trouble:
+            parts.append(f"{name} {row['requests']} ({', '.join(trouble)})")
+    return "; ".join(parts) or "none"
+
+
 def status_line(snap: Snapshot) -> str:
     """The --no-dashboard form: one greppable line every few seconds."""
     e2e = snap.stats.phase_summary("e2e")
@@ -206,7 +233,8 @@ def status_line(snap: Snapshot) -> str:
         f"[{snap.elapsed_s:6.1f}s] started={snap.arrived} done={snap.stats.finished} "
         f"in_flight={in_flight} rate={snap.achieved_per_s:.0f}/{target}/s "
         f"e2e p50={_ms(float(e2e['p50']))} p99={_ms(float(e2e['p99']))} "
-        f"cpu={snap.cpu_percent:.0f}% lag={_ms(snap.schedule_lag_ms)} {outcomes}"
+        f"cpu={snap.cpu_percent:.0f}% lag={_ms(snap.schedule_lag_ms)} {outcomes} "
+        f"5xx={snap.stats.server_errors} retries={sum(snap.stats.retries.values())}"
     )
     if snap.system:
         line += " " + " ".join(f"{k}={v}" for k, v in snap.system.items())
@@ -216,16 +244,27 @@ def status_line(snap: Snapshot) -> str:
 
 
 def verdict_lines(
-    console: Console, slo_results: list[Any], info: Any, report_paths: tuple[Any, ...]
+    console: Console,
+    slo_results: list[Any],
+    info: Any,
+    report_paths: tuple[Any, ...],
+    stats: RunStats | None = None,
 ) -> None:
-    """The end-of-run lines (SLOs, invalid-run reasons, reports, interruption), for any runner."""
+    """The end-of-run lines (requests, SLOs, invalid-run reasons, reports, interruption)."""
+    if stats is not None:
+        console.print(
+            f"requests: {stats.request_total}, server 5xx: {stats.server_errors}, retries: "
+            f"{sum(stats.retries.values())}; with trouble: {requests_line(stats)}",
+            highlight=False,
+        )
     for result in slo_results:
         mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
         unit = {"ms": "ms", "ratio": "", "count": ""}[result.slo.unit]
         actual = (
             f"{result.actual:.4%}" if result.slo.unit == "ratio" else f"{result.actual:g}{unit}"
         )
-        console.print(f"SLO {result.slo.text}: {mark} (actual {actual})")
+        default = " (default gate)" if result.slo.default else ""
+        console.print(f"SLO {result.slo.text}{default}: {mark} (actual {actual})")
     for reason in info.invalid_reasons:
         console.print(f"[bold red]INVALID RUN:[/] {reason}")
     for path in report_paths:

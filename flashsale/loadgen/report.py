@@ -116,6 +116,12 @@ class LoadReport:
     run: RunInfo
     series: list[dict[str, Any]]
     histograms: dict[str, Any]
+    # Every exchange customers made, per endpoint (Locust's table) and each failure with its
+    # count; a retried request counts every try.
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    server_errors: int = 0
+    retries: int = 0
     version: int = REPORT_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -200,6 +206,10 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         run=run,
         series=stats.series(),
         histograms=stats.to_dict(),
+        requests=stats.endpoint_rows(),
+        failures=stats.failures(),
+        server_errors=stats.server_errors,
+        retries=sum(stats.retries.values()),
     )
 
 
@@ -415,6 +425,12 @@ def render_html(loaded: LoadReport, stats: RunStats) -> str:
     outcome_rows = [[o, n] for o, n in report["outcomes"].items()] + [
         [f"declined: {code}", n] for code, n in report["decline_codes"].items()
     ]
+    request_rows = [
+        [name, r["requests"], r["ok"], r["client_errors"], r["server_errors"]]
+        + [r["transport_errors"], r["retries"]]
+        for name, r in report["requests"].items()
+    ]
+    failure_rows = [[f["endpoint"], f["outcome"], f["count"]] for f in report["failures"]]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>flashsale loadgen report</title>
 <style>
@@ -428,6 +444,15 @@ figure {{ margin: 1.5em 0; }} figcaption {{ font-weight: bold; }}
 {summary}
 <h2>Outcomes</h2>
 {_table(["outcome", "customers"], outcome_rows)}
+<h2>Requests per endpoint ({report["server_errors"]} server 5xx, {report["retries"]} retries)</h2>
+{
+        _table(
+            ["endpoint", "requests", "2xx/3xx", "4xx", "5xx", "transport errors", "retries"],
+            request_rows,
+        )
+    }
+<h2>Failures</h2>
+{_table(["endpoint", "outcome", "count"], failure_rows) if failure_rows else "<p>none</p>"}
 <h2>Latency (ms, corrected from scheduled arrival)</h2>
 {_table(["phase", "count", "p50", "p90", "p99", "p99.9", "max", "p99 uncorrected"], latency_rows)}
 <h2>SLOs</h2>

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flashsale.errors import ConfigError
-from flashsale.loadgen.stats import Slo, parse_slo
+from flashsale.loadgen.stats import DEFAULT_SLOS, Slo, parse_slo
 from flashsale.units import parse_duration, parse_rate, parse_share_or_duration
 
 
@@ -387,6 +387,7 @@ OPTION_KINDS: dict[str, str] = {
     "report": "text",
     "html": "text",
     "slo": "texts",
+    "no_default_slos": "flag",
     "no_dashboard": "flag",
     "interval": "text",
     "max_lag": "text",
@@ -509,7 +510,7 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         tokenize=tokenize,
         timeout_s=positive_duration(values["timeout"], "--timeout"),
         max_in_flight=values.get("max_in_flight"),
-        slos=tuple(parse_slo(text) for text in values.get("slo", ())),
+        slos=slos_of(values.get("slo", ()), bool(values.get("no_default_slos"))),
         report_path=Path(report) if report else None,
         html_path=Path(html) if html else None,
         dashboard=not values.get("no_dashboard"),
@@ -525,6 +526,15 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         accept_timeout_s=positive_duration(values["accept_timeout"], "--accept-timeout"),
         lost_after_s=positive_duration(values["lost_after"], "--lost-after"),
     )
+
+
+def slos_of(texts: tuple[str, ...], no_defaults: bool) -> tuple[Slo, ...]:
+    """The objectives given, or without any the default gates (unless they are dropped)."""
+    if texts:
+        return tuple(parse_slo(text) for text in texts)
+    if no_defaults:
+        return ()
+    return tuple(dataclasses.replace(parse_slo(text), default=True) for text in DEFAULT_SLOS)
 
 
 def positive_duration(text: str, what: str) -> float:

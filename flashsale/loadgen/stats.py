@@ -70,6 +70,10 @@ class Journey:
     integrity: str | None = None
     submit_started: float | None = None
     drop_reason: str | None = None  # the socket dropped under the customer (not our hang-up)
+    # Every exchange by (endpoint, outcome): an HTTP status ("200", "503"), a transport error
+    # ("timeout", "ConnectionRefusedError: ..."), or for the socket "connected" / "refused".
+    calls: Counter[tuple[str, str]] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)  # tries again, by endpoint
 
     @property
     def lag(self) -> float:
@@ -115,6 +119,9 @@ class RunStats:
         self.arrivals = 0
         self.socket_drops: Counter[str] = Counter()  # real drops by reason
         self.client_log: Counter[str] = Counter()  # socket client library log lines
+        # Every exchange customers made, by endpoint then outcome (see Journey.calls).
+        self.requests: dict[str, Counter[str]] = {}
+        self.retries: Counter[str] = Counter()
 
     # -- recording -------------------------------------------------------------------------
 
@@ -158,6 +165,10 @@ class RunStats:
             self.integrity_problems.append(journey.integrity)
         if journey.drop_reason:
             self.socket_drops[journey.drop_reason] += 1
+        for (endpoint, outcome), count in journey.calls.items():
+            self.requests.setdefault(endpoint, Counter())[outcome] += count
+        if journey.retries:
+            self.retries.update(journey.retries)
         lag = journey.lag
         self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
         if journey.lag_phase == "submit":
@@ -194,6 +205,48 @@ class RunStats:
 
     def ratio(self, outcome: str) -> float:
         return self.outcomes[outcome] / self.finished if self.finished else 0.0
+
+    @property
+    def server_errors(self) -> int:
+        """Answers with a 5xx status, every endpoint (each try counts, retried or not)."""
+        return sum(
+            count
+            for outcomes in self.requests.values()
+            for outcome, count in outcomes.items()
+            if outcome.startswith("5") and outcome.isdigit()
+        )
+
+    @property
+    def request_total(self) -> int:
+        return sum(sum(outcomes.values()) for outcomes in self.requests.values())
+
+    def endpoint_rows(self) -> dict[str, dict[str, Any]]:
+        """Per endpoint (Locust's table): requests, answers by class, transport errors, retries."""
+        rows = {}
+        for endpoint in sorted(self.requests, key=endpoint_order):
+            outcomes = self.requests[endpoint]
+            statuses = {o: n for o, n in outcomes.items() if o.isdigit()}
+            rows[endpoint] = {
+                "requests": sum(outcomes.values()),
+                "ok": sum(n for o, n in outcomes.items() if is_ok(o)),
+                "client_errors": sum(n for o, n in statuses.items() if o.startswith("4")),
+                "server_errors": sum(n for o, n in statuses.items() if o.startswith("5")),
+                "transport_errors": sum(n for o, n in outcomes.items() if not o.isdigit())
+                - outcomes.get("connected", 0),
+                "retries": self.retries[endpoint],
+                "outcomes": dict(outcomes.most_common()),
+            }
+        return rows
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every outcome that was not a success, by endpoint, most frequent first."""
+        found = [
+            {"endpoint": endpoint, "outcome": outcome, "count": count}
+            for endpoint, outcomes in self.requests.items()
+            for outcome, count in outcomes.items()
+            if not is_ok(outcome)
+        ]
+        return sorted(found, key=lambda row: -int(row["count"]))
 
     def series(self) -> list[dict[str, Any]]:
         """The time series for charts: one row per interval, gaps filled with empty rows."""
@@ -248,6 +301,9 @@ class RunStats:
         self.arrivals += other.arrivals
         self.socket_drops.update(other.socket_drops)
         self.client_log.update(other.client_log)
+        for endpoint, outcomes in other.requests.items():
+            self.requests.setdefault(endpoint, Counter()).update(outcomes)
+        self.retries.update(other.retries)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -281,6 +337,8 @@ class RunStats:
             "arrivals": self.arrivals,
             "socket_drops": dict(self.socket_drops),
             "client_log": dict(self.client_log),
+            "requests": {endpoint: dict(outcomes) for endpoint, outcomes in self.requests.items()},
+            "retries": dict(self.retries),
         }
 
     @classmethod
@@ -316,7 +374,22 @@ class RunStats:
         stats.arrivals = data["arrivals"]
         stats.socket_drops = Counter(data.get("socket_drops", {}))
         stats.client_log = Counter(data.get("client_log", {}))
+        stats.requests = {e: Counter(o) for e, o in data.get("requests", {}).items()}
+        stats.retries = Counter(data.get("retries", {}))
         return stats
+
+
+ENDPOINTS = ("session", "tokenize", "connect", "submit", "order_check")
+
+
+def endpoint_order(name: str) -> tuple[int, str]:
+    """The journey's order (session first), then endpoints this list does not know, by name."""
+    return (ENDPOINTS.index(name) if name in ENDPOINTS else len(ENDPOINTS), name)
+
+
+def is_ok(outcome: str) -> bool:
+    """A 2xx or 3xx answer, or a socket the server accepted."""
+    return outcome == "connected" or (outcome.isdigit() and outcome[0] in "23")
 
 
 def summarize(histogram: HdrHistogram) -> dict[str, float | int]:
@@ -363,6 +436,11 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _SLO = re.compile(r"^\s*([a-z0-9_]+)\.([a-z0-9_]+)\s*(<=|>=|==|<|>)\s*(.+?)\s*$")
 COUNTERS = ("customers", "fallback", "integrity", "clamped")
+# Counted per request, every endpoint: a count, or a ratio of all requests.
+REQUEST_COUNTERS = ("server_errors", "retries")
+# Without --slo, a run is held to these (--no-default-slos drops them): a load run whose
+# customers fail is never a green build.
+DEFAULT_SLOS = ("error.ratio<0.1%", "timeout.ratio<0.1%")
 
 
 @dataclass(frozen=True)
@@ -374,6 +452,7 @@ class Slo:
     stat: str
     op: str
     threshold: float
+    default: bool = False  # applied because no --slo was given
 
     @property
     def unit(self) -> str:
@@ -397,8 +476,10 @@ def parse_slo(text: str) -> Slo:
         allowed = ("count", "ratio")
     elif metric in COUNTERS:
         allowed = ("count",)
+    elif metric in REQUEST_COUNTERS:
+        allowed = ("count", "ratio")
     else:
-        known = ", ".join((*PHASES, *OUTCOMES, *COUNTERS))
+        known = ", ".join((*PHASES, *OUTCOMES, *COUNTERS, *REQUEST_COUNTERS))
         raise ConfigError(f"--slo {text!r}: unknown metric {metric!r}; known: {known}")
     if stat not in allowed:
         raise ConfigError(
@@ -444,6 +525,7 @@ class SloResult:
             "threshold": self.slo.threshold,
             "actual": self.actual,
             "passed": self.passed,
+            "default": self.slo.default,
         }
 
 
@@ -455,6 +537,14 @@ def slo_actual(slo: Slo, stats: RunStats) -> float:
         if slo.stat == "ratio":
             return stats.ratio(slo.metric)
         return float(stats.outcomes[slo.metric])
+    if slo.metric in REQUEST_COUNTERS:
+        count = (
+            stats.server_errors if slo.metric == "server_errors" else sum(stats.retries.values())
+        )
+        if slo.stat == "ratio":
+            total = stats.request_total
+            return count / total if total else 0.0
+        return float(count)
     return float(
         {
             "customers": stats.finished,
