@@ -17,6 +17,7 @@ from pipeline_fixtures import TEST_SECRET, Pipeline
 from werkzeug.test import TestResponse
 
 from flashsale.core import signing
+from flashsale.ops.processes import Child, free_port, redis_server_argv, wait_for_redis
 from flashsale.server import create_app
 from flashsale.settings import Settings
 
@@ -294,3 +295,27 @@ def test_sockets_refuse_a_token_signed_with_another_secret(pipeline: Pipeline) -
         )
     client.disconnect()
     pipeline.connect(session).disconnect()  # the genuine token still works
+
+
+def test_a_redis_failure_is_a_503_whose_log_line_names_route_and_customer(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis goes away under a running app: each request gets a JSON 503, the log line says
+    which route and whose order, and /metrics counts it by route and kind."""
+    port = free_port()
+    redis_child = Child("redis", redis_server_argv(port, tmp_path), tmp_path / "redis.log").start()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for_redis(url, redis_child)
+        settings = Settings(redis_url=url, secret=TEST_SECRET)
+        client = create_app(settings, async_mode="threading").test_client()
+        session = new_session(client)
+    finally:
+        redis_child.stop()
+    with caplog.at_level("ERROR", logger="flashsale.server"):
+        answer = client.post("/charges", json=valid_body(session))
+    assert_error(answer, 503, "service_unavailable")
+    line = next(r.getMessage() for r in caplog.records if "Redis error" in r.getMessage())
+    assert f"Redis error on POST /charges (customer {session['customer_id']})" in line
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'flashsale_redis_errors_total{kind="ConnectionError",route="/charges"} 1.0' in metrics

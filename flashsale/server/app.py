@@ -81,8 +81,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
 
     @app.after_request
     def count_request(response: Response) -> Response:
-        # The route pattern, not the path, keeps the label set small under hostile input.
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        route = route_of(request)
         ctx.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         return response
 
@@ -108,10 +107,38 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(redis.RedisError)
     def redis_down(error: redis.RedisError) -> tuple[Response, int]:
-        log.error("Redis error: %s", error)
+        route = route_of(request)
+        log.error("Redis error on %s %s%s: %s", request.method, route, whose(request), error)
+        metrics = app.extensions["flashsale"].metrics
+        metrics.redis_errors.labels(route, redis_error_kind(error)).inc()
         return error_response(503, "service_unavailable", "the order store is unavailable")
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s%s", request.method, request.path, whose(request))
         return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+def route_of(req: Request) -> str:
+    """The route pattern, not the path: a small label set under hostile input."""
+    return req.url_rule.rule if req.url_rule else "unmatched"
+
+
+def whose(req: Request) -> str:
+    """' (order X, customer Y)' for an error line, from the path and a JSON or form body."""
+    order = (req.view_args or {}).get("order_id")
+    customer = None
+    body = req.get_json(silent=True) if req.is_json else req.form
+    if body is not None and hasattr(body, "get"):  # a JSON object or a form, not a list
+        value = body.get("customer_id")
+        customer = value if isinstance(value, str) else None
+    parts = [f"order {order}" if order else "", f"customer {customer[:40]}" if customer else ""]
+    shown = ", ".join(part for part in parts if part)
+    return f" ({shown})" if shown else ""
+
+
+def redis_error_kind(error: redis.RedisError) -> str:
+    """Why Redis failed a request: the pool ran dry (every connection busy), or another cause."""
+    if isinstance(error, redis.ConnectionError) and "No connection available" in str(error):
+        return "pool_exhausted"
+    return type(error).__name__

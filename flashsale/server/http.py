@@ -129,7 +129,12 @@ def create_charge() -> tuple[Response, int]:
     try:
         ctx.enqueue_charge(order.order_id)
     except Exception as error:
-        log.error("could not enqueue order %s: %s", order.order_id, error)
+        log.error(
+            "POST /charges: could not enqueue order %s (customer %s): %s",
+            order.order_id,
+            order.customer_id,
+            error,
+        )
         orders.finalize(
             ctx.redis,
             order.order_id,

@@ -63,6 +63,13 @@ class ServerMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.redis_errors = Counter(
+            "flashsale_redis_errors",
+            "Requests answered 503 because Redis failed them, by route and kind "
+            "(pool_exhausted: every connection of the pool was busy for the pool's timeout).",
+            ["route", "kind"],
+            registry=self.registry,
+        )
         self.sockets = Gauge(
             "flashsale_sockets_connected",
             "Socket.IO clients connected to this process.",
