@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -16,10 +17,13 @@ import pytest
 
 from flashsale.core import orders, store
 from flashsale.errors import ConfigError
+from flashsale.loadgen.report import RunInfo, build_report
+from flashsale.loadgen.stats import Journey, RunStats
+from flashsale.ops.counters import Counters, read_metrics
 from flashsale.ops.pipeline import WORKER_READY
 from flashsale.ops.plan import as_flags, default_plan, parse_plan
 from flashsale.ops.processes import flashsale_argv
-from flashsale.ops.rehearse import Rehearsal
+from flashsale.ops.rehearse import Rehearsal, cross_check
 from flashsale.settings import Settings
 
 TINY = """
@@ -106,6 +110,13 @@ def test_small_rehearsal_passes_and_reconciles(tmp_path: Path) -> None:
     assert (run_dir / "report.html").read_text().lower().startswith("<!doctype html>")
     assert (run_dir / "logs" / "server.log").exists()
     assert processes_of(run_dir) == []
+    # Every request is counted per endpoint, and the server's own count agrees with it.
+    submit = report["loadgen"]["requests"]["submit"]
+    assert submit["requests"] == 60 and submit["retries"] == 0
+    server = report["counters"]["server_responses"]["POST /charges"]
+    assert sum(server.values()) == 60
+    checks = {check["name"]: check for check in report["checks"]}
+    assert checks["customers' 5xx = the server's"]["passed"] is True
 
 
 @pytest.mark.slow
@@ -286,3 +297,50 @@ def test_bad_scenarios_and_options_are_refused_before_anything_starts(
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert "run directory" not in done.stdout  # rehearse says so first when it starts
     assert not run_dir.exists()
+
+
+def test_a_5xx_the_server_did_not_count_fails_the_cross_check() -> None:
+    """Customers were answered 503 twice on submit, the server's /metrics says once: something
+    between them answered (a proxy, a load balancer), and the verdict says so."""
+    stats = RunStats()
+    stats.record(
+        Journey(
+            index=0,
+            card="visa",
+            scheduled=0.0,
+            started=0.0,
+            outcome="succeeded",
+            finished=1.0,
+            calls=Counter({("session", "200"): 1, ("submit", "503"): 2, ("submit", "202"): 1}),
+            retries=Counter({"submit": 2}),
+        )
+    )
+    info = RunInfo(
+        url="http://127.0.0.1:1",
+        model="open",
+        schedule="open model, 1/s",
+        started_at=0.0,
+        elapsed_s=1.0,
+        planned_customers=1,
+        target_per_s=1.0,
+        achieved_per_s=1.0,
+        cpu_percent=1.0,
+        max_schedule_lag_ms=0.0,
+        max_dispatch_lag_ms=0.0,
+        loop_lag_p99_ms=0.0,
+        loop_lag_max_ms=0.0,
+        valid=True,
+    )
+    report = build_report(stats, info, [])
+    seen = Counters()
+    read_metrics(
+        "# TYPE flashsale_http_requests_total counter\n"
+        'flashsale_http_requests_total{method="POST",route="/charges",status="503"} 1.0\n'
+        'flashsale_http_requests_total{method="POST",route="/charges",status="202"} 1.0\n'
+        'flashsale_http_requests_total{method="GET",route="/session",status="200"} 1.0\n',
+        seen,
+    )
+    check = cross_check(report, seen, None)
+    assert check.passed is False
+    assert check.detail == "session: customers 0, server 0, submit: customers 2, server 1"
+    assert cross_check(report, seen, "2 server processes").passed is True  # said, not judged

@@ -67,6 +67,10 @@ class RehearsalPlan:
         return int(self.pipeline.get("workers", 1))
 
     @property
+    def server_workers(self) -> int:
+        return int(self.pipeline.get("server_workers", 1))
+
+    @property
     def worker_concurrency(self) -> int:
         return int(self.pipeline.get("worker_concurrency", 32))
 
@@ -82,7 +86,7 @@ class RehearsalPlan:
 
     def server_flags(self) -> list[str]:
         """`flashsale serve` flags: the sale, and --workers for several server processes."""
-        processes = int(self.pipeline.get("server_workers", 1))
+        processes = self.server_workers
         return [*as_flags(self.sale), *(["--workers", str(processes)] if processes > 1 else [])]
 
     def worker_flags(self) -> list[str]:

@@ -22,7 +22,9 @@ from flashsale.core import keys, orders, store
 from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.loadgen import coordinator
 from flashsale.loadgen.report import LoadReport
+from flashsale.ops import counters
 from flashsale.ops.chaos import FaultRecord, Injector
+from flashsale.ops.counters import Counters
 from flashsale.ops.faults import Fault, check_target, parse_spec
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.plan import REHEARSE_OWNS, RehearsalPlan, as_flags
@@ -59,6 +61,9 @@ class RehearsalResult:
     chaos: list[FaultRecord] = field(default_factory=list)
     # Workers that died on their own and were replaced (not those chaos killed on purpose).
     worker_restarts: list[dict[str, Any]] = field(default_factory=list)
+    # What the server, the workers and Stripe counted, and why they cannot be compared (if so).
+    counters: Counters | None = None
+    counters_not_comparable: str | None = None
     interrupted: bool = False
     exit_code: int = EXIT_FAILED
 
@@ -160,6 +165,12 @@ class Rehearsal:
                 finally:
                     supervisor.stop()
                     result.worker_restarts = list(self.worker_restarts)
+                result.counters = counters.collect(
+                    pipeline.server_url, pipeline.sim_url, pipeline.log_dir
+                )
+                result.counters_not_comparable = counters.why_not_comparable(
+                    self.plan.server_workers, len(pipeline.of_kind("server")) > 1
+                )
                 result.reconciliation = reconcile_live(
                     self.pipeline_settings(pipeline), store.connect(pipeline.redis_url)
                 )
@@ -316,6 +327,8 @@ class Rehearsal:
             "redis_durable": self.redis_durable,
             "chaos": [record.as_dict() for record in result.chaos],
             "worker_restarts": result.worker_restarts,
+            "counters": result.counters.as_dict() if result.counters else None,
+            "counters_not_comparable": result.counters_not_comparable,
             "passed": result.passed,
             "exit_code": result.exit_code,
             "interrupted": result.interrupted,
@@ -395,6 +408,8 @@ def judge(result: RehearsalResult) -> list[Check]:
                 f"{problems} customers saw conflicting results" if problems else "yes",
             )
         )
+    if report is not None and result.counters is not None:
+        checks.append(cross_check(report, result.counters, result.counters_not_comparable))
     if rec is not None:
         for name, count in rec.discrepancies().items():
             checks.append(Check(name.replace("_", " "), count == 0, str(count)))
@@ -409,6 +424,23 @@ def judge(result: RehearsalResult) -> list[Check]:
                 )
             )
     return checks
+
+
+def cross_check(report: LoadReport, seen: Counters, not_comparable: str | None) -> Check:
+    """The 5xx customers were answered against the 5xx the server says it answered."""
+    name = "customers' 5xx = the server's"
+    pairs = {
+        endpoint: (
+            report.requests.get(endpoint, {}).get("server_errors", 0),
+            seen.server_5xx(endpoint),
+        )
+        for endpoint in counters.ROUTES
+    }
+    detail = ", ".join(f"{e}: customers {c}, server {s}" for e, (c, s) in pairs.items())
+    if not_comparable or seen.unavailable:
+        why = not_comparable or "; ".join(seen.unavailable)
+        return Check(name, True, f"not compared: {why} ({detail})")
+    return Check(name, all(c == s for c, s in pairs.values()), detail)
 
 
 def exit_code_for(result: RehearsalResult) -> int:

@@ -9,10 +9,22 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from flashsale.loadgen.report import LoadReport
 from flashsale.loadgen.stats import PHASES
+from flashsale.ops.counters import Counters
 from flashsale.ops.reconcile import Reconciliation
 from flashsale.ops.rehearse import RehearsalResult
 from flashsale.ops.status import Status
+
+# The report's per-endpoint figures, in the table's column order.
+REQUEST_COLUMNS = (
+    "requests",
+    "ok",
+    "client_errors",
+    "server_errors",
+    "transport_errors",
+    "retries",
+)
 
 
 def _mark(passed: bool) -> Text:
@@ -129,13 +141,16 @@ def verdict_panel(result: RehearsalResult) -> Panel:
                     *(_fmt(row.get(c)) for c in ("p50", "p90", "p99", "p999", "max", "count")),
                 )
         parts.append(latency)
+        parts.append(requests_table(report))
+    if result.counters is not None:
+        parts.append(other_side(result.counters))
     rec = result.reconciliation
     if rec:
         parts.append(
             Text(
                 f"{rec.orders} orders ({_counts(rec.orders_by_state)}); {rec.charges} charges "
                 f"({_counts(rec.charges_by_status)}); sold {rec.units_sold} of "
-                f"{rec.stock_initial}, {rec.stock_left} left"
+                f"{rec.stock_initial}, {rec.stock_left} left" + unsold_note(rec.stock_left, report)
             )
         )
     parts.append(
@@ -146,6 +161,44 @@ def verdict_panel(result: RehearsalResult) -> Panel:
     return Panel(
         Group(*parts), title=f"rehearsal {result.plan.name}: {verdict}", border_style=style
     )
+
+
+def unsold_note(left: int | None, report: LoadReport | None) -> str:
+    """Units left over while customers were turned away: lost sales, said out loud."""
+    turned_away = report.outcomes.get("sold_out", 0) if report else 0
+    if left and turned_away:
+        return f" while {turned_away} customers were told sold out"
+    return ""
+
+
+def requests_table(report: LoadReport) -> Table:
+    """Every request customers made, per endpoint, with what went wrong (a retry is shown)."""
+    table = Table(
+        title=f"requests ({report.server_errors} server 5xx, {report.retries} retries)",
+        header_style="bold",
+    )
+    for column in ("endpoint", "requests", "2xx/3xx", "4xx", "5xx", "transport errors", "retries"):
+        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    for name, row in report.requests.items():
+        cells = [row[key] for key in REQUEST_COLUMNS]
+        styles = "red" if row["server_errors"] or row["transport_errors"] else ""
+        table.add_row(name, *(f"{cell:,}" for cell in cells), style=styles)
+    return table
+
+
+def other_side(counters: Counters) -> Text:
+    """What the server, the workers and Stripe counted themselves."""
+    charges = counters.server_responses.get("POST /charges", {})
+    stripe = counters.stripe
+    limited = stripe.get("rate_limited", {}).get("total", 0) if stripe else "?"
+    line = (
+        f"server answered POST /charges {_counts(charges)}; Redis errors "
+        f"{_counts(counters.server_redis_errors)}; workers retried Stripe "
+        f"{counters.worker_stripe_retries} times; Stripe answered 429 {limited} times"
+    )
+    if counters.unavailable:
+        line += f" (not read: {'; '.join(counters.unavailable)})"
+    return Text(line)
 
 
 def _fmt(value: Any) -> str:
