@@ -29,6 +29,10 @@ class FlashsaleGroup(click.Group):
             raise kind(str(error)) from None
 
 
+# The settings' defaults, quoted in the help of flags that fall back to the environment.
+DEFAULTS = Settings()
+
+
 def load_settings(**overrides: object) -> Settings:
     """Environment first, flags on top, then refuse anything unsafe."""
     return Settings.from_env(os.environ).replace(**overrides).checked()
@@ -173,13 +177,27 @@ def pipeline_options(command: Any) -> Any:
     "--port", default=5000, show_default=True, type=int, help="Port to bind (0 = pick a free one)."
 )
 @click.option(
-    "--stock", type=click.IntRange(min=0), default=None, help="Units for sale (set once)."
+    "--stock",
+    type=click.IntRange(min=0),
+    help=f"Units for sale, set once per SKU [{DEFAULTS.sale_stock}; env FLASHSALE_STOCK].",
 )
-@click.option("--price", type=click.IntRange(min=1), default=None, help="Unit price, minor units.")
-@click.option("--currency", default=None, help="ISO currency code, e.g. usd.")
-@click.option("--sku", default=None, help="SKU of the item on sale.")
-@click.option("--name", default=None, help="Name of the item on sale.")
-@click.option("--max-quantity", type=int, default=None, help="Most units one order may take.")
+@click.option(
+    "--price",
+    type=click.IntRange(min=1),
+    help=f"Unit price in minor units (cents) [{DEFAULTS.sale_price}; env FLASHSALE_PRICE].",
+)
+@click.option(
+    "--currency", help=f"ISO currency code [{DEFAULTS.sale_currency}; env FLASHSALE_CURRENCY]."
+)
+@click.option("--sku", help=f"SKU of the item on sale [{DEFAULTS.sale_sku}; env FLASHSALE_SKU].")
+@click.option(
+    "--name", help=f"Name of the item on sale [{DEFAULTS.sale_name}; env FLASHSALE_NAME]."
+)
+@click.option(
+    "--max-quantity",
+    type=click.IntRange(1, 100),
+    help=f"Most units one order may take [{DEFAULTS.max_quantity}].",
+)
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(
     "--workers",
@@ -235,18 +253,38 @@ def serve(
 
 
 @cli.command("worker")
-@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--server-url", default=None, help="Where --notify http POSTs /notify.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=None, help="Charge retries.")
-@click.option("--stripe-timeout", type=float, default=None, help="Seconds per Stripe request.")
 @click.option(
-    "--retry-backoff-max", type=float, default=None, help="Longest wait between retries (s)."
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads charging at once in this worker process (Stripe calls are I/O).",
+)
+@click.option(
+    "--server-url",
+    help=f"Where --notify http POSTs /notify [{DEFAULTS.server_url}; env FLASHSALE_SERVER_URL].",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    help=f"Tries again of a Stripe call that failed for a reason worth retrying (429, 5xx, "
+    f"network) before the order fails [{DEFAULTS.charge_max_retries}].",
+)
+@click.option(
+    "--stripe-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help=f"Seconds per Stripe request [{DEFAULTS.stripe_timeout_s:g}].",
+)
+@click.option(
+    "--retry-backoff-max",
+    type=click.FloatRange(min=0),
+    help=f"Longest wait between retries, seconds [{DEFAULTS.retry_backoff_max_s:g}].",
 )
 @click.option(
     "--visibility-timeout",
-    type=int,
-    default=None,
-    help="Seconds before an unacknowledged task is redelivered (after a worker dies).",
+    type=click.IntRange(min=1),
+    help="Seconds before an unacknowledged task is redelivered (after a worker dies) "
+    f"[{DEFAULTS.visibility_timeout_s}].",
 )
 @click.option(
     "--stripe-rate",
@@ -285,7 +323,12 @@ def serve(
     "Redis or the server failed in between); safe, the charge is idempotent "
     "[the visibility timeout; 0 = off].",
 )
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option(
+    "--loglevel",
+    default="INFO",
+    show_default=True,
+    help="DEBUG adds Celery's per-task lines and stripe's request lines.",
+)
 @pipeline_options
 def worker(
     concurrency: int,
@@ -378,6 +421,13 @@ def worker(
     is_flag=True,
     help="Without --slo, judge nothing (the run exits 0 whatever the customers met).",
 )
+@click.option(
+    "--abort-on-fail",
+    is_flag=True,
+    help="Stop the run as soon as an SLO can no longer pass (a count or maximum past its bound, "
+    "a ratio failed even if every customer still to come succeeds); the report is still "
+    "written and the exit code is 1.",
+)
 @click.option("--no-dashboard", is_flag=True, help="Print a status line every few seconds.")
 @click.option("--interval", default="1s", show_default=True, help="Time-series resolution.")
 @click.option(
@@ -391,7 +441,7 @@ def worker(
     type=float,
     default=90.0,
     show_default=True,
-    help="Generator CPU %% above which the run is invalid (exit 3).",
+    help="Generator CPU percent above which the run is invalid (exit 3).",
 )
 @click.option(
     "--max-release-lag",
@@ -465,7 +515,7 @@ def report_compare(base: str, new: str) -> None:
 @cli.command("loadgen-agent")
 @click.option("--redis-url", required=True, help="The Redis `flashsale loadgen --agents` uses.")
 @click.option("--name", default=None, help="Node name [loadgen-HOST-PID].")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True, help="The agent's log level.")
 def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     """A load machine's agent: a Celery worker on the `loadgen` queue playing one shard at a
     time of `flashsale loadgen --agents N` runs. Start one per load machine."""

@@ -92,11 +92,16 @@ class Settings:
 
     def checked(self) -> Settings:
         """Refuse settings that would be dangerous or cannot work; return self when fine."""
-        for key in (self.stripe_secret_key,):
-            if key.startswith(LIVE_KEY_PREFIXES) and not self.allow_live_stripe:
+        for kind, key, variable, prefixes in (
+            ("secret", self.stripe_secret_key, "STRIPE_SECRET_KEY", LIVE_KEY_PREFIXES),
+            ("publishable", self.stripe_publishable_key, "STRIPE_PUBLISHABLE_KEY", ("pk_live_",)),
+        ):
+            if key.startswith(prefixes) and not self.allow_live_stripe:
                 raise LiveStripeKeyRefused(
-                    "refusing a live Stripe secret key: flashsale rehearses against test mode or "
-                    "its simulator; pass --allow-live-stripe to charge real cards on purpose"
+                    f"refusing a live Stripe {kind} key ({variable}): flashsale rehearses against "
+                    "test mode or its simulator, so unset it or use a test key; serve, worker, "
+                    "reconcile and status take --allow-live-stripe to use it on purpose "
+                    "(rehearse never does)"
                 )
         if self.notify not in ("queue", "http"):
             raise ConfigError(f"notify must be 'queue' or 'http', not {self.notify!r}")

@@ -117,3 +117,13 @@ def test_private_redis_is_ours(redis_url: str) -> None:
     assert client.ping()
     assert client.connection_pool.connection_kwargs["port"] != 6379
     client.close()
+
+
+def test_a_live_publishable_key_is_refused_too_and_rehearse_is_told_to_unset_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STRIPE_PUBLISHABLE_KEY", "pk_live_" + "z" * 24)
+    result = CliRunner().invoke(cli, ["rehearse", "--no-dashboard"])
+    assert result.exit_code == 2
+    assert "refusing a live Stripe publishable key (STRIPE_PUBLISHABLE_KEY)" in result.output
+    assert "unset it" in result.output and "rehearse never does" in result.output

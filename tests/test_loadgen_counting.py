@@ -129,3 +129,23 @@ def test_a_target_that_is_not_a_flashsale_server_is_refused_at_preflight(
     assert done.returncode == 2, done.stdout + done.stderr
     says = "is not a flashsale server" if target == "simulator" else "cannot reach"
     assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_abort_on_fail_stops_once_an_slo_is_lost(pipeline: Pipeline, tmp_path: Path) -> None:
+    with FaultProxy(pipeline.server_url, shed_submits(1)) as proxy:
+        result = play(
+            proxy.url,
+            tmp_path,
+            customers=200,
+            rate="20/s",
+            timeout="1s",
+            slo=("error.count<3",),
+            abort_on_fail=True,
+        )
+    report = result.report
+    assert result.exit_code == 1
+    assert (report.run.aborted or "").startswith("SLO error.count<3 can no longer pass")
+    assert report.run.interrupted is False
+    assert 3 <= report.customers < 200  # stopped long before the 10 s the run would take
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["run"]["aborted"].startswith("SLO error.count<3")

@@ -171,3 +171,50 @@ def test_html_report_is_self_contained_with_three_charts() -> None:
     # Opens offline: nothing fetched from anywhere.
     assert not re.search(r"(src|href)=\"?https?:", page)
     assert "<script" not in page
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 50)])
+def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int]) -> None:
+    width, height = size
+    stats = sample_stats()
+    snap = Snapshot(
+        stats=stats,
+        elapsed_s=12.5,
+        model="doors-open (ready at 100/s), 2 processes",
+        target_per_s=100,
+        achieved_per_s=98,
+        arrived=300,
+        planned=2000,
+        in_flight={"session": 3, "connect": 2, "waiting": 40, "result": 17},
+        cpu_percent=37,
+        warnings=["process 1 CPU 95% (saturated?)"],
+        system={"charges queued": 4, "results queued": 0, "stock left": 120, "sockets open": 61},
+        processes=[
+            {
+                "kind": "process",
+                "shard": i,
+                "where": f"vm:{i}",
+                "status": "run",
+                "arrived": 150,
+                "finished": 150,
+                "cpu_percent": 37.0,
+                "loop_lag_p99_ms": 1.0,
+                "release_lag_p99_ms": None,
+                "lost": None,
+            }
+            for i in range(2)
+        ],
+        slo_results=evaluate([parse_slo("e2e.p99<9s"), parse_slo("server_errors.count==0")], stats),
+    )
+    console = Console(
+        file=io.StringIO(), width=width, height=height, record=True, color_system=None
+    )
+    console.print(render(snap, size))
+    text = console.export_text()
+    lines = text.rstrip("\n").splitlines()
+    assert len(lines) <= height, f"{len(lines)} lines at {size}:\n{text}"
+    assert max(len(line) for line in lines) <= width
+    for name in (*OUTCOMES, *PHASES, "e2e.p99<9s", "server_errors.count==0"):
+        assert re.search(rf"(^|[\s│]){re.escape(name)}($|[\s│])", text), (name, size, text)
+    assert "…" not in text, text
+    assert "process 1 CPU 95%" in text

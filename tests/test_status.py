@@ -62,3 +62,18 @@ def test_status_refuses_a_live_key(pipeline_factory: Callable[..., Pipeline]) ->
     done = status(pipeline, env={"STRIPE_SECRET_KEY": "sk_live_" + "q" * 24})
     assert done.returncode == 2
     assert "live Stripe secret key" in done.stderr
+
+
+def test_status_of_one_sku_counts_only_its_orders(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    """Two sales on one Redis: each status shows its own orders, not the other's."""
+    pipeline = pipeline_factory(server_flags=("--stock", "5", "--sku", "STATUS-A"))
+    other = pipeline.add_server("--stock", "5", "--sku", "STATUS-B")
+    for url in (pipeline.server_url, other, other):
+        session = pipeline.session(url)
+        order = pipeline.charge(session, pipeline.tokenize(), server_url=url).json()
+        assert order["status"] == "pending"
+    for sku, placed in (("STATUS-A", 1), ("STATUS-B", 2)):
+        shown = json.loads(status(pipeline, "--json", "--sku", sku).stdout)
+        assert sum(shown["orders_by_state"].values()) == placed, (sku, shown)

@@ -33,6 +33,11 @@ def state_counts() -> str:
     return f"{PREFIX}counts"
 
 
+def sku_state_counts(sku: str) -> str:
+    """Orders per state of one sale (several sales can share a Redis)."""
+    return f"{PREFIX}counts:{sku}"
+
+
 def stock(sku: str) -> str:
     return f"{PREFIX}stock:{sku}"
 

@@ -13,6 +13,7 @@ Redis key layout (every key starts with ``flashsale:``; builders live in ``core.
     flashsale:customer:<customer_id>:orders    LIST   the customer's order ids, oldest first
     flashsale:dedupe:<customer_id>:<sha(token)> STRING order id of that customer+token (SET NX)
     flashsale:counts                           HASH   orders per state (pending, succeeded, ...)
+    flashsale:counts:<sku>                     HASH   the same for one sale
     flashsale:stock:<sku>                      STRING units left (see core.inventory)
     flashsale:stock:<sku>:initial              STRING units the sale started with
 
@@ -46,7 +47,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
 _PLACE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: dedupe, stock, order, index, customer orders, counts, pending index
+-- KEYS: dedupe, stock, order, index, customer orders, counts, pending index, sku counts
 -- ARGV: order id, quantity, created_at ms, then field/value pairs of the order hash
 local existing = redis.call('GET', KEYS[1])
 if existing then
@@ -62,6 +63,7 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], 'pending', 1)
+redis.call('HINCRBY', KEYS[8], 'pending', 1)
 return {'created', tostring(left)}
 """
 )
@@ -69,7 +71,7 @@ return {'created', tostring(left)}
 _FINALIZE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: order, stock, counts, pending index
+-- KEYS: order, stock, counts, pending index, sku counts
 -- ARGV: final status, updated_at, charge_id, code, decline_code, message, order id
 -- Returns {outcome, the order hash as stored now}, so the caller needs no second read.
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -83,6 +85,8 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'charge_id
   'code', ARGV[4], 'decline_code', ARGV[5], 'message', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'pending', -1)
 redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[5], 'pending', -1)
+redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
 redis.call('ZREM', KEYS[4], ARGV[7])
 if ARGV[1] ~= 'succeeded' then
   release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
@@ -245,6 +249,7 @@ def place_order(
             keys.customer_orders(customer_id),
             keys.state_counts(),
             keys.pending_orders(),
+            keys.sku_state_counts(sku),
         ],
         args=[order.order_id, quantity, int(now * 1000), *fields],
     )
@@ -300,6 +305,7 @@ def finalize(
             keys.stock(sku),
             keys.state_counts(),
             keys.pending_orders(),
+            keys.sku_state_counts(sku),
         ],
         args=[
             status,
@@ -368,9 +374,10 @@ def count_orders(redis: Redis) -> int:
     return int(redis.zcard(keys.order_index()))
 
 
-def count_by_state(redis: Redis) -> dict[str, int]:
-    """Orders per state, kept by the placement and finalisation scripts (no scan needed)."""
-    stored = redis.hgetall(keys.state_counts())
+def count_by_state(redis: Redis, sku: str | None = None) -> dict[str, int]:
+    """Orders per state, of one sale or of all sales on this Redis, kept by the placement and
+    finalisation scripts (no scan needed)."""
+    stored = redis.hgetall(keys.sku_state_counts(sku) if sku else keys.state_counts())
     return {state: int(stored.get(state, 0)) for state in STATES}
 
 

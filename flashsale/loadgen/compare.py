@@ -30,7 +30,7 @@ def load_report(path: Path) -> dict[str, Any]:
     return data
 
 
-def _delta(name: str, base: float | None, new: float | None) -> Text:
+def _delta(name: str, base: float | None, new: float | None, whole: bool = False) -> Text:
     if base is None or new is None:
         return Text("-", style="dim")
     change = new - base
@@ -38,15 +38,18 @@ def _delta(name: str, base: float | None, new: float | None) -> Text:
         return Text("=", style="dim")
     ratio = f" ({change / base:+.0%})" if base else ""
     better = (change > 0) == (name in HIGHER_IS_BETTER)
-    return Text(f"{change:+,.1f}{ratio}", style="green" if better else "red")
+    shown = f"{change:+,.0f}" if whole else f"{change:+,.1f}"
+    return Text(f"{shown}{ratio}", style="green" if better else "red")
 
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}"
+def _fmt(value: float | None, whole: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if whole else f"{value:,.1f}"
 
 
 def compare_view(base: dict[str, Any], new: dict[str, Any]) -> RenderableType:
@@ -86,7 +89,8 @@ def compare_view(base: dict[str, Any], new: dict[str, Any]) -> RenderableType:
             )
         )
     for name, b, n in rows:
-        counts.add_row(name, _fmt(b), _fmt(n), _delta(name, b, n))
+        whole = name == "customers" or name in OUTCOMES  # counts of customers, not measures
+        counts.add_row(name, _fmt(b, whole), _fmt(n, whole), _delta(name, b, n, whole))
     notes = []
     for label, report in (("base", base), ("new", new)):
         generator = report.get("generator", {})

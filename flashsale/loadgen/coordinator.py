@@ -40,11 +40,12 @@ from flashsale.loadgen.fleet.protocol import (
 )
 from flashsale.loadgen.report import LoadReport
 from flashsale.loadgen.scenario import LoadConfig
-from flashsale.loadgen.stats import Journey, RunStats
+from flashsale.loadgen.stats import Journey, RunStats, SloResult, cannot_pass, evaluate
 from flashsale.loadgen.verdict import ShardState, conclude
 
 REFRESH_S = 0.25  # dashboard ~4 frames a second
 SYSTEM_POLL_S = 1.0
+SLO_EVERY_S = 1.0
 STOP_GRACE_S = 20.0  # after Ctrl-C, how long shards get to send their final numbers
 # What the system panel shows from the server's /metrics (metric, label, what to call it).
 SYSTEM_METRICS = (
@@ -89,6 +90,10 @@ class Coordinator:
         self.stop_deadline = float("inf")
         self.arrival_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=16)
         self.system: dict[str, object] | None = None
+        self.slo_results: list[SloResult] = []
+        self.slos_at = float("-inf")
+        self.interrupted = False  # by Ctrl-C or SIGTERM (a rehearsal stops too)
+        self.aborted: str | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -118,13 +123,28 @@ class Coordinator:
     def interrupt(self) -> None:
         """Ctrl-C: every shard stops dispatching and abandons its customers in flight; the
         report is still written."""
+        if not self.stopping:
+            self.interrupted = True
+            self.stop_all("interrupted: stopping and writing the report")
+
+    def stop_all(self, why: str) -> None:
         if self.stopping:
             return
         self.stopping = True
         self.stop_deadline = time.monotonic() + STOP_GRACE_S
-        self.console.print("[yellow]interrupted: stopping and writing the report[/]")
+        self.console.print(f"[yellow]{why}[/]")
         for shard in self.shards:
             asyncio.get_running_loop().create_task(self.fleet.command(shard.index, Stop()))
+
+    def check_abort(self) -> None:
+        """--abort-on-fail: stop once an SLO is already lost, whatever the rest would do."""
+        if not self.config.abort_on_fail or self.stopping:
+            return
+        for result in self.slos_now():
+            if cannot_pass(result, self.stats, self.config.schedule.customers):
+                self.aborted = f"SLO {result.slo.text} can no longer pass (now {result.actual:g})"
+                self.stop_all(f"aborting: {self.aborted}; writing the report")
+                return
 
     async def wait_for_hellos(self) -> None:
         """Every shard must check in before anyone starts: a missing agent is a setup error."""
@@ -166,6 +186,7 @@ class Coordinator:
                         self.handle(message)
                     await self.check_lost()
                     await self.maybe_open_doors()
+                    self.check_abort()
                     now = time.monotonic()
                     if self.stopping and now > self.stop_deadline:
                         for shard in self.shards:
@@ -180,14 +201,16 @@ class Coordinator:
                         last_system = now
                         self.system = await read_system(http, self.config.url)
                     if live is not None:
-                        live.update(render(self.snapshot()), refresh=True)
+                        live.update(render(self.snapshot(), self.console.size), refresh=True)
                     elif now - last_line >= self.config.status_every_s:
                         last_line = now
                         self.console.print(
                             status_line(self.snapshot()), markup=False, highlight=False
                         )
                 if live is not None:
-                    live.update(render(self.snapshot()), refresh=True)
+                    live.update(render(self.snapshot(), self.console.size), refresh=True)
+            if live is not None and not self.console.is_terminal:
+                self.console.line()  # the last frame ends its line before the verdict
 
     def handle(self, message: Message) -> None:
         if not 0 <= message.shard < len(self.shards):
@@ -315,7 +338,17 @@ class Coordinator:
             system=system,
             stopping=self.stopping,
             processes=[shard.row() for shard in self.shards] if many else [],
+            slo_results=self.slos_now(),
+            dispatching=dispatching,
         )
+
+    def slos_now(self) -> list[SloResult]:
+        """Each SLO judged on the run so far, at most once a second (a percentile costs ~1 ms)."""
+        now = time.monotonic()
+        if now - self.slos_at >= SLO_EVERY_S:
+            self.slos_at = now
+            self.slo_results = evaluate(self.config.slos, self.stats)
+        return self.slo_results
 
     # -- the verdict -----------------------------------------------------------------------
 
@@ -326,7 +359,8 @@ class Coordinator:
             self.shards,
             started_at=self.start_wall,
             open_at_s=None if self.open_wall is None else self.open_wall - self.start_wall,
-            interrupted=self.stopping,
+            interrupted=self.interrupted,
+            aborted=self.aborted,
             system=self.system,
         )
         if not self.config.dashboard:

@@ -44,6 +44,8 @@ class Snapshot:
     system: dict[str, object] | None = None
     stopping: bool = False
     processes: list[dict[str, Any]] = field(default_factory=list)  # one row per shard
+    slo_results: list[Any] = field(default_factory=list)  # each SLO judged on the run so far
+    dispatching: bool = True  # arrivals still due (the target rate means something)
 
 
 def _ms(value: float) -> str:
@@ -58,12 +60,11 @@ def _header(snap: Snapshot) -> Table:
     grid = Table.grid(padding=(0, 2))
     for _ in range(4):
         grid.add_column()
-    target = f"{snap.target_per_s:.0f}/s" if snap.target_per_s is not None else "closed"
     planned = f"/{snap.planned}" if snap.planned else ""
     lag_style = "red" if snap.warnings else "green"
     grid.add_row(
         Text.assemble(("elapsed ", "dim"), f"{snap.elapsed_s:6.1f}s"),
-        Text.assemble(("rate ", "dim"), f"{snap.achieved_per_s:.0f}/s of {target}"),
+        Text.assemble(("rate ", "dim"), rate_text(snap)),
         Text.assemble(("customers ", "dim"), f"{snap.arrived}{planned} started"),
         Text.assemble(("done ", "dim"), str(snap.stats.finished)),
     )
@@ -186,8 +187,77 @@ def _processes(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def render(snap: Snapshot) -> RenderableType:
-    """Draw one frame; pure, so tests render it into a capture console."""
+def rate_text(snap: Snapshot) -> str:
+    if snap.target_per_s is None:
+        return f"{snap.achieved_per_s:.0f}/s (closed)"
+    if not snap.dispatching:
+        return "arrivals done"
+    return f"{snap.achieved_per_s:.0f}/s of {snap.target_per_s:.0f}/s"
+
+
+def _slos(results: list[Any]) -> Table:
+    table = Table(title="SLOs (so far)", expand=True, show_edge=False)
+    table.add_column("objective")
+    table.add_column("now", justify="right")
+    table.add_column("", justify="center")
+    for result in results:
+        table.add_row(slo_name(result), slo_value(result), _mark(result.passed))
+    return table
+
+
+def slo_name(result: Any) -> str:
+    return result.slo.text + (" (default)" if result.slo.default else "")
+
+
+def slo_value(result: Any) -> str:
+    if result.slo.unit == "ratio":
+        return f"{result.actual:.2%}"
+    if result.slo.unit == "ms":
+        return _ms(result.actual)
+    return f"{result.actual:g}"
+
+
+def _mark(passed: bool) -> Text:
+    return Text("ok", style="green") if passed else Text("FAIL", style="bold red")
+
+
+def _requests(stats: RunStats) -> Table:
+    table = Table(
+        title=f"requests ({stats.server_errors} server 5xx, {sum(stats.retries.values())} retries)",
+        expand=True,
+        show_edge=False,
+    )
+    for name in ("endpoint", "requests", "2xx/3xx", "4xx", "5xx", "errors", "retries"):
+        table.add_column(name, justify="left" if name == "endpoint" else "right")
+    for name, row in stats.endpoint_rows().items():
+        trouble = row["server_errors"] or row["transport_errors"]
+        table.add_row(
+            name,
+            *(
+                str(row[key])
+                for key in (
+                    "requests",
+                    "ok",
+                    "client_errors",
+                    "server_errors",
+                    "transport_errors",
+                    "retries",
+                )
+            ),
+            style="red" if trouble else "",
+        )
+    return table
+
+
+# Below these, the compact layout: every figure on fewer lines, no name cut.
+FULL_WIDTH, FULL_HEIGHT = 120, 46
+
+
+def render(snap: Snapshot, size: tuple[int, int] | None = None) -> RenderableType:
+    """Draw one frame for a terminal of `size` (width, height; None: the full layout); pure,
+    so tests render it into a capture console of each size."""
+    if size is not None and (size[0] < FULL_WIDTH or size[1] < FULL_HEIGHT):
+        return render_compact(snap, size[0], size[1])
     middle = Table.grid(expand=True, padding=(0, 1))
     middle.add_column(ratio=1)
     middle.add_column(ratio=1)
@@ -196,6 +266,11 @@ def render(snap: Snapshot) -> RenderableType:
         _funnel(snap), _outcomes(snap), _system(snap.system) if snap.system else Text("")
     )
     parts: list[RenderableType] = [_header(snap), middle, _latency(snap)]
+    lower = Table.grid(expand=True, padding=(0, 1))
+    lower.add_column(ratio=3)
+    lower.add_column(ratio=2)
+    lower.add_row(_requests(snap.stats), _slos(snap.slo_results) if snap.slo_results else "")
+    parts.append(lower)
     if snap.processes:
         parts.append(_processes(snap.processes))
     problems = _problems(snap)
@@ -203,6 +278,129 @@ def render(snap: Snapshot) -> RenderableType:
         parts.append(problems)
     title = "flashsale loadgen" + (" - stopping" if snap.stopping else "")
     return Panel(Group(*parts), title=title, border_style="blue")
+
+
+def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableType:
+    """The small-terminal form: labelled lines of items (an item is never cut, lines wrap
+    between items) and one latency table; problems get the rows that are left."""
+    stats = snap.stats
+    inner = min(width, 160) - 4 - LABEL
+    lines: list[RenderableType] = []
+
+    def items(label: str, *cells: Text | str) -> None:
+        texts = [Text(cell) if isinstance(cell, str) else cell for cell in cells]
+        for index, packed in enumerate(pack(texts, inner)):
+            lines.append(Text.assemble((f"{label if index == 0 else '':<{LABEL}}", "dim"), packed))
+
+    planned = f"/{snap.planned}" if snap.planned else ""
+    items(
+        "run",
+        f"{snap.elapsed_s:.1f}s",
+        rate_text(snap),
+        f"{snap.arrived}{planned} started",
+        f"{stats.finished} done",
+    )
+    items(
+        "generator",
+        f"cpu {snap.cpu_percent:.0f}%",
+        f"loop lag {_ms(snap.loop_lag_ms)}",
+        Text(f"schedule lag {_ms(snap.schedule_lag_ms)}", "red" if snap.warnings else "green"),
+    )
+    items("in flight", *(f"{p} {snap.in_flight.get(p, 0)}" for p in FUNNEL))
+    outcomes = Table.grid(padding=(0, 2))
+    for _ in range(4):
+        outcomes.add_column(no_wrap=True)
+    cells = [
+        Text(f"{o} {stats.outcomes[o]}", style=OUTCOME_STYLE[o] if stats.outcomes[o] else "dim")
+        for o in OUTCOMES
+    ]
+    cells.append(Text(", ".join(f"{c} {n}" for c, n in stats.decline_codes.most_common(2))))
+    for start in range(0, len(cells), 4):
+        outcomes.add_row(*cells[start : start + 4])
+    lines.append(outcomes)
+    latency = Table(expand=False, show_edge=False, pad_edge=False, box=None, header_style="bold")
+    latency.add_column("latency", min_width=LABEL - 2)
+    for name in ("p50", "p90", "p99", "max", "n"):
+        latency.add_column(name, justify="right", no_wrap=True)
+    for phase in PHASES:
+        summary = stats.phase_summary(phase)
+        if summary["count"]:
+            figures = [_ms(float(summary[key])) for key in ("p50", "p90", "p99", "max")]
+        else:
+            figures = ["-"] * 4
+        latency.add_row(phase, *figures, str(summary["count"]))
+    lines.append(latency)
+    retries = sum(stats.retries.values())
+    trouble = requests_line(stats) if stats.server_errors or retries else ""
+    items(
+        "requests",
+        f"{stats.request_total}",
+        Text(f"5xx {stats.server_errors}", "red" if stats.server_errors else ""),
+        Text(f"retries {retries}", "yellow" if retries else ""),
+        *([Text(trouble, "red")] if trouble else []),
+    )
+    if snap.system:
+        items("system", *(f"{k} {v}" for k, v in snap.system.items()))
+    if snap.slo_results:
+        items(
+            "SLOs",
+            *(
+                Text.assemble(
+                    ("ok " if r.passed else "FAIL ", "green" if r.passed else "bold red"),
+                    f"{r.slo.text} {slo_value(r)}",
+                )
+                for r in snap.slo_results
+            ),
+        )
+    if snap.processes:
+        items(
+            "shards",
+            *(
+                Text(
+                    f"{row['kind']} {row['shard']} {row['status']} {row['finished']} done "
+                    f"cpu {row['cpu_percent']:.0f}%",
+                    "bold red" if row.get("lost") else "",
+                )
+                for row in snap.processes
+            ),
+        )
+    problems = [*snap.warnings, *(f"{n} x {e}" for e, n in stats.errors.most_common(3))]
+    problems += [f"integrity: {p}" for p in stats.integrity_problems[:1]]
+    used = sum(part_height(part) for part in lines) + 2  # the panel's borders
+    room = max(1, height - used)
+    shown = problems if len(problems) <= room else problems[: room - 1]
+    for problem in shown:
+        items("problem", Text(problem, "bold red"))
+    if len(shown) < len(problems):
+        items("problem", Text(f"... and {len(problems) - len(shown)} more", "red"))
+    title = f"flashsale loadgen: {snap.model}" + (" - stopping" if snap.stopping else "")
+    return Panel(Group(*lines), title=title, border_style="blue", width=min(width, 160))
+
+
+LABEL = 10  # the width of the compact layout's labels
+
+
+def part_height(part: RenderableType) -> int:
+    """Lines a compact part takes: one for a line, the rows (and header) of a table."""
+    if isinstance(part, Table):
+        return part.row_count + (1 if part.show_header else 0)
+    return 1
+
+
+def pack(cells: list[Text], width: int) -> list[Text]:
+    """Cells joined by two spaces into lines of at most `width`; a cell is never cut (one too
+    long for a line is its own line, cut at the edge with an ellipsis)."""
+    lines: list[Text] = []
+    for cell in cells:
+        if lines and lines[-1].cell_len + 2 + cell.cell_len <= width:
+            lines[-1].append("  ")
+            lines[-1].append_text(cell)
+        else:
+            lines.append(cell.copy())
+    for line in lines:
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+    return lines
 
 
 def requests_line(stats: RunStats) -> str:
@@ -272,3 +470,7 @@ def verdict_lines(
             console.print(f"report written to {path}")
     if info.interrupted:
         console.print(f"interrupted: {info.cancelled} customers in flight abandoned")
+    if getattr(info, "aborted", None):
+        console.print(
+            f"[bold red]ABORTED:[/] {info.aborted} ({info.cancelled} customers in flight abandoned)"
+        )

@@ -55,6 +55,7 @@ class RunInfo:
     release_lag_ms: dict[str, Any] | None = None
     processes: list[dict[str, Any]] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
+    aborted: str | None = None  # --abort-on-fail stopped the run: why
 
 
 @dataclass

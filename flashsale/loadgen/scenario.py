@@ -320,6 +320,7 @@ class LoadConfig:
     timeout_s: float = 30.0
     max_in_flight: int | None = None
     slos: tuple[Slo, ...] = ()
+    abort_on_fail: bool = False  # stop once an SLO can no longer pass (the report still written)
     report_path: Path | None = None
     html_path: Path | None = None
     dashboard: bool = True
@@ -388,6 +389,7 @@ OPTION_KINDS: dict[str, str] = {
     "html": "text",
     "slo": "texts",
     "no_default_slos": "flag",
+    "abort_on_fail": "flag",
     "no_dashboard": "flag",
     "interval": "text",
     "max_lag": "text",
@@ -511,6 +513,7 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         timeout_s=positive_duration(values["timeout"], "--timeout"),
         max_in_flight=values.get("max_in_flight"),
         slos=slos_of(values.get("slo", ()), bool(values.get("no_default_slos"))),
+        abort_on_fail=bool(values.get("abort_on_fail")),
         report_path=Path(report) if report else None,
         html_path=Path(html) if html else None,
         dashboard=not values.get("no_dashboard"),

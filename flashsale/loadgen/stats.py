@@ -555,6 +555,29 @@ def slo_actual(slo: Slo, stats: RunStats) -> float:
     )
 
 
+# Whatever else happens, these only grow: once past a `<`, `<=` or `==` bound they stay past.
+GROWING = (*OUTCOMES, *REQUEST_COUNTERS, *COUNTERS)
+
+
+def cannot_pass(result: SloResult, stats: RunStats, planned: int | None) -> bool:
+    """Whether an SLO failing now must still fail at the end of the run, whatever follows.
+
+    Counts and maxima only grow; a ratio of customers is decided once even the best case (every
+    planned customer still to come succeeds) fails it. Percentiles are judged at the end only.
+    """
+    slo = result.slo
+    if result.passed or slo.op not in ("<", "<=", "=="):
+        return False
+    if slo.stat == "count" and slo.metric in GROWING:
+        return True
+    if slo.stat == "max":
+        return True
+    if slo.stat == "ratio" and slo.metric in OUTCOMES and planned and slo.op != "==":
+        best = stats.outcomes[slo.metric] / planned
+        return not _OPS[slo.op](best, slo.threshold)
+    return False
+
+
 def evaluate(slos: Iterable[Slo], stats: RunStats) -> list[SloResult]:
     results = []
     for slo in slos:

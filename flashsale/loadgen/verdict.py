@@ -82,6 +82,7 @@ def conclude(
     open_at_s: float | None,
     interrupted: bool,
     system: dict[str, Any] | None,
+    aborted: str | None = None,
 ) -> Conclusion:
     """Judge the run, write the reports asked for, and pick the exit code."""
     summaries = [shard.summary for shard in shards if shard.summary]
@@ -125,7 +126,9 @@ def conclude(
         loop_lag_max_ms=float(loop_lag["max"]),
         valid=not reasons,
         invalid_reasons=reasons,
-        interrupted=interrupted or any(s.interrupted for s in summaries),
+        # Shards stop when told (Ctrl-C, or --abort-on-fail): the coordinator knows which.
+        interrupted=interrupted,
+        aborted=aborted,
         cancelled=sum(s.cancelled for s in summaries),
         cards_spec=config.cards.spec(),
         tokenize=config.tokenize,

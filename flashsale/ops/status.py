@@ -52,7 +52,7 @@ def collect_status(
         status.queue_depth = int(client.llen(jobs.QUEUE))
         # kombu keeps delivered-but-unacknowledged tasks here until the worker acks them.
         status.unacked = int(client.hlen("unacked"))
-        status.orders_by_state = orders.count_by_state(client)
+        status.orders_by_state = orders.count_by_state(client, settings.sale_sku)
         status.stock_left = inventory.stock_left(client, settings.sale_sku)
         status.stock_initial = inventory.initial_stock(client, settings.sale_sku)
     except redis.RedisError as error:

@@ -26,7 +26,7 @@ class SaleCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            counts = orders.count_by_state(self.client)
+            counts = orders.count_by_state(self.client, self.sku)
             left = inventory.stock_left(self.client, self.sku)
             depths = {queue: int(self.client.llen(queue)) for queue in QUEUES}
         except redis.RedisError as error:
