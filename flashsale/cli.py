@@ -411,6 +411,12 @@ def worker(
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Write the offline HTML report here.")
 @click.option(
+    "--csv",
+    metavar="PREFIX",
+    help="Write PREFIX_requests.csv (per endpoint), PREFIX_failures.csv and PREFIX_history.csv "
+    "(the time series), as Locust's --csv does.",
+)
+@click.option(
     "--slo",
     multiple=True,
     help="Objective, e.g. 'e2e.p99<2s', 'server_errors.count==0' (repeatable) "

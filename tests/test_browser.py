@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -440,3 +442,70 @@ def orders_lookups(pipeline: Pipeline) -> float:
         metrics,
     )
     return float(found.group(1)) if found else 0.0
+
+
+REPORT_SCENARIO = """
+name = "report"
+[sale]
+stock = 30
+[pipeline]
+workers = 1
+worker_concurrency = 8
+[stripe_sim]
+rate_limit = "off"
+latency = "20ms"
+[loadgen]
+customers = 60
+rate = "20/s"
+cards = "visa=80,insufficient_funds=20"
+timeout = "30s"
+max_lag = "2s"
+max_cpu = 100
+"""
+
+
+def test_the_rehearsal_report_opens_offline_with_verdict_reconciliation_and_charts(
+    browser: Any, open_page: Any, tmp_path: Path
+) -> None:
+    """report.html is the whole rehearsal's: the verdict first, the reconciliation, the fault
+    drawn on the charts, every chart rendered by the vendored uPlot, no console error."""
+    scenario = tmp_path / "report.toml"
+    scenario.write_text(REPORT_SCENARIO)
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        flashsale_argv(
+            "rehearse", "--scenario", str(scenario), "--run-dir", str(run_dir), "--no-dashboard"
+        )
+        + ["--chaos", "sim-latency@1s:1s"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode in (0, 1), done.stdout[-2000:] + done.stderr[-2000:]
+    saved = json.loads((run_dir / "report.json").read_text())
+    report = run_dir / "report.html"
+    page = open_page(report.as_uri(), viewport={"width": 1200, "height": 900})
+    verdict = page.locator("#verdict").inner_text()
+    assert verdict == saved["verdict"] and verdict.startswith(("PASSED", "FAILED"))
+    text = page.locator("body").inner_text()
+    for heading in ("Checks", "Reconciliation", "Faults", "Requests per endpoint", "Charts"):
+        assert heading in text
+    assert "sim-latency@1s:1s" in text
+    page.wait_for_function("window.flashsaleCharts && window.flashsaleCharts.length === 6")
+    drawn = page.evaluate(
+        """() => window.flashsaleCharts.map(c => ({
+            id: c.id, series: c.series, points: c.points,
+            width: c.plot.root.querySelector('canvas').width,
+        }))"""
+    )
+    assert {chart["id"] for chart in drawn} == {
+        f"chart-{name}"
+        for name in ("throughput", "active", "latency", "outcomes", "errors", "percentiles")
+    }
+    assert all(chart["points"] > 1 and chart["width"] > 300 for chart in drawn), drawn
+    page.check("#latency-log")  # the log scale redraws the latency chart
+    page.wait_for_function(
+        "window.flashsaleCharts.some(c => c.id === 'chart-latency' && c.plot.scales.y.distr === 3)"
+    )
+    shot(page, "rehearsal-report")
+    assert report.stat().st_size < 400_000  # uPlot inline: ~51 KB of the page

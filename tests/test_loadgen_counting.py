@@ -3,6 +3,7 @@ failing run: checked against a real fault on the wire (a proxy shedding submits 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import subprocess
@@ -55,7 +56,7 @@ def shed_submits(every: int) -> Callable[[str, str, int], bool]:
 
 def test_every_shed_submit_is_counted_and_retried(pipeline: Pipeline, tmp_path: Path) -> None:
     with FaultProxy(pipeline.server_url, shed_submits(3)) as proxy:
-        result = play(proxy.url, tmp_path, customers=30, rate="30/s")
+        result = play(proxy.url, tmp_path, customers=30, rate="30/s", csv=str(tmp_path / "run"))
     shed = proxy.shed["POST /charges"]
     assert shed >= 10  # a third of the submit attempts, retries included
     report = result.report
@@ -72,6 +73,12 @@ def test_every_shed_submit_is_counted_and_retried(pipeline: Pipeline, tmp_path: 
     # The same figures in the JSON, the HTML and on the dashboard.
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["requests"]["submit"]["server_errors"] == shed and saved["retries"] == shed
+    with (tmp_path / "run_requests.csv").open() as rows:
+        by_endpoint = {row["endpoint"]: row for row in csv.DictReader(rows)}
+    assert by_endpoint["submit"]["server_errors"] == str(shed)
+    assert by_endpoint["submit"]["retries"] == str(shed)
+    history = (tmp_path / "run_history.csv").read_text().splitlines()
+    assert history[0].startswith("t_s,arrivals,succeeded") and len(history) >= 2
     page = render_html(report, result.stats)
     assert f"Requests per endpoint ({shed} server 5xx, {shed} retries)" in page
     snap = Snapshot(

@@ -93,6 +93,7 @@ class Coordinator:
         self.slo_results: list[SloResult] = []
         self.slos_at = float("-inf")
         self.interrupted = False  # by Ctrl-C or SIGTERM (a rehearsal stops too)
+        self.timeline: list[dict[str, Any]] = []
         self.aborted: str | None = None
 
     # -- the run ---------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class Coordinator:
                     if now - last_system >= SYSTEM_POLL_S:
                         last_system = now
                         self.system = await read_system(http, self.config.url)
+                        self.sample_timeline()
                     if live is not None:
                         live.update(render(self.snapshot(), self.console.size), refresh=True)
                     elif now - last_line >= self.config.status_every_s:
@@ -342,6 +344,21 @@ class Coordinator:
             dispatching=dispatching,
         )
 
+    def sample_timeline(self) -> None:
+        """Once a second, what is in flight: the active-customers chart of the report."""
+        in_flight: collections.Counter[str] = collections.Counter()
+        for shard in self.shards:
+            in_flight.update(shard.gauges.in_flight)
+        self.timeline.append(
+            {
+                "t_s": round(max(0.0, time.time() - self.start_wall), 2),
+                "arrived": self.arrived(),
+                "in_flight": sum(in_flight.values()),
+                "by_phase": dict(in_flight),
+                "sockets": sum(shard.gauges.sockets for shard in self.shards),
+            }
+        )
+
     def slos_now(self) -> list[SloResult]:
         """Each SLO judged on the run so far, at most once a second (a percentile costs ~1 ms)."""
         now = time.monotonic()
@@ -362,6 +379,7 @@ class Coordinator:
             interrupted=self.interrupted,
             aborted=self.aborted,
             system=self.system,
+            timeline=self.timeline,
         )
         if not self.config.dashboard:
             self.console.print(status_line(self.snapshot()), markup=False, highlight=False)

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from flashsale.loadgen.stats import OUTCOMES, PHASES, RunStats
+from flashsale.loadgen.stats import ENDPOINT_COLUMNS, OUTCOMES, PHASES, RunStats
 
 FUNNEL = ("session", "tokenize", "connect", "waiting", "submit", "result")
 OUTCOME_STYLE = {
@@ -227,25 +227,13 @@ def _requests(stats: RunStats) -> Table:
         expand=True,
         show_edge=False,
     )
-    for name in ("endpoint", "requests", "2xx/3xx", "4xx", "5xx", "errors", "retries"):
-        table.add_column(name, justify="left" if name == "endpoint" else "right")
+    table.add_column("endpoint")
+    for _, title in ENDPOINT_COLUMNS:
+        table.add_column(title, justify="right")
     for name, row in stats.endpoint_rows().items():
         trouble = row["server_errors"] or row["transport_errors"]
-        table.add_row(
-            name,
-            *(
-                str(row[key])
-                for key in (
-                    "requests",
-                    "ok",
-                    "client_errors",
-                    "server_errors",
-                    "transport_errors",
-                    "retries",
-                )
-            ),
-            style="red" if trouble else "",
-        )
+        cells = [str(row[key]) for key, _ in ENDPOINT_COLUMNS]
+        table.add_row(name, *cells, style="red" if trouble else "")
     return table
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import math
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flashsale.loadgen.stats import (
+    ENDPOINT_COLUMNS,
     OUTCOMES,
     PHASES,
     RunStats,
@@ -123,6 +125,8 @@ class LoadReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     server_errors: int = 0
     retries: int = 0
+    # Once a second from the coordinator: customers arrived, in flight (by phase), sockets.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
     version: int = REPORT_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -214,200 +218,94 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
     )
 
 
+def write_csv(report: LoadReport, prefix: str) -> list[Path]:
+    """Locust-style CSV files: per-endpoint requests, failures, and the time series."""
+    written = []
+    requests_columns = [key for key, _ in ENDPOINT_COLUMNS]
+    files: dict[str, tuple[list[str], list[list[Any]]]] = {
+        "requests": (
+            ["endpoint", *requests_columns],
+            [
+                [name, *(row[key] for key in requests_columns)]
+                for name, row in report.requests.items()
+            ],
+        ),
+        "failures": (
+            ["endpoint", "outcome", "count"],
+            [[f["endpoint"], f["outcome"], f["count"]] for f in report.failures],
+        ),
+        "history": (
+            ["t_s", "arrivals", *OUTCOMES, "e2e_p50_ms", "e2e_p99_ms", "server_errors", "retries"],
+            [
+                [row["t_s"], row["arrivals"], *(row["outcomes"].get(o, 0) for o in OUTCOMES)]
+                + [row["e2e_ms"]["p50"], row["e2e_ms"]["p99"]]
+                + [row.get("server_errors", 0), row.get("retries", 0)]
+                for row in report.series
+            ],
+        ),
+    }
+    for name, (header, rows) in files.items():
+        path = Path(f"{prefix}_{name}.csv")
+        with path.open("w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(header)
+            writer.writerows(rows)
+        written.append(path)
+    return written
+
+
 def write_json(report: LoadReport, path: Path) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=False) + "\n")
 
 
 # -- HTML -------------------------------------------------------------------------------------
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
-OUTCOME_COLORS = {
-    "succeeded": "#2ca02c",
-    "declined": "#ff7f0e",
-    "sold_out": "#17becf",
-    "failed": "#d62728",
-    "timeout": "#7f0000",
-    "disconnected": "#9467bd",
-    "error": "#000000",
-}
-WIDTH, HEIGHT, PAD = 720, 300, 50
+STATIC = Path(__file__).parent / "static"
+# uPlot 1.6.32 (npm, MIT, static/uPlot.LICENSE) draws the charts: 51 KB of script inline, so a
+# report opens offline and fetches nothing; static/report.js is the page's own chart code.
+CHART_FILES = ("uPlot.min.css", "uPlot.iife.min.js", "report.js")
+CHARTS = ("throughput", "active", "latency", "outcomes", "errors", "percentiles")
+CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; }
+td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+th { background: #f4f4f4; }
+.pass { color: #1a7f37; font-weight: bold; } .fail { color: #c62828; font-weight: bold; }
+.verdict { font-size: 1.6em; margin: 0.2em 0 0.6em; }
+.chart { margin: 1em 0 1.5em; min-height: 40px; } .chart.empty { color: #777; }
+"""
 
 
-def _axis(x_ticks: list[tuple[float, str]], y_max: float, y_label: str, x_label: str) -> list[str]:
-    inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
-    parts = [
-        f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" '
-        'stroke="#333"/>',
-        f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#333"/>',
-        f'<text x="{WIDTH / 2}" y="{HEIGHT - 10}" text-anchor="middle">'
-        f"{html.escape(x_label)}</text>",
-        f'<text x="14" y="{HEIGHT / 2}" transform="rotate(-90 14 {HEIGHT / 2})" '
-        f'text-anchor="middle">{html.escape(y_label)}</text>',
-    ]
-    for fraction, label in x_ticks:
-        x = PAD + fraction * inner_w
-        parts.append(
-            f'<text x="{x:.1f}" y="{HEIGHT - PAD + 16}" text-anchor="middle" '
-            f'font-size="11">{html.escape(label)}</text>'
-        )
-    for i in range(5):
-        value = y_max * i / 4
-        y = HEIGHT - PAD - inner_h * i / 4
-        parts.append(
-            f'<line x1="{PAD}" y1="{y:.1f}" x2="{WIDTH - PAD}" y2="{y:.1f}" stroke="#eee"/>'
-            f'<text x="{PAD - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="11">'
-            f"{value:.4g}</text>"
-        )
-    return parts
-
-
-def _legend(names: list[tuple[str, str]]) -> str:
-    items = []
-    for i, (name, color) in enumerate(names):
-        x = PAD + 10 + i * 110
-        items.append(
-            f'<rect x="{x}" y="12" width="12" height="12" fill="{color}"/>'
-            f'<text x="{x + 16}" y="22" font-size="12">{html.escape(name)}</text>'
-        )
-    return "".join(items)
-
-
-def _svg(body: list[str], title: str) -> str:
-    return (
-        f"<figure><figcaption>{html.escape(title)}</figcaption>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">{"".join(body)}</svg></figure>'
-    )
-
-
-def line_chart(
-    lines: list[tuple[str, list[tuple[float, float]]]],
-    title: str,
-    x_label: str,
-    y_label: str,
-    x_ticks: list[tuple[float, str]] | None = None,
-    x_range: tuple[float, float] | None = None,
-) -> str:
-    """A plain SVG line chart; x values are mapped linearly onto x_range."""
-    points = [p for _, series in lines for p in series]
-    if not points:
-        return _svg([f'<text x="{PAD}" y="{HEIGHT / 2}">no data</text>'], title)
-    x_lo, x_hi = x_range or (min(p[0] for p in points), max(p[0] for p in points))
-    x_hi = x_hi if x_hi > x_lo else x_lo + 1
-    y_max = max(p[1] for p in points) * 1.05 or 1.0
-    inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
-    if x_ticks is None:
-        x_ticks = [(i / 4, f"{x_lo + (x_hi - x_lo) * i / 4:.4g}") for i in range(5)]
-    body = _axis(x_ticks, y_max, y_label, x_label)
-    legend = []
-    for i, (name, series) in enumerate(lines):
-        color = COLORS[i % len(COLORS)]
-        legend.append((name, color))
-        coords = " ".join(
-            f"{PAD + (x - x_lo) / (x_hi - x_lo) * inner_w:.1f},"
-            f"{HEIGHT - PAD - y / y_max * inner_h:.1f}"
-            for x, y in series
-        )
-        body.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
-    body.append(_legend(legend))
-    return _svg(body, title)
-
-
-def latency_over_time(series: list[dict[str, Any]]) -> str:
-    rows = [r for r in series if r["e2e_ms"]["count"]]
-    return line_chart(
-        [
-            ("p50", [(r["t_s"], r["e2e_ms"]["p50"]) for r in rows]),
-            ("p99", [(r["t_s"], r["e2e_ms"]["p99"]) for r in rows]),
-            ("max", [(r["t_s"], r["e2e_ms"]["max"]) for r in rows]),
-            ("p99 uncorrected", [(r["t_s"], r["e2e_ms_uncorrected"]["p99"]) for r in rows]),
-        ],
-        "End-to-end latency over time (corrected unless noted)",
-        "seconds into the run (by completion)",
-        "ms",
-    )
-
-
-def percentile_distribution(stats: RunStats) -> str:
-    """The HDR plot: x is 1/(1-percentile) on a log scale, so the tail gets the room."""
-    lines = []
-    top = 0.0
-    for phase in PHASES:
-        curve = percentile_curve(stats.corrected[phase])
-        if not curve:
-            continue
-        points = [(math.log10(1 / max(1e-5, 1 - p / 100)), ms) for p, ms in curve]
-        top = max(top, points[-1][0])
-        lines.append((phase, points))
-    top = max(top, 3.0)
-    ticks = [
-        (d / top, label)
-        for d, label in ((0, "0%"), (1, "90%"), (2, "99%"), (3, "99.9%"), (4, "99.99%"))
-        if d <= top
-    ]
-    return line_chart(
-        lines,
-        "Percentile distribution per phase (corrected)",
-        "percentile",
-        "ms",
-        x_ticks=ticks,
-        x_range=(0, top),
-    )
-
-
-def outcomes_over_time(series: list[dict[str, Any]]) -> str:
-    if not series:
-        return _svg([f'<text x="{PAD}" y="{HEIGHT / 2}">no data</text>'], "Outcomes over time")
-    totals = [sum(row["outcomes"].values()) for row in series]
-    y_max = max(max(totals), 1) * 1.05
-    inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
-    bar_w = inner_w / len(series)
-    step = max(1, len(series) // 5)
-    ticks = [(i / len(series), f"{series[i]['t_s']:g}") for i in range(0, len(series), step)]
-    body = _axis(ticks, y_max, "customers finished", "seconds into the run")
-    for i, row in enumerate(series):
-        y = HEIGHT - PAD
-        for outcome in OUTCOMES:
-            count = row["outcomes"].get(outcome, 0)
-            if not count:
-                continue
-            h = count / y_max * inner_h
-            y -= h
-            body.append(
-                f'<rect x="{PAD + i * bar_w:.1f}" y="{y:.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                f'height="{h:.1f}" fill="{OUTCOME_COLORS[outcome]}">'
-                f"<title>{row['t_s']:g}s {outcome}: {count}</title></rect>"
-            )
-    body.append(_legend([(o, OUTCOME_COLORS[o]) for o in OUTCOMES]))
-    return _svg(body, "Outcomes over time (per interval, stacked)")
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def table(headers: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+    """An HTML table; `classes` gives each row's class (e.g. pass / fail)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+        f'<tr class="{classes[i] if classes else ""}">'
+        + "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+        + "</tr>"
+        for i, row in enumerate(rows)
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(loaded: LoadReport, stats: RunStats) -> str:
-    """One self-contained page: inline CSS and SVG, no scripts, no network."""
+def section(title: str, content: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{content}</section>"
+
+
+def load_sections(loaded: LoadReport) -> list[str]:
+    """The load run's part of a report: summary, outcomes, requests, failures, latency, SLOs,
+    and the charts' places (report.js draws them)."""
     report = loaded.as_dict()
     run = report["run"]
     generator = report["generator"]
-    latency_rows = []
-    for phase in PHASES:
-        c, u = report["latency_ms"][phase], report["latency_ms_uncorrected"][phase]
-        latency_rows.append(
-            [phase, c["count"], c["p50"], c["p90"], c["p99"], c["p999"], c["max"], u["p99"]]
-        )
-    slo_rows = [
-        [r["slo"], r["actual"], "PASS" if r["passed"] else "FAIL"] for r in report["slo"]["results"]
-    ]
     validity = (
         "valid" if generator["valid"] else "INVALID: " + "; ".join(generator["invalid_reasons"])
     )
-    summary = _table(
+    stopped = " (interrupted)" if run["interrupted"] else ""
+    if run.get("aborted"):
+        stopped = f" (aborted: {run['aborted']})"
+    summary = table(
         ["what", "value"],
         [
             ["target", run["url"]],
@@ -420,50 +318,104 @@ def render_html(loaded: LoadReport, stats: RunStats) -> str:
             ],
             ["generator CPU", f"{generator['cpu_percent']}%"],
             ["max schedule lag", f"{generator['max_schedule_lag_ms']} ms"],
-            ["run", validity + (" (interrupted)" if run["interrupted"] else "")],
+            ["run", validity + stopped],
         ],
     )
     outcome_rows = [[o, n] for o, n in report["outcomes"].items()] + [
         [f"declined: {code}", n] for code, n in report["decline_codes"].items()
     ]
     request_rows = [
-        [name, r["requests"], r["ok"], r["client_errors"], r["server_errors"]]
-        + [r["transport_errors"], r["retries"]]
-        for name, r in report["requests"].items()
+        [name, *(r[key] for key, _ in ENDPOINT_COLUMNS)] for name, r in report["requests"].items()
     ]
     failure_rows = [[f["endpoint"], f["outcome"], f["count"]] for f in report["failures"]]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>flashsale loadgen report</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-figure {{ margin: 1.5em 0; }} figcaption {{ font-weight: bold; }}
-</style></head><body>
-<h1>flashsale loadgen report</h1>
-{summary}
-<h2>Outcomes</h2>
-{_table(["outcome", "customers"], outcome_rows)}
-<h2>Requests per endpoint ({report["server_errors"]} server 5xx, {report["retries"]} retries)</h2>
-{
-        _table(
-            ["endpoint", "requests", "2xx/3xx", "4xx", "5xx", "transport errors", "retries"],
-            request_rows,
+    latency_rows = []
+    for phase in PHASES:
+        c, u = report["latency_ms"][phase], report["latency_ms_uncorrected"][phase]
+        latency_rows.append(
+            [phase, c["count"], c["p50"], c["p90"], c["p99"], c["p999"], c["max"], u["p99"]]
         )
+    results = report["slo"]["results"]
+    slo_rows = [
+        [r["slo"] + (" (default gate)" if r.get("default") else ""), r["actual"]]
+        + ["PASS" if r["passed"] else "FAIL"]
+        for r in results
+    ]
+    slo_classes = ["pass" if r["passed"] else "fail" for r in results]
+    charts = "".join(f'<div class="chart" id="chart-{name}"></div>' for name in CHARTS)
+    toggle = '<label><input type="checkbox" id="latency-log"> latency on a log scale</label>'
+    return [
+        section("Load run", summary),
+        section("Outcomes", table(["outcome", "customers"], outcome_rows)),
+        section(
+            f"Requests per endpoint ({report['server_errors']} server 5xx, "
+            f"{report['retries']} retries)",
+            table(["endpoint", *(title for _, title in ENDPOINT_COLUMNS)], request_rows),
+        ),
+        section(
+            "Failures",
+            table(["endpoint", "outcome", "count"], failure_rows)
+            if failure_rows
+            else "<p>none</p>",
+        ),
+        section(
+            "Latency (ms, corrected from scheduled arrival)",
+            table(
+                ["phase", "count", "p50", "p90", "p99", "p99.9", "max", "p99 uncorrected"],
+                latency_rows,
+            ),
+        ),
+        section(
+            "SLOs",
+            table(["slo", "actual", "result"], slo_rows, slo_classes)
+            if slo_rows
+            else "<p>none</p>",
+        ),
+        section("Charts", toggle + charts),
+    ]
+
+
+def chart_data(
+    loaded: LoadReport, stats: RunStats, bands: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """What report.js draws: the time series, the timeline, HDR curves, and bands (faults)."""
+    curves = {}
+    for phase in PHASES:
+        points = percentile_curve(stats.corrected[phase])
+        if points:
+            curves[phase] = [
+                [round(math.log10(1 / max(1e-5, 1 - p / 100)), 4), ms] for p, ms in points
+            ]
+    return {
+        "interval_s": stats.interval_s,
+        "phases": list(PHASES),
+        "outcomes": list(OUTCOMES),
+        "series": loaded.series,
+        "timeline": loaded.timeline,
+        "curves": curves,
+        "bands": bands or [],
     }
-<h2>Failures</h2>
-{_table(["endpoint", "outcome", "count"], failure_rows) if failure_rows else "<p>none</p>"}
-<h2>Latency (ms, corrected from scheduled arrival)</h2>
-{_table(["phase", "count", "p50", "p90", "p99", "p99.9", "max", "p99 uncorrected"], latency_rows)}
-<h2>SLOs</h2>
-{_table(["slo", "actual", "result"], slo_rows) if slo_rows else "<p>none given</p>"}
-<h2>Charts</h2>
-{latency_over_time(report["series"])}
-{percentile_distribution(stats)}
-{outcomes_over_time(report["series"])}
+
+
+def page(title: str, sections: list[str], data: dict[str, Any]) -> str:
+    """One self-contained page: inline CSS, uPlot and report.js, the data as JSON; no network."""
+    assets = {name: (STATIC / name).read_text() for name in CHART_FILES}
+    payload = json.dumps(data).replace("</", "<\\/")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{assets["uPlot.min.css"]}</style><style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>
+{"".join(sections)}
+<script type="application/json" id="flashsale-report-data">{payload}</script>
+<script>{assets["uPlot.iife.min.js"]}</script>
+<script>{assets["report.js"]}</script>
 </body></html>
 """
+
+
+def render_html(loaded: LoadReport, stats: RunStats) -> str:
+    """The load generator's own report page."""
+    return page("flashsale loadgen report", load_sections(loaded), chart_data(loaded, stats))
 
 
 def write_html(report: LoadReport, stats: RunStats, path: Path) -> None:

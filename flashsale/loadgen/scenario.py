@@ -323,6 +323,7 @@ class LoadConfig:
     abort_on_fail: bool = False  # stop once an SLO can no longer pass (the report still written)
     report_path: Path | None = None
     html_path: Path | None = None
+    csv_prefix: str | None = None  # PREFIX_requests.csv, _failures.csv, _history.csv
     dashboard: bool = True
     status_every_s: float = 5.0
     interval_s: float = 1.0
@@ -387,6 +388,7 @@ OPTION_KINDS: dict[str, str] = {
     "timeout": "text",
     "report": "text",
     "html": "text",
+    "csv": "text",
     "slo": "texts",
     "no_default_slos": "flag",
     "abort_on_fail": "flag",
@@ -516,6 +518,7 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         abort_on_fail=bool(values.get("abort_on_fail")),
         report_path=Path(report) if report else None,
         html_path=Path(html) if html else None,
+        csv_prefix=values.get("csv"),
         dashboard=not values.get("no_dashboard"),
         interval_s=positive_duration(values["interval"], "--interval"),
         max_lag_s=parse_duration(values["max_lag"], "--max-lag"),

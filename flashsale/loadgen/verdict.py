@@ -11,7 +11,14 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from flashsale.loadgen.engine import Gauges, ShardSummary
-from flashsale.loadgen.report import LoadReport, RunInfo, build_report, write_html, write_json
+from flashsale.loadgen.report import (
+    LoadReport,
+    RunInfo,
+    build_report,
+    write_csv,
+    write_html,
+    write_json,
+)
 from flashsale.loadgen.scenario import LoadConfig
 from flashsale.loadgen.stats import RunStats, SloResult, evaluate, new_histogram, summarize
 
@@ -83,6 +90,7 @@ def conclude(
     interrupted: bool,
     system: dict[str, Any] | None,
     aborted: str | None = None,
+    timeline: list[dict[str, Any]] | None = None,
 ) -> Conclusion:
     """Judge the run, write the reports asked for, and pick the exit code."""
     summaries = [shard.summary for shard in shards if shard.summary]
@@ -146,10 +154,13 @@ def conclude(
     )
     slo_results = evaluate(config.slos, stats)
     report = build_report(stats, info, slo_results)
+    report.timeline = list(timeline or [])
     if config.report_path is not None:
         write_json(report, config.report_path)
     if config.html_path is not None:
         write_html(report, stats, config.html_path)
+    if config.csv_prefix is not None:
+        write_csv(report, config.csv_prefix)
     if reasons:
         code = EXIT_INVALID
     elif not all(result.passed for result in slo_results):

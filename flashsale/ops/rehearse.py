@@ -22,7 +22,7 @@ from flashsale.core import keys, orders, store
 from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.loadgen import coordinator
 from flashsale.loadgen.report import LoadReport
-from flashsale.ops import counters
+from flashsale.ops import counters, rehearsal_report
 from flashsale.ops.chaos import FaultRecord, Injector
 from flashsale.ops.counters import Counters
 from flashsale.ops.faults import Fault, check_target, parse_spec
@@ -127,7 +127,6 @@ class Rehearsal:
             self.load_config = plan.load_config(
                 self.loadgen_options,
                 report=str(run_dir / "loadgen.json"),
-                html=str(run_dir / "report.html"),
                 no_dashboard=not dashboard,
                 **({"tokenize": "test-tokens"} if stripe == "test" else {}),
             )
@@ -337,8 +336,12 @@ class Rehearsal:
             "loadgen_exit": result.loadgen_exit,
             "loadgen": result.loadgen_report.as_dict() if result.loadgen_report else None,
         }
+        verdict = verdict_line(result)
+        report["verdict"] = verdict
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        # Written last, after reconciliation: the whole rehearsal, not only its load run.
+        rehearsal_report.write(result, report, verdict, self.run_dir / "report.html")
 
 
 class WorkerSupervisor:
@@ -424,6 +427,23 @@ def judge(result: RehearsalResult) -> list[Check]:
                 )
             )
     return checks
+
+
+def verdict_line(result: RehearsalResult) -> str:
+    """The verdict's first line: PASSED, or why not (the first check that failed)."""
+    if result.interrupted:
+        return "INTERRUPTED: the rehearsal stopped before it finished"
+    if result.passed:
+        return "PASSED: every check and SLO held"
+    failed = [check for check in result.checks if not check.passed]
+    if result.exit_code == EXIT_INVALID and result.loadgen_report is not None:
+        reasons = result.loadgen_report.generator.invalid_reasons
+        return "INVALID: the load generator could not keep up: " + "; ".join(reasons)
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more checks)" if len(failed) > 1 else ""
+        return f"FAILED: {first.name}: {first.detail}{more}"
+    return "FAILED: not reconciled"
 
 
 def cross_check(report: LoadReport, seen: Counters, not_comparable: str | None) -> Check:

@@ -10,21 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from flashsale.loadgen.report import LoadReport
-from flashsale.loadgen.stats import PHASES
+from flashsale.loadgen.stats import ENDPOINT_COLUMNS, PHASES
 from flashsale.ops.counters import Counters
 from flashsale.ops.reconcile import Reconciliation
-from flashsale.ops.rehearse import RehearsalResult
+from flashsale.ops.rehearse import RehearsalResult, verdict_line
 from flashsale.ops.status import Status
-
-# The report's per-endpoint figures, in the table's column order.
-REQUEST_COLUMNS = (
-    "requests",
-    "ok",
-    "client_errors",
-    "server_errors",
-    "transport_errors",
-    "retries",
-)
 
 
 def _mark(passed: bool) -> Text:
@@ -124,10 +114,17 @@ def verdict_panel(result: RehearsalResult) -> Panel:
     parts: list[RenderableType] = [checks]
     report = result.loadgen_report
     if report:
-        outcomes = Table(title="outcomes", show_header=True, header_style="bold")
-        for name in report.outcomes:
-            outcomes.add_column(name, justify="right")
-        outcomes.add_row(*(str(v) for v in report.outcomes.values()))
+        # Name and count side by side, four to a row: whole names at 80 columns.
+        outcomes = Table.grid(padding=(0, 3))
+        for _ in range(4):
+            outcomes.add_column(no_wrap=True)
+        cells = [
+            Text.assemble((f"{name} ", "bold"), f"{count:,}")
+            for name, count in report.outcomes.items()
+        ]
+        for start in range(0, len(cells), 4):
+            outcomes.add_row(*cells[start : start + 4])
+        parts.append(Text("outcomes", style="italic"))
         parts.append(outcomes)
         latency = Table(title="latency (ms, from scheduled arrival)", header_style="bold")
         latency.add_column("phase")
@@ -158,8 +155,9 @@ def verdict_panel(result: RehearsalResult) -> Panel:
     )
     verdict = "PASSED" if result.passed else ("INTERRUPTED" if result.interrupted else "FAILED")
     style = "green" if result.passed else "red"
+    first = Text(verdict_line(result), style=f"bold {style}")
     return Panel(
-        Group(*parts), title=f"rehearsal {result.plan.name}: {verdict}", border_style=style
+        Group(first, *parts), title=f"rehearsal {result.plan.name}: {verdict}", border_style=style
     )
 
 
@@ -177,10 +175,11 @@ def requests_table(report: LoadReport) -> Table:
         title=f"requests ({report.server_errors} server 5xx, {report.retries} retries)",
         header_style="bold",
     )
-    for column in ("endpoint", "requests", "2xx/3xx", "4xx", "5xx", "transport errors", "retries"):
-        table.add_column(column, justify="left" if column == "endpoint" else "right")
+    table.add_column("endpoint")
+    for _, title in ENDPOINT_COLUMNS:
+        table.add_column(title, justify="right")
     for name, row in report.requests.items():
-        cells = [row[key] for key in REQUEST_COLUMNS]
+        cells = [row[key] for key, _ in ENDPOINT_COLUMNS]
         styles = "red" if row["server_errors"] or row["transport_errors"] else ""
         table.add_row(name, *(f"{cell:,}" for cell in cells), style=styles)
     return table
