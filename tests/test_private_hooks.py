@@ -1,6 +1,6 @@
-"""The private hooks flashsale relies on in Celery and kombu: one test each, failing loudly.
+"""The private hooks flashsale relies on in Celery, kombu and python-socketio: one test each.
 
-pyproject.toml pins celery and kombu to the range these pass on. If an upgrade removes or
+pyproject.toml pins celery, kombu and python-socketio to the range these pass on. If an upgrade removes or
 renames a hook, the test names the hook and the flashsale module that uses it; the behaviour
 behind each hook is tested with the real thing in test_broker.py and test_pipeline.py.
 """
@@ -50,3 +50,17 @@ def test_celery_app_still_builds_its_backend_in_get_backend() -> None:
     must_have(Celery, "_get_backend", "flashsale.server.context.ProducerApp")
     app = ProducerApp("hook-test", set_as_current=False)
     assert app.backend is app.backend
+
+
+def test_python_socketio_still_routes_client_events_through_handle_event() -> None:
+    """server/sockets.py refuses reserved client event names by wrapping this method."""
+    import socketio
+
+    hook = must_have(socketio.Server, "_handle_event", "flashsale.server.sockets")
+    assert list(inspect.signature(hook).parameters) == [  # type: ignore[arg-type]
+        "self",
+        "eio_sid",
+        "namespace",
+        "id",
+        "data",
+    ]

@@ -8,15 +8,19 @@ Covered elsewhere and not repeated here: /notify without a valid HMAC, forged ro
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
+import websocket
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from pipeline_fixtures import TEST_SECRET, Pipeline, receive_results
 
@@ -196,3 +200,53 @@ def test_no_secret_reaches_the_logs_or_reports_of_a_rehearsal(tmp_path: Path) ->
         assert not CARD_TOKEN.search(text), (path, CARD_TOKEN.search(text))
         for candidate in ROOM_TOKEN_SHAPE.findall(text):
             assert signing.verify_room_token(secret, candidate, 10**6) is None, (path, candidate)
+
+
+def test_client_events_with_reserved_names_run_no_handler(pipeline: Pipeline) -> None:
+    """A hostile client sends 42["connect", ...] and 42["disconnect"] on its own socket: no
+    replay of its results, the sockets gauge unchanged, each refusal counted."""
+    session = pipeline.session()
+    order = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+    pipeline.wait_final(session, order)
+    url = pipeline.server_url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    raw = websocket.create_connection(url, timeout=10)
+    try:
+        assert raw.recv().startswith("0{")  # Engine.IO open
+        raw.send("40" + json.dumps({"room_token": session["room_token"]}))
+        heard: list[str] = []
+
+        def hear_until(predicate: Callable[[list[str]], bool]) -> None:
+            deadline = time.monotonic() + 10
+            while not predicate(heard):
+                assert time.monotonic() < deadline, heard
+                message = raw.recv()
+                if message == "2":  # ping
+                    raw.send("3")
+                elif message.startswith("42"):
+                    heard.append(json.loads(message[2:])[0])
+
+        hear_until(lambda names: events.CHARGE_RESULT in names)  # joined, then the replay
+        before = metric(pipeline, "flashsale_sockets_connected")
+        for _ in range(100):
+            raw.send("42" + json.dumps(["connect", {}, {"room_token": session["room_token"]}]))
+        for _ in range(3):
+            raw.send('42["disconnect"]')
+        deadline = time.monotonic() + 10
+        while metric(pipeline, 'flashsale_socket_refused_events_total{event="disconnect"}') < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert metric(pipeline, 'flashsale_socket_refused_events_total{event="connect"}') == 100
+        assert metric(pipeline, "flashsale_sockets_connected") == before
+        raw.send('42["ping-me"]')  # an ordinary unknown event still reaches the server
+        raw.settimeout(0.5)
+        with contextlib.suppress(websocket.WebSocketTimeoutException):
+            hear_until(lambda names: False)
+        assert heard.count(events.CHARGE_RESULT) == 1 and heard.count(events.JOINED) == 1
+    finally:
+        raw.close()
+
+
+def metric(pipeline: Pipeline, name: str) -> float:
+    text = pipeline.http.get(f"{pipeline.server_url}/metrics").text
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0

@@ -319,3 +319,23 @@ def test_a_redis_failure_is_a_503_whose_log_line_names_route_and_customer(
     assert f"Redis error on POST /charges (customer {session['customer_id']})" in line
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'flashsale_redis_errors_total{kind="ConnectionError",route="/charges"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("field", ["token", "customer_id", "room_token"])
+def test_a_trailing_newline_is_not_the_same_value(
+    http: FlaskClient, session: dict[str, Any], field: str
+) -> None:
+    """`$` matched before a final newline, so "tok_x\\n" passed as a token of its own."""
+    body = valid_body(session)
+    body[field] = body[field] + "\n"
+    assert_error(http.post("/charges", json=body), 403 if field == "room_token" else 400)
+
+
+@pytest.mark.parametrize("path", ["/charges", "/notify"])
+def test_deeply_nested_json_is_a_400_not_a_500(http: FlaskClient, path: str) -> None:
+    """1,000 levels fit in the 16 KiB limit; the parser's RecursionError used to escape."""
+    body = b"[" * 1000 + b"]" * 1000
+    headers = {"Content-Type": "application/json"}
+    if path == "/notify":
+        headers[signing.SIGNATURE_HEADER] = signing.sign_body(TEST_SECRET, body)
+    assert_error(http.post(path, data=body, headers=headers), 400, "invalid_json")

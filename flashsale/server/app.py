@@ -15,7 +15,7 @@ from flashsale.server.context import ServerContext, make_producer, make_stock_fe
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
 from flashsale.server.sockets import register_handlers
-from flashsale.server.validation import ApiError
+from flashsale.server.validation import ApiError, json_body
 from flashsale.settings import Settings
 
 log = logging.getLogger("flashsale.server")
@@ -128,7 +128,7 @@ def whose(req: Request) -> str:
     """' (order X, customer Y)' for an error line, from the path and a JSON or form body."""
     order = (req.view_args or {}).get("order_id")
     customer = None
-    body = req.get_json(silent=True) if req.is_json else req.form
+    body = json_body(req) if req.is_json else req.form
     if body is not None and hasattr(body, "get"):  # a JSON object or a form, not a list
         value = body.get("customer_id")
         customer = value if isinstance(value, str) else None

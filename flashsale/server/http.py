@@ -13,7 +13,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from flashsale.core import events, inventory, orders, signing
 from flashsale.errors import SoldOut
 from flashsale.server.context import ServerContext, context
-from flashsale.server.validation import ApiError, check_fields, is_uuid, parse_charge
+from flashsale.server.validation import ApiError, check_fields, is_uuid, json_body, parse_charge
 
 log = logging.getLogger("flashsale.server")
 bp = Blueprint("http", __name__)
@@ -189,7 +189,7 @@ def notify() -> Response:
         )
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json")
-    data = request.get_json(silent=True)
+    data = json_body(request)
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
     check_fields(data, {"order_id"}, ("order_id",))

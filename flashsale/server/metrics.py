@@ -81,6 +81,12 @@ class ServerMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.socket_refused_events = Counter(
+            "flashsale_socket_refused_events",
+            "Client events refused because they bear a reserved name (connect, disconnect).",
+            ["event"],
+            registry=self.registry,
+        )
         self.emits = Counter(
             "flashsale_socket_emits",
             "Events this process emitted to clients (worker emits via the queue are not counted).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask_socketio import ConnectionRefusedError, SocketIO
 
@@ -67,3 +68,30 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
     server = socketio.server
     server.on("connect", on_connect, namespace=events.NAMESPACE)
     server.on("disconnect", on_disconnect, namespace=events.NAMESPACE)
+    refuse_reserved_events(server, metrics)
+
+
+# Event names only the library may raise. python-socketio 5.18 hands a client's EVENT packet
+# to whatever handler bears its name, reserved or not: 42["connect",...] re-ran the connect
+# handler (a replay of every stored result, the sockets gauge up), 42["disconnect"] took the
+# gauge below zero. Clients have no business sending them.
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
+
+
+def refuse_reserved_events(server: Any, metrics: Any) -> None:
+    """Drop client events with reserved names before python-socketio dispatches them.
+
+    Wraps the server's private `_handle_event(eio_sid, namespace, id, data)`, the one place
+    client EVENT packets pass (python-socketio pinned in pyproject.toml;
+    tests/test_private_hooks.py fails if the hook goes).
+    """
+    handle = server._handle_event
+
+    def guarded(eio_sid: str, namespace: str | None, id: int | None, data: Any) -> Any:
+        if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
+            metrics.socket_refused_events.labels(str(data[0])).inc()
+            log.warning("refused a client event named %r (reserved) on %s", data[0], eio_sid)
+            return None
+        return handle(eio_sid, namespace, id, data)
+
+    server._handle_event = guarded

@@ -10,7 +10,8 @@ from typing import Any
 
 from flask import Request
 
-TOKEN_PATTERN = re.compile(r"^(tok|src|card|pm)_[A-Za-z0-9_]{1,200}$")
+# \Z, not $: `$` also matches before a final newline, and "tok_x\n" would pass as its own token.
+TOKEN_PATTERN = re.compile(r"(tok|src|card|pm)_[A-Za-z0-9_]{1,200}\Z")
 CHARGE_FIELDS = {"customer_id", "room_token", "token", "quantity"}
 REQUIRED_CHARGE_FIELDS = ("customer_id", "room_token", "token")
 
@@ -46,11 +47,21 @@ def is_uuid(value: object) -> bool:
         return False
 
 
+def json_body(request: Request) -> object:
+    """The parsed JSON body, or None when it is not JSON. Deep nesting (1,000 levels fit in the
+    16 KiB limit) makes the parser raise RecursionError, which get_json(silent=True) lets out:
+    that is bad input too, not a 500."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        return None
+
+
 def request_fields(request: Request) -> Mapping[str, object]:
     """The body as a flat mapping: a JSON object, or a form posted like the original page did."""
     mimetype = request.mimetype
     if mimetype == "application/json":
-        data = request.get_json(silent=True)
+        data = json_body(request)
         if not isinstance(data, dict):
             raise ApiError(400, "invalid_json", "the body must be a JSON object")
         return data
