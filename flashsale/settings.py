@@ -36,6 +36,10 @@ class Settings:
     secret: str = DEV_SECRET
     room_token_ttl_s: int = 3600
 
+    # Origins whose browsers may POST /charges (scheme://host[:port]); empty: this server's own
+    # scheme and Host only. Set it behind a proxy that terminates TLS.
+    allowed_origins: tuple[str, ...] = ()
+
     sale_sku: str = "FLASH-001"
     sale_name: str = "Limited edition sneakers"
     sale_price: int = 4999  # minor units (cents)
@@ -76,6 +80,11 @@ class Settings:
             secret=environ.get("FLASHSALE_SECRET") or defaults.secret,
             server_url=environ.get("FLASHSALE_SERVER_URL") or defaults.server_url,
             stripe_rate=environ.get("FLASHSALE_STRIPE_RATE") or defaults.stripe_rate,
+            allowed_origins=tuple(
+                origin.strip().rstrip("/").lower()
+                for origin in environ.get("FLASHSALE_ALLOWED_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
             stripe_limit=environ.get("FLASHSALE_STRIPE_LIMIT") or defaults.stripe_limit,
             # The sale, so a deployment without flags (gunicorn, the Procfile) can set it too.
             sale_sku=environ.get("FLASHSALE_SKU") or defaults.sale_sku,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -224,3 +225,17 @@ def test_room_tokens_and_body_signatures() -> None:
     assert signing.verify_body("k", body, signing.sign_body("k", body))
     assert not signing.verify_body("k", body + b" ", signing.sign_body("k", body))
     assert not signing.verify_body("k", body, None)
+
+
+def test_the_sweeper_judges_age_on_redis_clock_not_its_own(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose clock ran 10 minutes ahead re-queued orders seconds old."""
+    inventory.init_stock(client, SKU, 10)
+    fresh = place(client).order
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 600)
+    assert orders.claim_stale_pending(client, 30) == []
+    monkeypatch.setattr(time, "time", real)
+    client.zadd(keys.pending_orders(), {fresh.order_id: 0}, xx=True)  # handed over long ago
+    assert orders.claim_stale_pending(client, 30) == [fresh.order_id]

@@ -1,6 +1,7 @@
 """The private hooks flashsale relies on in Celery, kombu and python-socketio: one test each.
 
-pyproject.toml pins celery, kombu and python-socketio to the range these pass on. If an upgrade removes or
+pyproject.toml pins celery, kombu and python-socketio to the range these pass on. If an upgrade
+removes or
 renames a hook, the test names the hook and the flashsale module that uses it; the behaviour
 behind each hook is tested with the real thing in test_broker.py and test_pipeline.py.
 """

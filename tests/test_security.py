@@ -250,3 +250,23 @@ def metric(pipeline: Pipeline, name: str) -> float:
     text = pipeline.http.get(f"{pipeline.server_url}/metrics").text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def token_signed_at(customer_id: str, offset_s: int) -> str:
+    class SkewedSigner(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) + offset_s
+
+    serializer = URLSafeTimedSerializer(
+        TEST_SECRET, salt="flashsale.room-token", signer=SkewedSigner
+    )
+    return serializer.dumps(customer_id)
+
+
+def test_a_token_from_a_server_whose_clock_runs_ahead_is_accepted_within_leeway() -> None:
+    """Another server's clock 1 s ahead made every fresh token it issued look expired here."""
+    customer = "c" * 36
+    assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, 1), 3600) == customer
+    assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, 25), 3600) == customer
+    assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, 120), 3600) is None
+    assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, -3601), 3600) is None

@@ -7,6 +7,7 @@ checks need the real server, and talk to it over Socket.IO.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -339,3 +340,48 @@ def test_deeply_nested_json_is_a_400_not_a_500(http: FlaskClient, path: str) -> 
     if path == "/notify":
         headers[signing.SIGNATURE_HEADER] = signing.sign_body(TEST_SECRET, body)
     assert_error(http.post(path, data=body, headers=headers), 400, "invalid_json")
+
+
+def test_session_is_never_cached(http: FlaskClient) -> None:
+    assert http.get("/session").headers["Cache-Control"] == "no-store"
+
+
+def test_the_origin_check_takes_the_scheme_too(
+    http: FlaskClient, session: dict[str, Any], module_redis_url: str
+) -> None:
+    """https://localhost is not http://localhost; behind a TLS proxy the public origin is
+    named (FLASHSALE_ALLOWED_ORIGINS), and then Host is not trusted at all."""
+    other_scheme = http.post(
+        "/charges", json=valid_body(session), headers={"Origin": "https://localhost"}
+    )
+    assert_error(other_scheme, 403, "cross_origin")
+    settings = Settings(
+        redis_url=module_redis_url,
+        secret=TEST_SECRET,
+        allowed_origins=("https://shop.example",),
+    )
+    proxied = create_app(settings, async_mode="threading").test_client()
+    mine = new_session(proxied)
+    public = proxied.post(
+        "/charges", json=valid_body(mine), headers={"Origin": "https://shop.example"}
+    )
+    assert public.status_code == 202
+    own_host = proxied.post(
+        "/charges", json=valid_body(mine), headers={"Origin": "http://localhost"}
+    )
+    assert_error(own_host, 403, "cross_origin")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_access_log_never_holds_a_room_token(pipeline: Pipeline, workers: str) -> None:
+    url = pipeline.add_server("--access-log", "--workers", workers)
+    session = pipeline.session(url)
+    token = session["room_token"]
+    missing = f"{url}/orders/{uuid.uuid4()}"
+    assert pipeline.http.get(missing, params={"room_token": token}).status_code == 404
+    server = pipeline.children[-1]
+    deadline = time.monotonic() + 10
+    while "room_token=[redacted]" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.05)
+    assert token not in server.log_text()

@@ -60,7 +60,11 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[3], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
+-- The pending index is scored on Redis's clock, the one the sweeper compares it with: a
+-- worker whose clock runs ahead must not see fresh orders as stale.
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], 'pending', 1)
 redis.call('HINCRBY', KEYS[8], 'pending', 1)
@@ -98,10 +102,16 @@ return {'transitioned', redis.call('HGETALL', KEYS[1])}
 
 _CLAIM_STALE = """
 -- KEYS: pending index
--- ARGV: cutoff ms, now ms, limit
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+-- ARGV: age ms, now ms ('' for Redis's own clock), limit
+local now = tonumber(ARGV[2])
+if not now then
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+local cutoff = now - tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[3]))
 for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+  redis.call('ZADD', KEYS[1], 'XX', now, id)
 end
 return ids
 """
@@ -333,11 +343,11 @@ def claim_stale_pending(
     died) would stay pending forever; the caller re-queues what this returns, which is safe
     because the Idempotency-Key is the order id and finalize stores one final state. Claiming
     is atomic: however many workers sweep, each order comes back once per older_than_s.
+    Ages are on Redis's clock (`now` only for tests), never on this host's.
     """
-    now_ms = int((time.time() if now is None else now) * 1000)
-    cutoff_ms = now_ms - int(older_than_s * 1000)
+    now_ms = "" if now is None else int(now * 1000)
     claimed = redis.register_script(_CLAIM_STALE)(
-        keys=[keys.pending_orders()], args=[cutoff_ms, now_ms, limit]
+        keys=[keys.pending_orders()], args=[int(older_than_s * 1000), now_ms, limit]
     )
     return [str(order_id) for order_id in claimed]
 

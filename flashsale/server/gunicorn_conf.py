@@ -12,10 +12,17 @@ import os
 import sys
 from typing import Any
 
+from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+from geventwebsocket.handler import WebSocketHandler
+from gunicorn.glogging import Logger
+from gunicorn.workers.ggevent import PyWSGIHandler
+
+from flashsale.server.serving import redact
+
 # Heroku/Dokku style: $PORT, loopback unless told (the Procfile binds 0.0.0.0:$PORT itself).
 bind = [f"{os.environ.get('FLASHSALE_HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
+worker_class = "flashsale.server.gunicorn_conf.Worker"
 # Greenlets per worker, i.e. open sockets per process (one gevent process held 10,000).
 worker_connections = 10000
 backlog = 4096
@@ -30,9 +37,42 @@ accesslog = "-" if os.environ.get("FLASHSALE_ACCESS_LOG") else None
 errorlog = "-"
 # gunicorn >= 24 opens a control socket under $HOME by default: two servers would fight over it.
 control_socket_disable = True
+# Its access log without the room tokens a query string may carry (serving.redact).
+logger_class = "flashsale.server.gunicorn_conf.RedactingLogger"
 
 # Workers booted since the master loaded this module; shared memory inherited by fork.
 _booted = multiprocessing.Value("i", 0)
+
+
+class Handler(WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
+    """geventwebsocket's handler on gunicorn's (the environ gunicorn's logger reads), its
+    access lines through gunicorn's access log.
+
+    GeventWebSocketWorker's handler logs requests on its own "geventwebsocket.handler" logger,
+    which nothing configures under gunicorn: `serve --workers N --access-log` and
+    FLASHSALE_ACCESS_LOG wrote no access line at all.
+    """
+
+    def log_request(self) -> None:
+        if "101" not in str(self.status):  # a websocket upgrade is logged when it ends
+            PyWSGIHandler.log_request(self)
+
+
+class Worker(GeventWebSocketWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker with websockets (geventwebsocket) and our access lines."""
+
+    wsgi_handler = Handler
+
+
+class RedactingLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger; the access log's request line and query lose their credentials."""
+
+    def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
+        found: dict[str, Any] = super().atoms(resp, req, environ, request_time)
+        for key in ("r", "q", "U"):
+            if isinstance(found.get(key), str):
+                found[key] = redact(found[key])
+        return found
 
 
 def post_worker_init(worker: Any) -> None:
@@ -65,6 +105,7 @@ _SETTINGS = (
     "accesslog",
     "errorlog",
     "control_socket_disable",
+    "logger_class",
     "post_worker_init",
 )
 

@@ -95,7 +95,10 @@ def checkout_csp(session: dict[str, Any], host: str) -> str:
 @bp.get("/session")
 def session_json() -> Response:
     no_query_params()
-    return jsonify(new_session(context()))
+    response = jsonify(new_session(context()))
+    # It carries a fresh credential: no cache may keep it and hand it to the next customer.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/charges")
@@ -153,7 +156,13 @@ def refuse_cross_origin() -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    if urlsplit(origin).netloc.lower() != (request.host or "").lower():
+    allowed = context().settings.allowed_origins
+    parts = urlsplit(origin)
+    given = f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    own = f"{request.scheme}://{(request.host or '').lower()}"
+    # Scheme and host both: http://shop is not https://shop. Behind a proxy that terminates
+    # TLS, FLASHSALE_ALLOWED_ORIGINS names the public origin instead of trusting Host.
+    if given not in allowed and (allowed or given != own):
         raise ApiError(403, "cross_origin", "cross-origin requests are not accepted")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -53,11 +54,24 @@ def load_app(settings: Settings) -> WsgiApp:
     return with_pid_header(create_app(settings))
 
 
+# A room token in a URL (GET /orders/<id>?room_token=...) would be written to the access log.
+CREDENTIAL_IN_QUERY = re.compile(r"(room_token=)[^&\s\"]+")
+
+
+def redact(line: str) -> str:
+    """An access-log line without the credentials a query string may carry."""
+    return CREDENTIAL_IN_QUERY.sub(r"\1[redacted]", line)
+
+
 def serve(settings: Settings, host: str, port: int, access_log: bool = False) -> None:
     """Serve from one process until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
     import gevent
     from gevent import pywsgi
-    from geventwebsocket.handler import WebSocketHandler
+    from geventwebsocket.handler import WebSocketHandler as BaseHandler
+
+    class WebSocketHandler(BaseHandler):  # type: ignore[misc]
+        def format_request(self) -> str:
+            return redact(str(super().format_request()))
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # geventwebsocket logs every request at INFO on its own logger: that is the access log.
