@@ -236,6 +236,9 @@ def serve(
         sale_name=name,
         max_quantity=max_quantity,
     )
+    settings, note = settings.with_served_secret(host)
+    if note:
+        click.echo(f"flashsale serve: {note}", err=True)
     if workers > 1:
         # gunicorn's master stays unpatched; each worker patches gevent before building the app.
         from flashsale.server.serving import serve_workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -14,8 +15,8 @@ SIM_SECRET_KEY = "sk_test_flashsale_simulator"
 SIM_PUBLISHABLE_KEY = "pk_test_flashsale_simulator"
 SIM_API_BASE = "http://127.0.0.1:12111"
 STRIPE_API_BASE = "https://api.stripe.com"
-# A development default so serve and worker agree out of the box; real deployments set their own.
-DEV_SECRET = "flashsale-dev-secret-change-me"
+# Shortest FLASHSALE_SECRET accepted: it signs every room token and /notify call.
+MIN_SECRET_LENGTH = 16
 
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -32,8 +33,9 @@ class Settings:
     # Where the checkout page loads Stripe.js from; empty means "derive from stripe_api_base".
     stripe_js_url: str = ""
     allow_live_stripe: bool = False
-    # Signs room tokens and the /notify HMAC; server and worker must share it.
-    secret: str = DEV_SECRET
+    # Signs room tokens and the /notify HMAC; server and worker must share it. Empty: not set
+    # (a loopback server then makes a one-off one, see with_served_secret; nothing else will).
+    secret: str = ""
     room_token_ttl_s: int = 3600
 
     # Origins whose browsers may POST /charges (scheme://host[:port]); empty: this server's own
@@ -126,6 +128,30 @@ class Settings:
                 "Stripe timeout, or a task waiting to retry is delivered twice"
             )
         return self
+
+    def with_served_secret(self, host: str) -> tuple[Settings, str | None]:
+        """The settings a server on `host` runs with, and what to tell its operator.
+
+        A public constant once signed every token: knowing a customer id was enough to read
+        their order, replay their results into one's own socket and sign /notify. Off
+        loopback a secret must be set; on loopback a missing one is made up for this run.
+        """
+        if self.secret:
+            if len(self.secret) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"FLASHSALE_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+                )
+            return self, None
+        if host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"serving on {host} needs FLASHSALE_SECRET (it signs room tokens and /notify): "
+                "set a long random one, shared by every server process and worker"
+            )
+        made = dataclasses.replace(self, secret=secrets.token_urlsafe(32))
+        return made, (
+            "no FLASHSALE_SECRET set: using a one-off secret for this run (room tokens end with "
+            "it; set FLASHSALE_SECRET to share one with other servers and --notify http workers)"
+        )
 
     @property
     def stripe_mode(self) -> str:

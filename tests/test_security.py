@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline_fixtures import TEST_SECRET, Pipeline, receive_results
 
 from flashsale.core import events, signing
 from flashsale.ops.plan import parse_plan
-from flashsale.ops.processes import flashsale_argv
+from flashsale.ops.processes import Child, flashsale_argv
 from flashsale.ops.rehearse import Rehearsal
 from flashsale.settings import SIM_SECRET_KEY, Settings
 
@@ -270,3 +271,63 @@ def test_a_token_from_a_server_whose_clock_runs_ahead_is_accepted_within_leeway(
     assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, 25), 3600) == customer
     assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, 120), 3600) is None
     assert signing.verify_room_token(TEST_SECRET, token_signed_at(customer, -3601), 3600) is None
+
+
+def without_secret() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "FLASHSALE_SECRET"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["serve", "--host", "0.0.0.0", "--port", "0"],
+            "serving on 0.0.0.0 needs FLASHSALE_SECRET",
+        ),
+        (["worker", "--notify", "http"], "--notify http needs FLASHSALE_SECRET"),
+    ],
+)
+def test_no_public_secret_off_loopback_or_for_notify(argv: list[str], says: str) -> None:
+    """There is no built-in secret any more: the old public constant let anyone who knew a
+    customer id read their order and sign /notify."""
+    done = subprocess.run(
+        flashsale_argv(*argv),
+        env={**without_secret(), "FLASHSALE_REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_gunicorn_entry_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    done = subprocess.run(
+        [str(gunicorn), "-c", "python:flashsale.server.gunicorn_conf", "flashsale.server.wsgi:app"],
+        env={**without_secret(), "PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "FLASHSALE_SECRET is not set" in done.stdout + done.stderr
+
+
+def test_a_loopback_server_without_a_secret_makes_a_one_off_one(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Its tokens open nothing anywhere else, and it says so."""
+    child = Child(
+        "server-no-secret",
+        flashsale_argv("serve", "--port", "0", "--sku", "NO-SECRET"),
+        tmp_path / "server.log",
+        env={k: v for k, v in pipeline.env.items() if k != "FLASHSALE_SECRET"},
+    ).start()
+    try:
+        url = child.wait_listening()
+        assert "using a one-off secret for this run" in child.log_text()
+        token = pipeline.http.get(f"{url}/session").json()["room_token"]
+        assert signing.verify_room_token(TEST_SECRET, token, 3600) is None
+    finally:
+        child.stop()

@@ -385,3 +385,21 @@ def test_the_access_log_never_holds_a_room_token(pipeline: Pipeline, workers: st
         assert time.monotonic() < deadline, server.log_text()[-2000:]
         time.sleep(0.05)
     assert token not in server.log_text()
+
+
+def test_a_signed_notify_is_good_once_and_only_while_fresh(
+    http: FlaskClient, session: dict[str, Any]
+) -> None:
+    """A captured /notify call can be neither replayed nor sent again later."""
+    order_id = charge(http, session)
+    body = json.dumps({"order_id": order_id}).encode()
+    signature = signing.sign_body(TEST_SECRET, body)
+    headers = {"Content-Type": "application/json", signing.SIGNATURE_HEADER: signature}
+    assert_error(http.post("/notify", data=body, headers=headers), 409, "not_final")
+    assert_error(http.post("/notify", data=body, headers=headers), 403, "replayed_signature")
+    stale = signing.sign_body(TEST_SECRET, body, now=time.time() - signing.NOTIFY_MAX_AGE_S - 5)
+    headers[signing.SIGNATURE_HEADER] = stale
+    assert_error(http.post("/notify", data=body, headers=headers), 403, "bad_signature")
+    ahead = signing.sign_body(TEST_SECRET, body, now=time.time() + 10)  # within clock leeway
+    headers[signing.SIGNATURE_HEADER] = ahead
+    assert_error(http.post("/notify", data=body, headers=headers), 409, "not_final")

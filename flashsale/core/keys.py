@@ -33,6 +33,11 @@ def state_counts() -> str:
     return f"{PREFIX}counts"
 
 
+def notify_seen(nonce: str) -> str:
+    """A /notify signature's nonce, kept past its age limit so it is accepted once."""
+    return f"{PREFIX}notify-seen:{nonce[:64]}"
+
+
 def sku_state_counts(sku: str) -> str:
     """Orders per state of one sale (several sales can share a Redis)."""
     return f"{PREFIX}counts:{sku}"

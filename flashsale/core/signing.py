@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import secrets
 import time
+from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
@@ -41,13 +43,50 @@ def verify_room_token(secret: str, token: object, max_age_s: int) -> str | None:
     return customer_id if isinstance(customer_id, str) else None
 
 
-def sign_body(secret: str, body: bytes) -> str:
-    """The X-Flashsale-Signature value of a /notify body."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
+# A signed /notify call is good this long after it was signed (and seen once: see verify_body).
+NOTIFY_MAX_AGE_S = 300
 
 
-def verify_body(secret: str, body: bytes, signature: str | None) -> bool:
-    if not signature:
-        return False
-    return hmac.compare_digest(sign_body(secret, body), signature)
+def sign_body(secret: str, body: bytes, now: float | None = None, nonce: str | None = None) -> str:
+    """The X-Flashsale-Signature of a /notify body: `t=<unix>,n=<nonce>,sha256=<hex>`, the HMAC
+    over "t.n.body", so a captured call cannot be replayed later or sent twice."""
+    stamp = int(time.time() if now is None else now)
+    nonce = nonce or secrets.token_hex(8)
+    return f"t={stamp},n={nonce},sha256={_digest(secret, stamp, nonce, body)}"
+
+
+def _digest(secret: str, stamp: int, nonce: str, body: bytes) -> str:
+    signed = f"{stamp}.{nonce}.".encode() + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A /notify signature that verified: its nonce is for the caller's seen-once check."""
+
+    stamp: int
+    nonce: str
+
+
+def verify_body(
+    secret: str, body: bytes, signature: str | None, now: float | None = None
+) -> Signature | None:
+    """The signature, when it is genuine for this body and at most NOTIFY_MAX_AGE_S old (with
+    CLOCK_LEEWAY_S for a signer ahead); None otherwise. Refusing a nonce seen before is the
+    caller's (it needs shared state)."""
+    if not signature or len(signature) > 200:
+        return None
+    parts = dict(part.partition("=")[::2] for part in signature.split(","))
+    try:
+        stamp = int(parts.get("t", ""))
+    except ValueError:
+        return None
+    nonce, given = parts.get("n", ""), parts.get("sha256", "")
+    if not nonce or not given:
+        return None
+    age = (time.time() if now is None else now) - stamp
+    if not -CLOCK_LEEWAY_S <= age <= NOTIFY_MAX_AGE_S:
+        return None
+    if not hmac.compare_digest(_digest(secret, stamp, nonce, body), given):
+        return None
+    return Signature(stamp, nonce)

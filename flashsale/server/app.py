@@ -11,6 +11,7 @@ from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
 from flashsale.core import events, inventory, store
+from flashsale.errors import ConfigError
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
@@ -49,6 +50,8 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
 
     The gevent async mode needs `gevent.monkey.patch_all()` to have run first in the process.
     """
+    if not settings.secret:
+        raise ConfigError("the server needs a secret: see Settings.with_served_secret")
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, SECRET_KEY=settings.secret)
     app.json.sort_keys = False  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Blueprint, Response, jsonify, render_template, request
 
-from flashsale.core import events, inventory, orders, signing
+from flashsale.core import events, inventory, keys, orders, signing
 from flashsale.errors import SoldOut
 from flashsale.server.context import ServerContext, context
 from flashsale.server.validation import ApiError, check_fields, is_uuid, json_body, parse_charge
@@ -190,12 +190,20 @@ def notify() -> Response:
     """The worker's signed HTTP hop: emit the order's stored result to its customer's room."""
     ctx = context()
     body = request.get_data(cache=True)
-    if not signing.verify_body(
+    signature = signing.verify_body(
         ctx.settings.secret, body, request.headers.get(signing.SIGNATURE_HEADER)
-    ):
+    )
+    if signature is None:
         raise ApiError(
-            403, "bad_signature", "notify requests must be signed with the shared secret"
+            403,
+            "bad_signature",
+            "notify requests must be signed with the shared secret, within "
+            f"{signing.NOTIFY_MAX_AGE_S} s",
         )
+    # Seen once: a captured call sent again (within its age limit) changes nothing.
+    seen = keys.notify_seen(signature.nonce)
+    if not ctx.redis.set(seen, signature.stamp, nx=True, ex=2 * signing.NOTIFY_MAX_AGE_S):
+        raise ApiError(403, "replayed_signature", "this signed notify call was already made")
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json")
     data = json_body(request)

@@ -11,7 +11,17 @@ monkey.patch_all()
 
 import os  # noqa: E402
 
+from flashsale.errors import ConfigError  # noqa: E402
 from flashsale.server.serving import load_app  # noqa: E402
 from flashsale.settings import Settings  # noqa: E402
 
-app = load_app(Settings.from_env(os.environ).checked())
+settings = Settings.from_env(os.environ).checked()
+if not settings.secret:
+    # This entry serves whatever gunicorn binds (the Procfile: 0.0.0.0): never on a made-up or
+    # a public secret.
+    raise ConfigError(
+        "FLASHSALE_SECRET is not set: the gunicorn entry needs it (it signs room tokens and "
+        "/notify; server processes and workers must share it)"
+    )
+settings, _ = settings.with_served_secret("0.0.0.0")
+app = load_app(settings)

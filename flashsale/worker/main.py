@@ -19,6 +19,7 @@ from flashsale.errors import ComponentFailed, ConfigError
 from flashsale.settings import Settings
 from flashsale.worker import READY_LINE
 from flashsale.worker.app import create_celery
+from flashsale.worker.notify import require_notify_secret
 from flashsale.worker.sweeper import PendingSweeper
 from flashsale.worker.tasks import BUDGET_MAX_WAIT_S
 from flashsale.worker.watchdog import ConsumerWatchdog
@@ -71,6 +72,7 @@ def run_worker(
     return normally and the process exit 0, hiding the failure from any supervisor).
     """
     check_stall_timeout(settings, stall_timeout_s)
+    require_notify_secret(settings)  # before Redis: a setup mistake is said first
     store.check(store.connect(settings.redis_url))
     app = create_celery(settings)
     quiet_task_lines(loglevel)

@@ -11,6 +11,7 @@ import socketio
 from flashsale.core import events, inventory, signing, store
 from flashsale.core.orders import Order
 from flashsale.core.stock_feed import StockFeed
+from flashsale.errors import ConfigError
 from flashsale.settings import Settings
 
 
@@ -75,7 +76,16 @@ class HttpNotifier:
         """Nothing to do: the server broadcasts the stock when /notify brings a released order."""
 
 
+def require_notify_secret(settings: Settings) -> None:
+    """--notify http signs every call with the server's secret: without one, refuse to start."""
+    if settings.notify == "http" and not settings.secret:
+        raise ConfigError(
+            "--notify http needs FLASHSALE_SECRET, the one the server has: it signs /notify"
+        )
+
+
 def make_notifier(settings: Settings) -> Notifier:
+    require_notify_secret(settings)
     if settings.notify == "http":
         return HttpNotifier(settings.server_url, settings.secret)
     return QueueNotifier(settings.redis_url)
