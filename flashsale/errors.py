@@ -71,4 +71,10 @@ class StripeAuthError(PaymentError):
 
 
 class StripeUnavailable(PaymentError):
-    pass
+    """Stripe gave no answer worth keeping. `outcome_known`: it certainly did not process the
+    request (429, or no connection); otherwise (a timeout, a cut connection, a 5xx, another
+    request with the key in flight) it may have committed it, and only Stripe can say."""
+
+    def __init__(self, message: str, outcome_known: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_known = outcome_known

@@ -22,11 +22,15 @@ Rule = Callable[[str, str, int], bool]  # (method, path, how many such requests 
 
 class FaultProxy:
     """`with FaultProxy(backend, rule) as proxy:` serves on proxy.url; proxy.shed counts the
-    503s it answered by "METHOD path"."""
+    errors (503 unless `status` says otherwise, with `headers`) it answered by "METHOD path"."""
 
-    def __init__(self, backend: str, rule: Rule) -> None:
+    def __init__(
+        self, backend: str, rule: Rule, *, status: int = 503, headers: dict[str, str] | None = None
+    ) -> None:
         self.backend = backend.rstrip("/")
         self.rule = rule
+        self.status = status
+        self.headers = headers or {}
         self.seen: Counter[str] = Counter()
         self.shed: Counter[str] = Counter()
         self.port = free_port()
@@ -75,7 +79,8 @@ class FaultProxy:
             self.shed[name] += 1
             return web.json_response(
                 {"error": {"code": "service_unavailable", "message": "shed by the proxy"}},
-                status=503,
+                status=self.status,
+                headers=self.headers,
             )
         target = self.backend + str(request.rel_url)
         if request.headers.get("Upgrade", "").lower() == "websocket":

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import stripe
+from fault_proxy import FaultProxy
 
 from flashsale.core import events, payments
 from flashsale.core.orders import Order
@@ -93,23 +94,44 @@ def test_a_refused_key_raises_stripe_auth_error(stripe_sim: str) -> None:
 
 
 def test_server_errors_and_rate_limits_ask_for_a_retry(stripe_sim: str) -> None:
+    """A 500 may hide a committed charge (outcome unknown); a 429 was refused before any work."""
     client = payments.make_client(settings_for(stripe_sim))
     order = order_with(tokenize(stripe_sim))
     httpx.post(f"{stripe_sim}/_sim/config", json={"error_rate": 1.0}).raise_for_status()
-    with pytest.raises(StripeUnavailable, match="500"):
+    with pytest.raises(StripeUnavailable, match="500") as server_error:
         payments.charge_order(client, order)
+    assert server_error.value.outcome_known is False
     httpx.post(
         f"{stripe_sim}/_sim/config", json={"error_rate": 0.0, "rate_limit": "1"}
     ).raise_for_status()
-    with pytest.raises(StripeUnavailable, match="429"):
+    with pytest.raises(StripeUnavailable, match="429") as limited:
         for _ in range(5):
             payments.charge_order(client, order_with(tokenize(stripe_sim)))
+    assert limited.value.outcome_known is True
 
 
-def test_an_unreachable_stripe_asks_for_a_retry() -> None:
+def test_a_5xx_stripe_says_not_to_retry_is_still_no_final_answer(stripe_sim: str) -> None:
+    """Stripe-Should-Retry: false on a 500 means a replay returns the same 500, not that nothing
+    was charged: the order must not be failed (and its unit released) on it."""
+    order = order_with(tokenize(stripe_sim))
+    with FaultProxy(
+        stripe_sim,
+        lambda method, path, _: method == "POST" and path == "/v1/charges",
+        status=500,
+        headers={"Stripe-Should-Retry": "false"},
+    ) as proxy:
+        client = payments.make_client(settings_for(proxy.url))
+        with pytest.raises(StripeUnavailable, match="500") as error:
+            payments.charge_order(client, order)
+    assert error.value.outcome_known is False
+    assert proxy.shed["POST /v1/charges"] == 1
+
+
+def test_an_unreachable_stripe_asks_for_a_retry_and_nothing_was_charged() -> None:
     client = payments.make_client(settings_for(f"http://127.0.0.1:{free_port()}"))
-    with pytest.raises(StripeUnavailable, match="APIConnectionError"):
+    with pytest.raises(StripeUnavailable, match="APIConnectionError") as refused:
         payments.charge_order(client, order_with("tok_visa"))
+    assert refused.value.outcome_known is True
 
 
 def test_a_request_stripe_will_never_accept_fails_without_retry(stripe_sim: str) -> None:
@@ -141,8 +163,9 @@ def test_a_stripe_slower_than_the_timeout_asks_for_a_retry_and_the_retry_replays
     client = payments.make_client(settings_for(stripe_sim, stripe_timeout_s=0.3))
     order = order_with(tokenize(stripe_sim))
     httpx.post(f"{stripe_sim}/_sim/config", json={"latency": "1s"}).raise_for_status()
-    with pytest.raises(StripeUnavailable, match="ReadTimeoutError"):
+    with pytest.raises(StripeUnavailable, match="ReadTimeoutError") as timed_out:
         payments.charge_order(client, order)
+    assert timed_out.value.outcome_known is False
     httpx.post(f"{stripe_sim}/_sim/config", json={"latency": "0"}).raise_for_status()
     retried = None
     for _ in range(50):  # Stripe answers 409 while the first attempt is still in flight

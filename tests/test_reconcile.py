@@ -41,13 +41,20 @@ def place(sale: dict[str, Any], customer: str) -> orders.Order:
     return placement.order
 
 
-def charge(sale: dict[str, Any], order_id: str, *, key: str, amount: int = PRICE) -> str:
+def charge(
+    sale: dict[str, Any],
+    order_id: str,
+    *,
+    key: str,
+    amount: int = PRICE,
+    metadata: dict[str, str] | None = None,
+) -> str:
     created = sale["stripe"].v1.charges.create(
         params={
             "amount": amount,
             "currency": "usd",
             "source": "tok_visa",
-            "metadata": {"order_id": order_id},
+            "metadata": {"order_id": order_id, **(metadata or {})},
         },
         options={"idempotency_key": key},
     )
@@ -132,6 +139,51 @@ def test_seeded_discrepancies_are_each_found(sale: dict[str, Any]) -> None:
     assert result["units_reserved"] == 1
     assert result["stock_left"] == 5
     assert result["stock_unaccounted"] == 0
+
+
+def test_charges_whose_orders_redis_lost_still_count_against_the_stock(
+    sale: dict[str, Any],
+) -> None:
+    """Redis lost 4 paid orders of this SKU (no AOF, a restart): the server sold 8 more of 10.
+    Stripe's ledger says 12 units went: reconcile reports 2 oversold, not a clean sale."""
+    lost = [
+        charge(sale, f"ord_lost_{n}", key=f"k-lost-{n}", metadata={"sku": SKU, "quantity": "1"})
+        for n in range(4)
+    ]
+    refunded = charge(sale, "ord_lost_r", key="k-lost-r", metadata={"sku": SKU, "quantity": "1"})
+    sale["stripe"].v1.refunds.create(params={"charge": refunded})
+    other_sku = charge(
+        sale, "ord_lost_o", key="k-lost-o", metadata={"sku": "OTHER", "quantity": "3"}
+    )
+    for n in range(8):
+        paid = place(sale, f"buyer{n}")
+        orders.finalize(
+            sale["redis"],
+            paid.order_id,
+            orders.SUCCEEDED,
+            charge_id=charge(sale, paid.order_id, key=f"k-buyer-{n}"),
+        )
+
+    code, result = run_reconcile(sale)
+
+    assert code == 1
+    assert sorted(result["charges_without_order"]) == sorted([*lost, refunded, other_sku])
+    # The refunded charge and the other SKU's do not take this SKU's units.
+    assert result["units_charged_without_order"] == 4
+    assert result["units_sold"] == 8
+    assert result["oversold"] == 2
+    assert result["discrepancies"]["oversold_units"] == 2
+
+
+def test_orders_closed_without_stripe_answer_are_listed(sale: dict[str, Any]) -> None:
+    unanswered = place(sale, "unanswered")
+    orders.finalize(sale["redis"], unanswered.order_id, orders.FAILED, code=orders.NO_STRIPE_ANSWER)
+
+    code, result = run_reconcile(sale)
+
+    assert code == 1
+    assert result["orders_closed_without_answer"] == [unanswered.order_id]
+    assert result["discrepancies"]["orders_closed_without_stripe_answer"] == 1
 
 
 def test_unreachable_redis_is_one_clear_line(stripe_sim: str) -> None:

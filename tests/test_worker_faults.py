@@ -10,6 +10,7 @@ import pytest
 from pipeline_fixtures import Pipeline, receive_results
 
 from flashsale.core import inventory, orders
+from flashsale.ops.processes import free_port
 
 # Short timings so redelivery after a kill happens within seconds: the visibility timeout must
 # still exceed the longest backoff plus the Stripe timeout (Settings.checked enforces it).
@@ -62,28 +63,68 @@ def test_worker_killed_mid_charge_and_restarted_charges_exactly_once(pipeline: P
         assert orders.load_order(client, order_id).attempts >= 2  # it really ran twice
 
 
-def test_stripe_errors_are_retried_then_the_order_fails_and_releases_stock(
-    pipeline: Pipeline,
-) -> None:
+def test_stripe_5xx_leave_the_outcome_unknown_until_stripe_answers(pipeline: Pipeline) -> None:
+    """A 500 from Stripe is indeterminate (docs.stripe.com/error-low-level): the charge may
+    have been made. After the retries the order stays pending with its unit held, and the
+    same idempotent request goes again until Stripe answers; then the customer hears it."""
     session = pipeline.session()
     token = pipeline.tokenize()
     stock_before = session["sale"]["stock_left"]
     errors_before = pipeline.http.get(f"{pipeline.sim_url}/_sim/stats").json()["injected_errors"]
     client = pipeline.connect(session)
     pipeline.sim_config(error_rate=1.0)
+    assert pipeline.worker is not None
     try:
         order_id = pipeline.charge(session, token).json()["order_id"]
-        (result,) = receive_results(client, 1, timeout_s=30)
+        deadline = time.monotonic() + 30
+        while f"order {order_id}: outcome unknown" not in pipeline.worker.log_text():
+            assert time.monotonic() < deadline, pipeline.worker.log_text()[-2000:]
+            time.sleep(0.05)
+        assert pipeline.order(session, order_id).json()["status"] == "pending"
+        assert pipeline.session()["sale"]["stock_left"] == stock_before - 1  # still held
+        retries = [line for line in pipeline.worker.log_text().splitlines() if order_id in line]
+        assert [("retry 1 of 2" in line, "retry 2 of 2" in line) for line in retries[:2]] == [
+            (True, False),
+            (False, True),
+        ], retries
     finally:
         pipeline.sim_config(error_rate=0.0)
+    try:
+        (result,) = receive_results(client, 1, timeout_s=30)
+    finally:
         client.disconnect()
+    assert (result["order_id"], result["status"]) == (order_id, "succeeded")
+    stats = pipeline.http.get(f"{pipeline.sim_url}/_sim/stats").json()
+    assert stats["injected_errors"] - errors_before >= 3  # the first try + --max-retries 2
+    assert len(pipeline.sim_charges(order_id)) == 1
+    with pipeline.redis() as redis_client:
+        assert orders.load_order(redis_client, order_id).outcome_unknown
+
+
+def test_charges_that_never_reached_stripe_fail_after_the_retries_and_release_stock(
+    pipeline: Pipeline,
+) -> None:
+    """No connection to Stripe at all: nothing can have been charged, so after the retries
+    the order fails as stripe_unavailable and gives its unit back."""
+    assert pipeline.worker is not None
+    pipeline.worker.stop()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    cut_off = pipeline.start_worker(*WORKER_FLAGS, env={"STRIPE_API_BASE": nowhere})
+    session = pipeline.session()
+    stock_before = session["sale"]["stock_left"]
+    client = pipeline.connect(session)
+    try:
+        order_id = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+        (result,) = receive_results(client, 1, timeout_s=30)
+        log = cut_off.log_text()
+    finally:
+        client.disconnect()
+        cut_off.stop()
+        pipeline.start_worker(*WORKER_FLAGS)
     assert result["order_id"] == order_id
     assert (result["status"], result["code"]) == ("failed", "stripe_unavailable")
-    stats = pipeline.http.get(f"{pipeline.sim_url}/_sim/stats").json()
-    assert stats["injected_errors"] - errors_before == 3  # the first try + --max-retries 2
     assert pipeline.sim_charges(order_id) == []
-    assert pipeline.worker is not None
-    retries = [line for line in pipeline.worker.log_text().splitlines() if order_id in line]
+    retries = [line for line in log.splitlines() if order_id in line]
     assert [("retry 1 of 2" in line, "retry 2 of 2" in line) for line in retries[:2]] == [
         (True, False),
         (False, True),

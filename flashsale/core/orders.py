@@ -40,6 +40,8 @@ SUCCEEDED = events.SUCCEEDED
 DECLINED = events.DECLINED
 FAILED = events.FAILED
 STATES = (PENDING, SUCCEEDED, DECLINED, FAILED)
+# The code of an order failed without Stripe's answer (it never came; see worker settle_later).
+NO_STRIPE_ANSWER = "stripe_no_answer"
 FINAL_STATES = events.FINAL_STATUSES
 # The whole state machine: an order is pending until it gets exactly one final state.
 TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
@@ -154,6 +156,8 @@ class Order:
     decline_code: str | None = None
     message: str | None = None
     released: bool = False
+    # A charge attempt ended without Stripe's answer (timeout, 5xx): Stripe may have charged.
+    outcome_unknown: bool = False
 
     @property
     def final(self) -> bool:
@@ -199,6 +203,7 @@ class Order:
             decline_code=optional("decline_code"),
             message=optional("message"),
             released=data.get("released") == "1",
+            outcome_unknown=data.get("outcome_unknown") == "1",
         )
 
 
@@ -281,6 +286,11 @@ def load_order(redis: Redis, order_id: str) -> Order:
 def find_order(redis: Redis, order_id: str) -> Order | None:
     data: dict[str, str] = redis.hgetall(keys.order(order_id))  # type: ignore[assignment]
     return Order.from_hash(data) if data else None
+
+
+def mark_outcome_unknown(redis: Redis, order_id: str) -> None:
+    """Remember that Stripe may have charged this order: it must not be failed on a guess."""
+    redis.hset(keys.order(order_id), "outcome_unknown", "1")
 
 
 def record_attempt(redis: Redis, order_id: str) -> int:

@@ -176,8 +176,10 @@ def charge_order(client: stripe.StripeClient, order: Order) -> ChargeOutcome:
             f"Stripe refused the secret key ({error.http_status}): {_message(error)}"
         ) from error
     except stripe.StripeError as error:
-        if _should_retry(error):
-            raise StripeUnavailable(_describe(error)) from error
+        # A 5xx is never a final answer, even one Stripe says not to retry: the charge may
+        # have been made (docs.stripe.com/error-low-level treats a 500 as indeterminate).
+        if _should_retry(error) or (error.http_status or 0) >= 500:
+            raise StripeUnavailable(_describe(error), not_processed(error)) from error
         return ChargeOutcome(
             status=events.FAILED, code=error.code or _error_type(error), message=_message(error)
         )
@@ -190,6 +192,18 @@ def charge_order(client: stripe.StripeClient, order: Order) -> ChargeOutcome:
             message=charge.get("failure_message"),
         )
     return ChargeOutcome(status=events.SUCCEEDED, charge_id=charge["id"])
+
+
+def not_processed(error: stripe.StripeError) -> bool:
+    """Whether Stripe certainly did not act on the request: a 429 (refused before any work),
+    or a connection that was never made. A timeout, a dropped answer or a 5xx leave the outcome
+    unknown (docs.stripe.com/error-low-level: retry with the same Idempotency-Key to learn it)."""
+    if isinstance(error, stripe.RateLimitError) or error.http_status == 429:
+        return True
+    cause = error.__cause__ or error.__context__
+    return isinstance(error, stripe.APIConnectionError) and isinstance(
+        cause, urllib3.exceptions.NewConnectionError
+    )
 
 
 def _should_retry(error: stripe.StripeError) -> bool:

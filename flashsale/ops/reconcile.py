@@ -26,6 +26,8 @@ class ChargeRecord:
     status: str
     amount: int
     refunded: bool
+    sku: str | None = None
+    quantity: int = 0
 
     @classmethod
     def from_stripe(cls, charge: Any) -> ChargeRecord:
@@ -38,6 +40,8 @@ class ChargeRecord:
             status=charge.get("status", ""),
             amount=int(charge.get("amount", 0)),
             refunded=bool(charge.get("refunded", False)),
+            sku=metadata.get("sku") or None,
+            quantity=_whole(metadata.get("quantity")),
         )
 
 
@@ -54,6 +58,9 @@ class Reconciliation:
     stock_left: int = 0
     units_sold: int = 0
     units_reserved: int = 0
+    # Succeeded charges of this sale that no order explains (Redis lost them): sold all the
+    # same, so they count against the stock.
+    units_charged_without_order: int = 0
     # Discrepancies: each a list of ids (or id pairs) so the report says exactly which.
     orders_without_charge: list[str] = field(default_factory=list)
     charges_without_order: list[str] = field(default_factory=list)
@@ -62,12 +69,14 @@ class Reconciliation:
     charge_succeeded_order_not_succeeded: list[str] = field(default_factory=list)
     amount_mismatches: list[str] = field(default_factory=list)
     customers_without_final_result: list[str] = field(default_factory=list)
+    # Orders the worker closed as failed without Stripe ever answering (stripe_no_answer).
+    orders_closed_without_answer: list[str] = field(default_factory=list)
 
     @property
     def oversold(self) -> int:
         if self.stock_initial is None:
             return 0
-        return max(0, self.units_sold - self.stock_initial)
+        return max(0, self.units_sold + self.units_charged_without_order - self.stock_initial)
 
     @property
     def stock_unaccounted(self) -> int:
@@ -86,6 +95,7 @@ class Reconciliation:
             "charge_succeeded_order_not_succeeded": len(self.charge_succeeded_order_not_succeeded),
             "amount_mismatches": len(self.amount_mismatches),
             "customers_without_final_result": len(self.customers_without_final_result),
+            "orders_closed_without_stripe_answer": len(self.orders_closed_without_answer),
             "oversold_units": self.oversold,
             "stock_unaccounted_units": abs(self.stock_unaccounted),
         }
@@ -149,15 +159,27 @@ def reconcile(
             result.charge_succeeded_order_not_succeeded.append(order.order_id)
         if any(c.amount != order.amount for c in found):
             result.amount_mismatches.append(order.order_id)
+        if order.code == orders.NO_STRIPE_ANSWER:
+            result.orders_closed_without_answer.append(order.order_id)
     result.orders_by_state = dict(states)
     result.customers_without_final_result = sorted(pending_customers)
-    result.charges_without_order = sorted(
-        charge.charge_id
-        for order_id, found in by_order.items()
-        if order_id not in seen
-        for charge in found
+    orphans = [
+        charge for order_id, found in by_order.items() if order_id not in seen for charge in found
+    ]
+    result.charges_without_order = sorted(charge.charge_id for charge in orphans)
+    result.units_charged_without_order = sum(
+        charge.quantity
+        for charge in orphans
+        if charge.sku == sku and charge.status == "succeeded" and not charge.refunded
     )
     return result
+
+
+def _whole(value: object) -> int:
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
 
 
 def iter_charges(client: stripe.StripeClient) -> Iterator[ChargeRecord]:

@@ -33,6 +33,11 @@ def reconciliation_table(rec: Reconciliation) -> Table:
         f"{rec.charges} charges ({_counts(rec.charges_by_status)}); "
         f"sold {rec.units_sold} of {rec.stock_initial if rec.stock_initial is not None else '?'}"
         f", {rec.stock_left} left"
+        + (
+            f"; {rec.units_charged_without_order} more charged by orders Redis no longer has"
+            if rec.units_charged_without_order
+            else ""
+        )
     )
     return table
 
@@ -50,6 +55,7 @@ def reconciliation_details(rec: Reconciliation, limit: int = 10) -> RenderableTy
         "charge succeeded, order not": rec.charge_succeeded_order_not_succeeded,
         "amount mismatches": rec.amount_mismatches,
         "customers without a final result": rec.customers_without_final_result,
+        "closed without Stripe's answer": rec.orders_closed_without_answer,
     }
     for name, ids in listed.items():
         for item in ids[:limit]:

@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,12 @@ INFRASTRUCTURE_ERRORS = (redis.RedisError, httpx.HTTPError)
 POISON_ERRORS = (KeyError, ValueError, TypeError, OrderNotFound, InvalidTransition)
 # A thread waits this long at most for its Stripe slot; past it the task comes back later.
 BUDGET_MAX_WAIT_S = 5.0
+# Stripe keeps an Idempotency-Key at least 24 hours: replays of an unanswered charge stop an
+# hour before that (a replay after it would charge again), and the order is closed, as
+# NO_ANSWER, a day after that.
+REPLAY_WINDOW_S = 23 * 3600
+CLOSE_AFTER_S = 48 * 3600
+NO_ANSWER = orders.NO_STRIPE_ANSWER
 
 
 @dataclass
@@ -135,6 +142,51 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         context.notifier.notify(order)
         return order
 
+    def settle_later(task: Task, order: orders.Order, error: Exception) -> str:
+        """Stripe may have charged: keep the order pending (its unit held, the customer told
+        pending) and ask Stripe again with the same idempotent request until it answers.
+
+        A replay returns what Stripe committed, or makes the charge now if Stripe never got
+        the first. Replays stop before Stripe forgets the Idempotency-Key (REPLAY_WINDOW_S);
+        after CLOSE_AFTER_S the order is failed as stripe_no_answer, which reconcile lists.
+        """
+        age = time.time() - order.created_at
+        if age > CLOSE_AFTER_S:
+            store_and_notify(
+                order.order_id,
+                ChargeOutcome(
+                    status=events.FAILED,
+                    code=NO_ANSWER,
+                    message="The payment service never confirmed this payment.",
+                ),
+                order.sku,
+            )
+            log.error("order %s closed without Stripe's answer after %.0fs", order.order_id, age)
+            return NO_ANSWER
+        if age > REPLAY_WINDOW_S:
+            log.error(
+                "order %s: no answer from Stripe and its Idempotency-Key is about to expire: "
+                "not replayed, left pending for reconcile (%s)",
+                order.order_id,
+                error,
+            )
+            return "unknown"
+        countdown = max(1.0, settings.retry_backoff_max_s)
+        log.warning(
+            "order %s: outcome unknown after %d tries (%s); it stays pending and its unit held; "
+            "the same idempotent request goes again in %.0fs",
+            order.order_id,
+            task.request.retries + 1,
+            error,
+            countdown,
+        )
+        create_charge.apply_async(
+            countdown=countdown,
+            retries=settings.charge_max_retries,  # one try per round from now on
+            **jobs.publish_options(order.order_id),
+        )
+        return "unknown"
+
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
     def process_response(
         self: Task, order_id: str, outcome: dict[str, Any], sku: str | None = None
@@ -202,17 +254,23 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 message="The payment service is not configured correctly.",
             )
         except StripeUnavailable as error:
-            if self.request.retries >= settings.charge_max_retries:
-                log.warning(
-                    "order %s failed after %d retries: %s", order_id, self.request.retries, error
-                )
-                outcome = ChargeOutcome(
-                    status=events.FAILED,
-                    code="stripe_unavailable",
-                    message=f"Payment service unavailable after {self.request.retries} retries.",
-                )
-            else:
+            unknown = order.outcome_unknown or not error.outcome_known
+            if unknown and not order.outcome_unknown:
+                orders.mark_outcome_unknown(context.redis, order_id)
+            if self.request.retries < settings.charge_max_retries:
                 raise retry_later(self, order_id, error) from error
+            if unknown:
+                return settle_later(self, order, error)
+            # Every try was refused before Stripe did anything (429s, no connection): nothing
+            # was charged, so failing the order is the truth.
+            log.warning(
+                "order %s failed after %d retries: %s", order_id, self.request.retries, error
+            )
+            outcome = ChargeOutcome(
+                status=events.FAILED,
+                code="stripe_unavailable",
+                message=f"Payment service unavailable after {self.request.retries} retries.",
+            )
         # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
         # that part on a storage or notify hiccup, so a charge is never made again for it.
         process_response.apply_async(
