@@ -198,6 +198,13 @@ def pipeline_options(command: Any) -> Any:
     type=click.IntRange(1, 100),
     help=f"Most units one order may take [{DEFAULTS.max_quantity}].",
 )
+@click.option(
+    "--stock-from-ledger/--ignore-ledger",
+    default=None,
+    help="When Redis has no stock for the SKU, open the sale net of the units Stripe's ledger "
+    "already charged for it (Redis lost its data); --ignore-ledger opens a fresh sale of a "
+    "SKU that sold before [stock-from-ledger; env FLASHSALE_STOCK_FROM_LEDGER=0 ignores].",
+)
 @click.option("--access-log", is_flag=True, help="Log every HTTP request.")
 @click.option(
     "--workers",
@@ -216,6 +223,7 @@ def serve(
     sku: str | None,
     name: str | None,
     max_quantity: int | None,
+    stock_from_ledger: bool | None,
     access_log: bool,
     workers: int,
     redis_url: str | None,
@@ -235,6 +243,7 @@ def serve(
         sale_sku=sku,
         sale_name=name,
         max_quantity=max_quantity,
+        stock_from_ledger=stock_from_ledger,
     )
     settings, note = settings.with_served_secret(host)
     if note:

@@ -48,6 +48,9 @@ class Settings:
     sale_currency: str = "usd"
     sale_stock: int = 500
     max_quantity: int = 5
+    # When Redis has no stock for the sale, open it net of the units Stripe's ledger already
+    # charged for the SKU, so a Redis that lost its data cannot sell them again.
+    stock_from_ledger: bool = True
 
     notify: str = "queue"  # "queue": emit via the Redis message queue; "http": POST /notify
     server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
@@ -94,6 +97,8 @@ class Settings:
             sale_price=_int_env(environ, "FLASHSALE_PRICE", defaults.sale_price),
             sale_currency=(environ.get("FLASHSALE_CURRENCY") or defaults.sale_currency).lower(),
             sale_stock=_int_env(environ, "FLASHSALE_STOCK", defaults.sale_stock),
+            stock_from_ledger=environ.get("FLASHSALE_STOCK_FROM_LEDGER", "1").lower()
+            not in ("0", "false", "no", "off"),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -13,7 +13,12 @@ from flashsale.settings import Settings
 
 
 def client_for(redis_url: str, **changes: Any) -> FlaskClient:
-    settings = Settings(redis_url=redis_url, sale_sku="PAGE-1", secret="page-test-secret-1234")
+    settings = Settings(
+        redis_url=redis_url,
+        sale_sku="PAGE-1",
+        secret="page-test-secret-1234",
+        stock_from_ledger=False,  # no Stripe here: these tests are about the page
+    )
     settings = settings.replace(**changes)
     return create_app(settings, async_mode="threading").test_client()
 

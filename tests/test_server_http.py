@@ -27,7 +27,11 @@ from flashsale.settings import Settings
 def http(module_redis_url: str) -> FlaskClient:
     """The app on this module's Redis database; accepted orders simply stay pending."""
     settings = Settings(
-        redis_url=module_redis_url, secret=TEST_SECRET, sale_stock=50, max_quantity=3
+        redis_url=module_redis_url,
+        secret=TEST_SECRET,
+        sale_stock=50,
+        max_quantity=3,
+        stock_from_ledger=False,  # no Stripe here: these tests are about HTTP
     )
     return create_app(settings, async_mode="threading").test_client()
 
@@ -308,7 +312,7 @@ def test_a_redis_failure_is_a_503_whose_log_line_names_route_and_customer(
     url = f"redis://127.0.0.1:{port}/0"
     try:
         wait_for_redis(url, redis_child)
-        settings = Settings(redis_url=url, secret=TEST_SECRET)
+        settings = Settings(redis_url=url, secret=TEST_SECRET, stock_from_ledger=False)
         client = create_app(settings, async_mode="threading").test_client()
         session = new_session(client)
     finally:
@@ -359,6 +363,7 @@ def test_the_origin_check_takes_the_scheme_too(
         redis_url=module_redis_url,
         secret=TEST_SECRET,
         allowed_origins=("https://shop.example",),
+        stock_from_ledger=False,
     )
     proxied = create_app(settings, async_mode="threading").test_client()
     mine = new_session(proxied)

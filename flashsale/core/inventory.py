@@ -26,13 +26,14 @@ _RESERVE = LUA_FUNCTIONS + "return reserve(KEYS[1], tonumber(ARGV[1]))"
 _RELEASE = LUA_FUNCTIONS + "return release(KEYS[1], tonumber(ARGV[1]))"
 
 
-def init_stock(redis: Redis, sku: str, units: int) -> bool:
-    """Set the stock only if the sale has none yet, so a restart never refills it.
+def init_stock(redis: Redis, sku: str, units: int, already_sold: int = 0) -> bool:
+    """Set the stock only if the sale has none yet, so a restart never refills it: `units`
+    for sale, of which `already_sold` are gone (Stripe charged them; see server.sale).
 
     Returns True when this call initialised it.
     """
     pipe = redis.pipeline(transaction=True)
-    pipe.set(keys.stock(sku), units, nx=True)
+    pipe.set(keys.stock(sku), max(0, units - already_sold), nx=True)
     pipe.set(keys.initial_stock(sku), units, nx=True)
     created, _ = pipe.execute()
     return bool(created)

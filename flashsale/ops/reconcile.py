@@ -3,46 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import stripe
 from redis import Redis
 
-from flashsale.core import inventory, orders, payments
-from flashsale.errors import PaymentError, StripeAuthError
+from flashsale.core import inventory, ledger, orders, payments
+from flashsale.core.ledger import ChargeRecord
 from flashsale.settings import Settings
-
-PAGE_SIZE = 100
-
-
-@dataclass(frozen=True)
-class ChargeRecord:
-    """The part of a Stripe charge reconciliation needs."""
-
-    charge_id: str
-    order_id: str | None
-    status: str
-    amount: int
-    refunded: bool
-    sku: str | None = None
-    quantity: int = 0
-
-    @classmethod
-    def from_stripe(cls, charge: Any) -> ChargeRecord:
-        if hasattr(charge, "to_dict"):
-            charge = charge.to_dict()
-        metadata = charge.get("metadata") or {}
-        return cls(
-            charge_id=charge["id"],
-            order_id=metadata.get("order_id") or None,
-            status=charge.get("status", ""),
-            amount=int(charge.get("amount", 0)),
-            refunded=bool(charge.get("refunded", False)),
-            sku=metadata.get("sku") or None,
-            quantity=_whole(metadata.get("quantity")),
-        )
 
 
 @dataclass
@@ -80,10 +49,17 @@ class Reconciliation:
 
     @property
     def stock_unaccounted(self) -> int:
-        """Units that are neither left, reserved by a pending order, nor sold (should be 0)."""
+        """Units that are neither left, reserved by a pending order, nor sold, by an order or by
+        a charge whose order Redis lost (should be 0)."""
         if self.stock_initial is None:
             return 0
-        return self.stock_initial - self.stock_left - self.units_reserved - self.units_sold
+        return (
+            self.stock_initial
+            - self.stock_left
+            - self.units_reserved
+            - self.units_sold
+            - self.units_charged_without_order
+        )
 
     def discrepancies(self) -> dict[str, int]:
         """Each integrity check and how many items fail it (0 = passed)."""
@@ -167,45 +143,14 @@ def reconcile(
         charge for order_id, found in by_order.items() if order_id not in seen for charge in found
     ]
     result.charges_without_order = sorted(charge.charge_id for charge in orphans)
-    result.units_charged_without_order = sum(
-        charge.quantity
-        for charge in orphans
-        if charge.sku == sku and charge.status == "succeeded" and not charge.refunded
-    )
+    result.units_charged_without_order = ledger.sales_of(orphans, sku).units
     return result
-
-
-def _whole(value: object) -> int:
-    try:
-        return max(0, int(str(value)))
-    except ValueError:
-        return 0
-
-
-def iter_charges(client: stripe.StripeClient) -> Iterator[ChargeRecord]:
-    """Page through GET /v1/charges with starting_after, as real Stripe and the simulator serve."""
-    after: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": PAGE_SIZE}
-        if after:
-            params["starting_after"] = after
-        try:
-            page = client.v1.charges.list(params=params)  # type: ignore[arg-type]
-        except stripe.AuthenticationError as error:
-            raise StripeAuthError(f"Stripe refused the secret key: {error.user_message}") from error
-        except stripe.StripeError as error:
-            raise PaymentError(f"listing charges at Stripe failed: {error}") from error
-        for charge in page.data:
-            yield ChargeRecord.from_stripe(charge)
-        if not page.has_more or not page.data:
-            return
-        after = page.data[-1]["id"]
 
 
 def reconcile_live(settings: Settings, redis: Redis) -> Reconciliation:
     """Read every order from Redis and every charge from Stripe, then compare them."""
     client = payments.make_client(settings)
-    charge_list = list(iter_charges(client))
+    charge_list = list(ledger.iter_charges(client))
     return reconcile(
         orders.iter_orders(redis),
         charge_list,

@@ -10,11 +10,12 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_socketio import SocketIO
 from werkzeug.exceptions import HTTPException
 
-from flashsale.core import events, inventory, store
+from flashsale.core import events, store
 from flashsale.errors import ConfigError
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
+from flashsale.server.sale import open_sale
 from flashsale.server.sockets import register_handlers
 from flashsale.server.validation import ApiError, json_body
 from flashsale.settings import Settings
@@ -46,7 +47,7 @@ class CookieSessions(SecureCookieSessionInterface):
 
 
 def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
-    """Build the app: checks Redis, initialises the sale's stock once, wires routes and sockets.
+    """Build the app: checks Redis, opens the sale (server.sale), wires routes and sockets.
 
     The gevent async mode needs `gevent.monkey.patch_all()` to have run first in the process.
     """
@@ -59,7 +60,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
 
     client = store.connect(settings.redis_url)
     store.check(client)
-    inventory.init_stock(client, settings.sale_sku, settings.sale_stock)
+    open_sale(client, settings)
 
     socketio = SocketIO(
         app,
