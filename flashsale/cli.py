@@ -12,10 +12,13 @@ from flashsale.errors import ConfigError, FlashsaleError
 from flashsale.settings import Settings
 
 
-class ConfigClickError(click.ClickException):
-    """A configuration mistake: one line on stderr, exit 2 like a usage error."""
+class FlashsaleClickError(click.ClickException):
+    """One of our errors: one line on stderr, and the error's own exit code (2 for a
+    configuration mistake, like a usage error; 4 when output could not be written)."""
 
-    exit_code = 2
+    def __init__(self, error: FlashsaleError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code  # type: ignore[misc]  # click reads it per instance
 
 
 class FlashsaleGroup(click.Group):
@@ -25,8 +28,7 @@ class FlashsaleGroup(click.Group):
         try:
             return super().invoke(ctx)
         except FlashsaleError as error:
-            kind = ConfigClickError if error.exit_code == 2 else click.ClickException
-            raise kind(str(error)) from None
+            raise FlashsaleClickError(error) from None
 
 
 # The settings' defaults, quoted in the help of flags that fall back to the environment.
@@ -501,8 +503,10 @@ def loadgen(**options: Any) -> None:
 
     Exit codes: 0 all SLOs met, 1 an SLO failed, 2 usage or setup error (including agents
     that did not accept the run), 3 the run is invalid because the generator itself
-    saturated or a generator process or agent was lost. Ctrl-C stops every customer, still
-    writes the report, and exits with the code of what was measured so far.
+    saturated or a generator process or agent was lost, 4 a report could not be written
+    (disk full; written whole or not at all, the figures are still printed). Ctrl-C stops
+    every customer, still writes the report, and exits with the code of what was measured so
+    far.
     """
     from flashsale.loadgen import coordinator, scenario
 
@@ -622,7 +626,9 @@ def rehearse(
     anything starts.
 
     Exit codes: 0 SLOs met and integrity holds, 1 a check failed, 2 usage or setup error,
-    3 the load generator saturated (numbers untrustworthy), 130 interrupted.
+    3 the load generator saturated (numbers untrustworthy), 4 a report could not be written
+    (disk full: the verdict is still printed; a run directory with under 1 MiB free is
+    refused before anything starts), 130 interrupted.
     """
     import time
     from pathlib import Path
@@ -658,7 +664,9 @@ def rehearse(
         console=console,
     ).run()
     console.print(verdict_panel(result))
-    click.get_current_context().exit(result.exit_code)
+    for line in result.unwritten:
+        click.echo(f"flashsale rehearse: {line}", err=True)
+    click.get_current_context().exit(result.process_exit_code)
 
 
 @cli.command()

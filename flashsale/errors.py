@@ -6,6 +6,8 @@ FlashsaleError
  ├── ServiceError                something we depend on is missing or broken
  │    ├── RedisUnavailable
  │    └── ComponentFailed        a child process (redis, sim, server, worker) did not start
+ ├── OutputError                 a report or log could not be written (disk full, read-only):
+ │                               exit 4, so it is never taken for a failed check
  ├── OrderError                  the sale refused an order
  │    ├── SoldOut
  │    ├── OrderNotFound
@@ -44,6 +46,10 @@ class RedisUnavailable(ServiceError):
 
 class ComponentFailed(ServiceError):
     pass
+
+
+class OutputError(FlashsaleError):
+    exit_code = 4
 
 
 class OrderError(FlashsaleError):

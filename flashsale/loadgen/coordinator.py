@@ -12,7 +12,7 @@ import contextlib
 import json
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -62,6 +62,7 @@ class RunResult:
     stats: RunStats
     exit_code: int
     journeys: list[Journey]
+    unwritten: list[str] = field(default_factory=list)  # reports that could not be written
 
 
 class Coordinator:
@@ -390,12 +391,18 @@ class Coordinator:
                 f"loop lag p99 {row['loop_lag_p99_ms']:.1f}ms",
                 highlight=False,
             )
-        reports = (self.config.report_path, self.config.html_path)
         verdict_lines(
-            self.console, conclusion.slo_results, conclusion.report.run, reports, self.stats
+            self.console,
+            conclusion.slo_results,
+            conclusion.report.run,
+            conclusion.written,
+            self.stats,
+            unwritten=conclusion.unwritten,
         )
         journeys = [j for engine in getattr(self.fleet, "engines", []) for j in engine.journeys]
-        return RunResult(conclusion.report, self.stats, conclusion.exit_code, journeys)
+        return RunResult(
+            conclusion.report, self.stats, conclusion.exit_code, journeys, conclusion.unwritten
+        )
 
 
 def plural(kind: str) -> str:

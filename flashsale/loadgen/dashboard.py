@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -433,8 +434,10 @@ def verdict_lines(
     console: Console,
     slo_results: list[Any],
     info: Any,
-    report_paths: tuple[Any, ...],
+    report_paths: Sequence[Any],
     stats: RunStats | None = None,
+    *,
+    unwritten: Sequence[str] = (),
 ) -> None:
     """The end-of-run lines (requests, SLOs, invalid-run reasons, reports, interruption)."""
     if stats is not None:
@@ -456,6 +459,8 @@ def verdict_lines(
     for path in report_paths:
         if path is not None:
             console.print(f"report written to {path}")
+    for line in unwritten:
+        console.print(f"[bold red]REPORT NOT WRITTEN:[/] {line}", highlight=False, soft_wrap=True)
     if info.interrupted:
         console.print(f"interrupted: {info.cancelled} customers in flight abandoned")
     if getattr(info, "aborted", None):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flashsale import outputs
 from flashsale.loadgen.stats import (
     ENDPOINT_COLUMNS,
     OUTCOMES,
@@ -246,16 +248,18 @@ def write_csv(report: LoadReport, prefix: str) -> list[Path]:
     }
     for name, (header, rows) in files.items():
         path = Path(f"{prefix}_{name}.csv")
-        with path.open("w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(header)
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(header)
+        writer.writerows(rows)
+        outputs.write_text(path, text.getvalue(), newline="")
         written.append(path)
     return written
 
 
-def write_json(report: LoadReport, path: Path) -> None:
-    path.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=False) + "\n")
+def write_json(report: LoadReport, path: Path) -> Path:
+    outputs.write_text(path, json.dumps(report.as_dict(), indent=2, sort_keys=False) + "\n")
+    return path
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -418,5 +422,6 @@ def render_html(loaded: LoadReport, stats: RunStats) -> str:
     return page("flashsale loadgen report", load_sections(loaded), chart_data(loaded, stats))
 
 
-def write_html(report: LoadReport, stats: RunStats, path: Path) -> None:
-    path.write_text(render_html(report, stats))
+def write_html(report: LoadReport, stats: RunStats, path: Path) -> Path:
+    outputs.write_text(path, render_html(report, stats))
+    return path

@@ -5,11 +5,15 @@ The one place that turns shard summaries into the run's result, whatever fleet p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from flashsale import outputs
+from flashsale.errors import OutputError
 from flashsale.loadgen.engine import Gauges, ShardSummary
 from flashsale.loadgen.report import (
     LoadReport,
@@ -23,6 +27,7 @@ from flashsale.loadgen.scenario import LoadConfig
 from flashsale.loadgen.stats import RunStats, SloResult, evaluate, new_histogram, summarize
 
 EXIT_OK, EXIT_SLO_FAILED, EXIT_USAGE, EXIT_INVALID = 0, 1, 2, 3
+EXIT_OUTPUT = outputs.EXIT_OUTPUT  # a report could not be written: wins over the others
 
 
 @dataclass
@@ -78,6 +83,9 @@ class Conclusion:
     report: LoadReport
     slo_results: list[SloResult]
     exit_code: int
+    written: list[Path] = field(default_factory=list)
+    # One line per report that could not be written (the run's figures are still printed).
+    unwritten: list[str] = field(default_factory=list)
 
 
 def conclude(
@@ -155,19 +163,37 @@ def conclude(
     slo_results = evaluate(config.slos, stats)
     report = build_report(stats, info, slo_results)
     report.timeline = list(timeline or [])
-    if config.report_path is not None:
-        write_json(report, config.report_path)
-    if config.html_path is not None:
-        write_html(report, stats, config.html_path)
-    if config.csv_prefix is not None:
-        write_csv(report, config.csv_prefix)
-    if reasons:
+    written, unwritten = write_reports(config, report, stats)
+    if unwritten:
+        code = EXIT_OUTPUT
+    elif reasons:
         code = EXIT_INVALID
     elif not all(result.passed for result in slo_results):
         code = EXIT_SLO_FAILED
     else:
         code = EXIT_OK
-    return Conclusion(report, slo_results, code)
+    return Conclusion(report, slo_results, code, written, unwritten)
+
+
+def write_reports(
+    config: LoadConfig, report: LoadReport, stats: RunStats
+) -> tuple[list[Path], list[str]]:
+    """Each report asked for, whole or not at all; one that fails does not stop the others."""
+    jobs: list[Callable[[], list[Path]]] = []
+    if (json_path := config.report_path) is not None:
+        jobs.append(lambda: [write_json(report, json_path)])
+    if (html_path := config.html_path) is not None:
+        jobs.append(lambda: [write_html(report, stats, html_path)])
+    if (prefix := config.csv_prefix) is not None:
+        jobs.append(lambda: write_csv(report, prefix))
+    written: list[Path] = []
+    unwritten: list[str] = []
+    for job in jobs:
+        try:
+            written += job()
+        except OutputError as error:
+            unwritten.append(str(error))
+    return written, unwritten
 
 
 def rates(

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flashsale import outputs
 from flashsale.loadgen.report import chart_data, load_sections, page, section, table
 
 if TYPE_CHECKING:  # rehearse writes this report: at run time it imports us
@@ -54,7 +55,7 @@ def render(result: RehearsalResult, document: dict[str, Any], verdict: str) -> s
 
 
 def write(result: RehearsalResult, document: dict[str, Any], verdict: str, path: Path) -> None:
-    path.write_text(render(result, document, verdict))
+    outputs.write_text(path, render(result, document, verdict))
 
 
 def scenario_table(document: dict[str, Any]) -> str:

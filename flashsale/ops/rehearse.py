@@ -18,8 +18,9 @@ from typing import Any
 import redis as redis_lib
 from rich.console import Console
 
+from flashsale import outputs
 from flashsale.core import keys, orders, store
-from flashsale.errors import ComponentFailed, ConfigError
+from flashsale.errors import ComponentFailed, ConfigError, OutputError
 from flashsale.loadgen import coordinator
 from flashsale.loadgen.report import LoadReport
 from flashsale.ops import counters, rehearsal_report
@@ -36,6 +37,7 @@ from flashsale.settings import Settings
 REDELIVERY_FAULTS = {"kill-worker", "restart-redis"}
 FAST_REDELIVERY = {"visibility_timeout": 12, "stripe_timeout": 4, "retry_backoff_max": 4}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OUTPUT = outputs.EXIT_OUTPUT
 # In the environment of every process a rehearsal starts, so an operator (or a test) can find
 # strays: FLASHSALE_RUN_DIR=<its run directory>.
 RUN_MARKER = "FLASHSALE_RUN_DIR"
@@ -65,11 +67,21 @@ class RehearsalResult:
     counters: Counters | None = None
     counters_not_comparable: str | None = None
     interrupted: bool = False
-    exit_code: int = EXIT_FAILED
+    exit_code: int = EXIT_FAILED  # the verdict's
+    # Reports that could not be written (disk full): the verdict stands, the exit code is 4.
+    unwritten: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.exit_code == EXIT_OK
+
+    @property
+    def process_exit_code(self) -> int:
+        """What `flashsale rehearse` exits with: the verdict's code, unless a report is
+        missing (EXIT_OUTPUT, so a script never reads a stale or absent report as a result)."""
+        if self.unwritten and not self.interrupted:
+            return EXIT_OUTPUT
+        return self.exit_code
 
 
 class Rehearsal:
@@ -155,7 +167,9 @@ class Rehearsal:
                         self.say(f"chaos: {', '.join(str(fault) for fault in self.faults)}")
                         injector.start()
                     try:
-                        result.loadgen_exit, result.loadgen_report = self.run_loadgen(pipeline)
+                        loaded = self.run_loadgen(pipeline)
+                        result.loadgen_exit, result.loadgen_report = loaded.exit_code, loaded.report
+                        result.unwritten += loaded.unwritten
                     finally:
                         if injector is not None:
                             result.chaos = injector.stop()
@@ -200,7 +214,7 @@ class Rehearsal:
     # --- starting ---------------------------------------------------------------------------
 
     def start_pipeline(self) -> LocalPipeline:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        outputs.check_room(self.run_dir)
         self.say(f"run directory: {self.run_dir}")
         pipeline = self.pipeline
         if self.external_redis_url:
@@ -274,7 +288,7 @@ class Rehearsal:
 
     # --- load -------------------------------------------------------------------------------
 
-    def run_loadgen(self, pipeline: LocalPipeline) -> tuple[int, LoadReport]:
+    def run_loadgen(self, pipeline: LocalPipeline) -> coordinator.RunResult:
         """The load runs here, in the foreground (same terminal, same Ctrl-C): its shards play
         in their own processes, this process coordinates and draws the dashboard."""
         config = dataclasses.replace(self.load_config, url=pipeline.server_url)
@@ -294,7 +308,7 @@ class Rehearsal:
                 os.environ[RUN_MARKER] = previous
         if result.report.run.interrupted:
             raise KeyboardInterrupt  # Ctrl-C reached the load run: the rehearsal stops too
-        return result.exit_code, result.report
+        return result
 
     def drain(self, pipeline: LocalPipeline) -> None:
         """Wait until no order is pending (or the drain timeout passes: reconcile says which)."""
@@ -338,10 +352,18 @@ class Rehearsal:
         }
         verdict = verdict_line(result)
         report["verdict"] = verdict
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        # Written last, after reconciliation: the whole rehearsal, not only its load run.
-        rehearsal_report.write(result, report, verdict, self.run_dir / "report.html")
+        report["unwritten"] = result.unwritten  # loadgen.json, if it could not be written
+        document = json.dumps(report, indent=2, default=str)
+        writes = (
+            lambda: outputs.write_text(self.run_dir / "report.json", document),
+            # Written last, after reconciliation: the whole rehearsal, not only its load run.
+            lambda: rehearsal_report.write(result, report, verdict, self.run_dir / "report.html"),
+        )
+        for write in writes:  # one failing does not stop the other
+            try:
+                write()
+            except OutputError as error:
+                result.unwritten.append(str(error))
 
 
 class WorkerSupervisor:

@@ -156,9 +156,13 @@ def verdict_panel(result: RehearsalResult) -> Panel:
                 f"{rec.stock_initial}, {rec.stock_left} left" + unsold_note(rec.stock_left, report)
             )
         )
-    parts.append(
-        Text(f"reports: {result.run_dir / 'report.json'}, {result.run_dir / 'report.html'}")
-    )
+    if result.unwritten:
+        missing = result.unwritten
+        parts.extend(Text(f"REPORT NOT WRITTEN: {line}", style="bold red") for line in missing)
+    else:
+        parts.append(
+            Text(f"reports: {result.run_dir / 'report.json'}, {result.run_dir / 'report.html'}")
+        )
     verdict = "PASSED" if result.passed else ("INTERRUPTED" if result.interrupted else "FAILED")
     style = "green" if result.passed else "red"
     first = Text(verdict_line(result), style=f"bold {style}")
