@@ -173,6 +173,12 @@ def pipeline_options(command: Any) -> Any:
     return command
 
 
+def _read_timeout_default(field: str) -> str:
+    from flashsale.server.slow_clients import ReadTimeouts
+
+    return ReadTimeouts.default_of(field)
+
+
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
@@ -215,6 +221,25 @@ def pipeline_options(command: Any) -> Any:
     show_default=True,
     help="Server processes behind the one port (more than 1: gunicorn, gevent websocket worker).",
 )
+@click.option(
+    "--header-timeout",
+    help="Longest a client may take to send a request's line and headers, from its connect "
+    "(on a kept-alive connection: from the request's first byte); then it is closed, with a "
+    f"408 if it began one [{_read_timeout_default('header_s')}; env FLASHSALE_HEADER_TIMEOUT; "
+    "0 = no limit].",
+)
+@click.option(
+    "--body-timeout",
+    help="Longest a client may take to send a request's body, from the end of its headers; "
+    f"then 408 and closed [{_read_timeout_default('body_s')}; env FLASHSALE_BODY_TIMEOUT; "
+    "0 = no limit].",
+)
+@click.option(
+    "--keepalive-timeout",
+    help="Longest a kept-alive connection may sit idle between requests before it is closed; "
+    "open websockets are never cut "
+    f"[{_read_timeout_default('keepalive_s')}; env FLASHSALE_KEEPALIVE_TIMEOUT; 0 = no limit].",
+)
 @pipeline_options
 def serve(
     host: str,
@@ -228,12 +253,24 @@ def serve(
     stock_from_ledger: bool | None,
     access_log: bool,
     workers: int,
+    header_timeout: str | None,
+    body_timeout: str | None,
+    keepalive_timeout: str | None,
     redis_url: str | None,
     stripe_api_base: str | None,
     notify: str | None,
     allow_live_stripe: bool | None,
 ) -> None:
-    """Serve the checkout page, the charge API and Socket.IO rooms (Flask-SocketIO, gevent)."""
+    """Serve the checkout page, the charge API and Socket.IO rooms (Flask-SocketIO, gevent).
+
+    Durations carry their unit (500ms, 10s, 1m). A client slow to send a request, or idle on a
+    kept-alive connection, is closed after the timeouts below, in either serving mode.
+    """
+    from flashsale.server.slow_clients import ReadTimeouts
+
+    timeouts = ReadTimeouts.from_options(
+        header_s=header_timeout, body_s=body_timeout, keepalive_s=keepalive_timeout
+    )
     settings = pipeline_settings(
         redis_url,
         stripe_api_base,
@@ -254,7 +291,7 @@ def serve(
         # gunicorn's master stays unpatched; each worker patches gevent before building the app.
         from flashsale.server.serving import serve_workers
 
-        serve_workers(settings, host, port, workers, access_log=access_log)
+        serve_workers(settings, host, port, workers, access_log=access_log, timeouts=timeouts)
         return
     # Before flask, redis or socket are used: gevent must own the process's I/O. Done here, not
     # at import, because other commands (the simulator, loadgen) run asyncio.
@@ -263,7 +300,7 @@ def serve(
     monkey.patch_all()
     from flashsale.server.serving import serve as run_server
 
-    run_server(settings, host, port, access_log=access_log)
+    run_server(settings, host, port, access_log=access_log, timeouts=timeouts)
 
 
 @cli.command("worker")

@@ -1,9 +1,10 @@
-"""The private hooks flashsale relies on in Celery, kombu and python-socketio: one test each.
+"""The private hooks flashsale relies on in Celery, kombu, python-socketio and gevent: one test
+each.
 
-pyproject.toml pins celery, kombu and python-socketio to the range these pass on. If an upgrade
-removes or
-renames a hook, the test names the hook and the flashsale module that uses it; the behaviour
-behind each hook is tested with the real thing in test_broker.py and test_pipeline.py.
+pyproject.toml pins celery, kombu, python-socketio and gevent to the range these pass on. If an
+upgrade removes or renames a hook, the test names the hook and the flashsale module that uses
+it; the behaviour behind each hook is tested with the real thing in test_broker.py,
+test_pipeline.py and test_slow_clients.py.
 """
 
 from __future__ import annotations
@@ -65,3 +66,49 @@ def test_python_socketio_still_routes_client_events_through_handle_event() -> No
         "id",
         "data",
     ]
+
+
+def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:
+    """server/slow_clients.py BoundedReads arms a gevent.Timeout in handle_one_request, moves it on
+    in read_requestline, cancels it in get_environ (headers in, before the app) and reads the
+    body in handle_one_response; a timeout must pass pywsgi's `except Exception` around header
+    parsing, and pywsgi must read out an unread body after run_application, where a
+    socket.error ends that quietly."""
+    import gevent
+    from gevent import pywsgi
+
+    from flashsale.server import gunicorn_conf
+    from flashsale.server.slow_clients import BoundedReads
+
+    user = "flashsale.server.serving.BoundedReads"
+    for name in (
+        "handle_one_request",
+        "read_requestline",
+        "read_request",
+        "get_environ",
+        "handle_one_response",
+        "run_application",
+    ):
+        must_have(pywsgi.WSGIHandler, name, user)
+    assert issubclass(gevent.Timeout, BaseException)
+    assert not issubclass(gevent.Timeout, Exception)
+
+    one_request = inspect.getsource(pywsgi.WSGIHandler.handle_one_request)
+    calls = [
+        "self.requestline = self.read_requestline()",
+        "if not self.read_request(self.requestline)",
+        "self.environ = self.get_environ()",
+        "self.handle_one_response()",
+    ]
+    positions = [one_request.find(call) for call in calls]
+    assert -1 not in positions and positions == sorted(positions), (
+        f"WSGIHandler.handle_one_request no longer calls {calls} in that order ({user})"
+    )
+    one_response = inspect.getsource(pywsgi.WSGIHandler.handle_one_response)
+    assert "self.run_application()" in one_response and "_discard()" in one_response
+    assert "except socket.error" in one_response
+    environ = inspect.getsource(pywsgi.WSGIHandler.get_environ)
+    assert "wsgi.input_terminated" in environ  # set when pywsgi reads the body (no upgrade)
+
+    # gunicorn's handler takes it first, before geventwebsocket's and pywsgi's methods.
+    assert gunicorn_conf.Handler.__mro__[1] is BoundedReads

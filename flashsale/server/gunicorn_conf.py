@@ -18,6 +18,7 @@ from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import PyWSGIHandler
 
 from flashsale.server.serving import redact
+from flashsale.server.slow_clients import BoundedReads, ReadTimeouts
 
 # Heroku/Dokku style: $PORT, loopback unless told (the Procfile binds 0.0.0.0:$PORT itself).
 bind = [f"{os.environ.get('FLASHSALE_HOST', '127.0.0.1')}:{os.environ.get('PORT', '5000')}"]
@@ -28,6 +29,9 @@ worker_connections = 10000
 backlog = 4096
 # Matches the single-process server: open websockets get 5 s to finish, then are cut.
 graceful_timeout = 5
+# The worker's heartbeat, not a request timeout. Neither it nor `keepalive` bounds what a client
+# sends with this (pywsgi) worker: Handler does, with FLASHSALE_HEADER_TIMEOUT,
+# FLASHSALE_BODY_TIMEOUT and FLASHSALE_KEEPALIVE_TIMEOUT (slow_clients.ReadTimeouts).
 timeout = 30
 keepalive = 5
 proc_name = "flashsale-serve"
@@ -44,14 +48,17 @@ logger_class = "flashsale.server.gunicorn_conf.RedactingLogger"
 _booted = multiprocessing.Value("i", 0)
 
 
-class Handler(WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
+class Handler(BoundedReads, WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
     """geventwebsocket's handler on gunicorn's (the environ gunicorn's logger reads), its
-    access lines through gunicorn's access log.
+    access lines through gunicorn's access log, and the read timeouts of `flashsale serve`.
 
     GeventWebSocketWorker's handler logs requests on its own "geventwebsocket.handler" logger,
     which nothing configures under gunicorn: `serve --workers N --access-log` and
     FLASHSALE_ACCESS_LOG wrote no access line at all.
     """
+
+    # From the environment; `serve --workers N` sets its flags' values before forking.
+    read_timeouts = ReadTimeouts.from_options()
 
     def log_request(self) -> None:
         if "101" not in str(self.status):  # a websocket upgrade is logged when it ends

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flashsale.errors import ComponentFailed, FlashsaleError
+from flashsale.server.slow_clients import BoundedReads, ReadTimeouts
 from flashsale.settings import Settings
 
 # Every response says which server process answered: with several behind one port, operators
@@ -63,13 +64,21 @@ def redact(line: str) -> str:
     return CREDENTIAL_IN_QUERY.sub(r"\1[redacted]", line)
 
 
-def serve(settings: Settings, host: str, port: int, access_log: bool = False) -> None:
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    access_log: bool = False,
+    timeouts: ReadTimeouts | None = None,
+) -> None:
     """Serve from one process until SIGTERM/SIGINT. Call only after gevent.monkey.patch_all()."""
     import gevent
     from gevent import pywsgi
     from geventwebsocket.handler import WebSocketHandler as BaseHandler
 
-    class WebSocketHandler(BaseHandler):  # type: ignore[misc]
+    class WebSocketHandler(BoundedReads, BaseHandler):  # type: ignore[misc]
+        read_timeouts = timeouts or ReadTimeouts.from_options()
+
         def format_request(self) -> str:
             return redact(str(super().format_request()))
 
@@ -100,7 +109,12 @@ def serve(settings: Settings, host: str, port: int, access_log: bool = False) ->
 
 
 def serve_workers(
-    settings: Settings, host: str, port: int, workers: int, access_log: bool = False
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool = False,
+    timeouts: ReadTimeouts | None = None,
 ) -> None:
     """Serve from `workers` gunicorn processes (gevent websocket worker) behind one port.
 
@@ -116,6 +130,9 @@ def serve_workers(
 
     listener = bind(host, port)
     listener.set_inheritable(True)
+    if timeouts is not None:
+        # Set before gunicorn forks: every worker's handler inherits it.
+        gunicorn_conf.Handler.read_timeouts = timeouts
 
     class FlashsaleGunicorn(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
