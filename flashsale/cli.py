@@ -633,6 +633,13 @@ def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     help="Private Redis with AOF (appendfsync everysec): a Redis restart loses at most ~1 s of "
     "writes instead of the whole sale (orders, stock, queued charges).",
 )
+@click.option(
+    "--redis-sentinel",
+    is_flag=True,
+    default=None,
+    help="Redis as production runs it: a primary, a replica and three redis-sentinel "
+    "processes (quorum 2); every component follows a failover (the failover-redis fault).",
+)
 @click.argument("loadgen_args", nargs=-1, type=click.UNPROCESSED)
 def rehearse(
     scenario_path: str | None,
@@ -650,6 +657,7 @@ def rehearse(
     drain_timeout: float,
     chaos_spec: str | None,
     redis_durable: bool | None,
+    redis_sentinel: bool | None,
     loadgen_args: tuple[str, ...],
 ) -> None:
     """Run a whole flash-sale rehearsal on this machine and say whether the pipeline held.
@@ -692,6 +700,7 @@ def rehearse(
         directory,
         redis_url=redis_url,
         redis_durable=bool(redis_durable),
+        redis_sentinel=bool(redis_sentinel),
         chaos=chaos_spec,
         stripe=stripe,
         loadgen_options=given_loadgen_options(loadgen_args),

@@ -1,10 +1,10 @@
-"""The private hooks flashsale relies on in Celery, kombu, python-socketio and gevent: one test
-each.
+"""The private hooks flashsale relies on in Celery, kombu, python-socketio, gevent and redis-py:
+one test each.
 
-pyproject.toml pins celery, kombu, python-socketio and gevent to the range these pass on. If an
-upgrade removes or renames a hook, the test names the hook and the flashsale module that uses
-it; the behaviour behind each hook is tested with the real thing in test_broker.py,
-test_pipeline.py and test_slow_clients.py.
+pyproject.toml pins celery, kombu, python-socketio, gevent and redis to the range these pass
+on. If an upgrade removes or renames a hook, the test names the hook and the flashsale module
+that uses it; the behaviour behind each hook is tested with the real thing in test_broker.py,
+test_pipeline.py, test_slow_clients.py and test_sentinel.py.
 """
 
 from __future__ import annotations
@@ -112,3 +112,26 @@ def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> 
 
     # gunicorn's handler takes it first, before geventwebsocket's and pywsgi's methods.
     assert gunicorn_conf.Handler.__mro__[1] is BoundedReads
+
+
+def test_redis_py_still_takes_the_retry_and_pool_flashsale_builds_on() -> None:
+    """core/store.py: RideOut overrides Retry.call_with_retry (passing is_retryable and
+    with_failure_count through), and SentinelBlockingConnectionPool puts Sentinel's pool in
+    front of BlockingConnectionPool, whose release asks owns_connection (Sentinel's override
+    drops connections to a former primary)."""
+    import redis
+    from redis.retry import Retry
+    from redis.sentinel import SentinelConnectionPool
+
+    from flashsale.core import store
+
+    hook = must_have(Retry, "call_with_retry", "flashsale.core.store.RideOut")
+    parameters = list(inspect.signature(hook).parameters)  # type: ignore[arg-type]
+    assert parameters == ["self", "do", "fail", "is_retryable", "with_failure_count"]
+    must_have(SentinelConnectionPool, "owns_connection", "flashsale.core.store")
+    assert "owns_connection" in inspect.getsource(redis.BlockingConnectionPool.release)
+    assert store.SentinelBlockingConnectionPool.__mro__[1:4] == (
+        SentinelConnectionPool,
+        redis.BlockingConnectionPool,
+        redis.ConnectionPool,
+    )

@@ -51,6 +51,10 @@ class ChaosTarget(Protocol):
         """Stop Redis and start it again on the same port and data directory."""
         ...
 
+    def failover_redis(self) -> str:
+        """Kill the Sentinel-watched primary, return once the replica is promoted."""
+        ...
+
 
 @dataclass
 class FaultRecord:
@@ -165,6 +169,9 @@ class Injector:
                 began = time.monotonic()
                 self.target.restart_redis()
             return f"redis answering again after {time.monotonic() - began:.1f}s"
+        if name == "failover-redis":
+            with self._lock:
+                return self.target.failover_redis()
         if name in SIM_CHANGES:
             changes = SIM_CHANGES[name]
             self._sim_post(changes)
@@ -194,9 +201,9 @@ class Injector:
         )
 
     def _kill_listeners(self, duration_s: float | None) -> str:
-        import redis as redis_lib  # here, not at import: see _sim_get
+        from flashsale.core import store  # here, not at import: see _sim_get
 
-        client = redis_lib.Redis.from_url(self.target.redis_url, socket_timeout=2)
+        client = store.connect(self.target.redis_url, timeout_s=2)
         killed = 0
         try:
             deadline = time.monotonic() + (duration_s or 0)

@@ -54,6 +54,13 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "directory: without --redis-durable it comes back empty",
         ),
         FaultKind(
+            "failover-redis",
+            "forbidden",
+            "SIGKILL the Redis primary (--redis-sentinel): the sentinels promote the replica "
+            "and every component follows; what the replica had not yet received is lost; the "
+            "old primary comes back as the new replica",
+        ),
+        FaultKind(
             "sim-429", "required", "simulator rate limit at test mode (25/s) for DURATION", True
         ),
         FaultKind("sim-5xx", "required", "simulator answers every request 500 for DURATION", True),
@@ -134,8 +141,15 @@ def parse_spec(spec: str) -> list[Fault]:
     return sorted(faults, key=lambda fault: fault.start_s)
 
 
-def check_target(faults: list[Fault], has_simulator: bool) -> None:
+def check_target(faults: list[Fault], has_simulator: bool, sentinel: bool = False) -> None:
     """Refuse, before anything starts, faults this pipeline cannot take."""
+    names = {fault.name for fault in faults}
+    if "failover-redis" in names and not sentinel:
+        raise ConfigError("failover-redis needs Redis under Sentinel: add --redis-sentinel")
+    if "restart-redis" in names and sentinel:
+        raise ConfigError(
+            "restart-redis acts on a single Redis; under --redis-sentinel use failover-redis"
+        )
     if not has_simulator:
         sim = sorted({fault.name for fault in faults if FAULT_KINDS[fault.name].simulator})
         if sim:

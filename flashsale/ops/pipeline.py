@@ -10,19 +10,23 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from flashsale.core.store import SentinelAddress
+from flashsale.ops import sentinel
 from flashsale.ops.processes import Child, flashsale_argv, free_port, wait_for_redis
 from flashsale.ops.processes import redis_server_argv as redis_argv
 from flashsale.settings import SIM_SECRET_KEY
 from flashsale.worker import READY_LINE
 
 WORKER_READY = re.compile(re.escape(READY_LINE))
-KINDS = ("redis", "stripe-sim", "server", "worker")
+KINDS = ("redis", "sentinel", "stripe-sim", "server", "worker")
 READY_TIMEOUT_S = 60.0
 
 
@@ -71,6 +75,8 @@ class LocalPipeline:
         self.sim_url: str | None = None
         self.server_url = ""
         self.redis_port = 0
+        self.sentinels: SentinelAddress | None = None  # when Redis runs under Sentinel
+        self.redis_nodes: dict[int, Child] = {}  # port -> the redis-server on it
         self._replaced: set[int] = set()
         self._replacing = threading.Lock()  # the chaos injector and a supervisor both replace
 
@@ -87,6 +93,67 @@ class LocalPipeline:
         wait_for_redis(url, child)
         self.use_redis(url)
         return url
+
+    def start_redis_sentinel(self, *, durable: bool = False) -> str:
+        """A primary, a replica and three sentinels (ops/sentinel.py), ready once every
+        sentinel sees them all; components get the redis+sentinel:// URL, so they follow a
+        failover."""
+        primary = self._start_node(durable)
+        replica = self._start_node(durable, replica_of=primary)
+        sentinel.wait_for_replica(replica, READY_TIMEOUT_S)
+        directory = self.directory / "redis"
+        ports = [free_port() for _ in range(sentinel.SENTINELS)]
+        for index, port in enumerate(ports):
+            argv = sentinel.sentinel_argv(port, primary, directory)
+            self._start(f"sentinel{index}", "sentinel", argv, ())
+        self.sentinels = SentinelAddress(
+            tuple(("127.0.0.1", port) for port in ports), sentinel.SERVICE
+        )
+        sentinel.wait_for_quorum(self.sentinels, replicas=1, timeout_s=READY_TIMEOUT_S)
+        url = self.sentinels.url()
+        wait_for_redis(url)
+        self.redis_port = primary
+        self.use_redis(url)
+        return url
+
+    def _start_node(self, durable: bool, replica_of: int | None = None) -> int:
+        port = free_port()
+        data_dir = self.directory / "redis" / f"node-{port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Sync a replica at once: the 5 s default waits for more replicas to share one sync.
+        argv = [*redis_argv(port, data_dir, durable=durable), "--repl-diskless-sync-delay", "0"]
+        if replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+        child = self._start(f"redis-{port}", "redis", argv, ())
+        self.redis_nodes[port] = child
+        wait_for_redis(f"redis://127.0.0.1:{port}/0", child)
+        return port
+
+    def failover_redis(self) -> str:
+        """SIGKILL the primary the sentinels name and wait until they promote the replica.
+
+        The old primary stays down: restarted at once it would come back empty (no
+        persistence) and take writes as a primary until the sentinels demote it, Redis's
+        documented hazard of auto-restarting a primary under Sentinel; the sale carries on
+        without a replica, as it would until an operator adds one."""
+        if self.sentinels is None:
+            raise RuntimeError("failover-redis needs Redis under Sentinel (--redis-sentinel)")
+        began = time.monotonic()
+        old = sentinel.primary_port(self.sentinels)
+        replicas = [port for port in self.redis_nodes if port != old]
+        try:
+            unreplicated = f"{sentinel.replication_lag(old, replicas)} bytes not yet on the replica"
+        except Exception as error:  # the figure is a bonus; the kill is the fault
+            unreplicated = f"replication lag unknown ({error})"
+        victim = self.redis_nodes.pop(old)
+        victim.signal(signal.SIGKILL)
+        victim.stop()  # reaps it
+        new = sentinel.wait_for_new_primary(self.sentinels, old, READY_TIMEOUT_S)
+        self.redis_port = new
+        return (
+            f"killed primary :{old} ({unreplicated}); :{new} primary after "
+            f"{time.monotonic() - began:.1f}s; no replica left"
+        )
 
     def use_redis(self, url: str) -> None:
         """Point every component started from now on at this Redis (one it did not start)."""

@@ -34,6 +34,7 @@ PIPELINE_KEYS: dict[str, Check] = {
     "server_workers": (int, lambda v: v >= 1, "a whole number of server processes, 1 or more"),
     "chaos": (str, lambda v: True, "a fault spec like 'kill-worker@5s'"),
     "redis_durable": (bool, lambda v: True, "true or false"),
+    "redis_sentinel": (bool, lambda v: True, "true or false"),
     "visibility_timeout": (int, lambda v: v >= 1, "a whole number of seconds"),
     "stripe_timeout": (SECONDS, lambda v: v > 0, "a number of seconds above 0"),
     "retry_backoff_max": (SECONDS, lambda v: v >= 0, "a number of seconds"),
@@ -83,6 +84,10 @@ class RehearsalPlan:
     @property
     def redis_durable(self) -> bool:
         return bool(self.pipeline.get("redis_durable", False))
+
+    @property
+    def redis_sentinel(self) -> bool:
+        return bool(self.pipeline.get("redis_sentinel", False))
 
     def server_flags(self) -> list[str]:
         """`flashsale serve` flags: the sale, and --workers for several server processes."""

@@ -224,8 +224,10 @@ def wait_for_redis(url: str, child: Child | None = None, timeout_s: float = 20.0
     """Wait until Redis answers PING."""
     import redis
 
+    from flashsale.core import store
+
     deadline = time.monotonic() + timeout_s
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    client = store.connect(url, timeout_s=0.5)
     try:
         while time.monotonic() < deadline:
             try:

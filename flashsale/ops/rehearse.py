@@ -34,7 +34,7 @@ from flashsale.settings import Settings
 
 # Faults that strand a worker's unacknowledged tasks until the broker's visibility timeout: a
 # fault rehearsal shortens it (and what it must exceed) unless the scenario sets them.
-REDELIVERY_FAULTS = {"kill-worker", "restart-redis"}
+REDELIVERY_FAULTS = {"kill-worker", "restart-redis", "failover-redis"}
 FAST_REDELIVERY = {"visibility_timeout": 12, "stripe_timeout": 4, "retry_backoff_max": 4}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_OUTPUT = outputs.EXIT_OUTPUT
@@ -95,6 +95,7 @@ class Rehearsal:
         *,
         redis_url: str | None = None,
         redis_durable: bool = False,
+        redis_sentinel: bool = False,
         chaos: str | None = None,
         stripe: str = "sim",
         loadgen_options: dict[str, Any] | None = None,
@@ -118,9 +119,15 @@ class Rehearsal:
         self.run_dir = run_dir
         self.external_redis_url = redis_url
         self.redis_durable = redis_durable or plan.redis_durable
+        self.redis_sentinel = redis_sentinel or plan.redis_sentinel
+        if redis_url and self.redis_sentinel:
+            raise ConfigError(
+                "--redis-sentinel starts rehearse's own primary, replica and sentinels; for "
+                "yours, give --redis-url redis+sentinel://host:port,.../db/service instead"
+            )
         spec = chaos or plan.chaos
         self.faults: list[Fault] = parse_spec(spec) if spec else []
-        check_target(self.faults, has_simulator=stripe == "sim")
+        check_target(self.faults, has_simulator=stripe == "sim", sentinel=self.redis_sentinel)
         if redis_url and any(fault.name == "restart-redis" for fault in self.faults):
             raise ConfigError("restart-redis needs the private Redis of rehearse, not --redis-url")
         if {fault.name for fault in self.faults} & REDELIVERY_FAULTS and not any(
@@ -220,6 +227,9 @@ class Rehearsal:
         if self.external_redis_url:
             self.check_external_redis(self.external_redis_url)
             pipeline.use_redis(self.external_redis_url)
+        elif self.redis_sentinel:
+            pipeline.start_redis_sentinel(durable=self.redis_durable)
+            self.say(f"redis: a primary, a replica and 3 sentinels ({pipeline.redis_url})")
         else:
             pipeline.start_redis(durable=self.redis_durable)
         if self.stripe == "sim":
@@ -338,6 +348,7 @@ class Rehearsal:
             },
             "stripe": self.stripe,
             "redis_durable": self.redis_durable,
+            "redis_sentinel": self.redis_sentinel,
             "chaos": [record.as_dict() for record in result.chaos],
             "worker_restarts": result.worker_restarts,
             "counters": result.counters.as_dict() if result.counters else None,

@@ -14,7 +14,7 @@ from celery import Celery
 from rich.console import RenderableType
 from rich.live import Live
 
-from flashsale.core import inventory, jobs, orders, store
+from flashsale.core import broker, inventory, jobs, orders, store
 from flashsale.settings import Settings
 
 SOCKETS_METRIC = re.compile(r"^flashsale_sockets_connected\s+([0-9.e+]+)$", re.MULTILINE)
@@ -85,7 +85,8 @@ def watch_status(
 
 def ping_workers(redis_url: str, timeout_s: float) -> list[str]:
     """Names of the Celery workers that answer a broadcast ping within the timeout."""
-    app = Celery("flashsale-status", broker=redis_url, set_as_current=False)
+    app = Celery("flashsale-status", set_as_current=False)
+    app.conf.update(broker.celery_broker(redis_url))
     try:
         replies = app.control.ping(timeout=timeout_s) or []
     finally:

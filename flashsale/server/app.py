@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import redis
+import socketio as socketio_lib
 from flask import Flask, Request, Response, jsonify, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_socketio import SocketIO
@@ -66,8 +67,10 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         app,
         async_mode=async_mode,
         transports=["websocket"],
-        message_queue=settings.redis_url,
-        channel=events.CHANNEL,
+        # Given, not named by message_queue: Flask-SocketIO hands any URL but redis:// to its
+        # Kombu manager, which does not follow a Sentinel failover; python-socketio's Redis
+        # manager reads redis+sentinel:// as core.store does.
+        client_manager=socketio_lib.RedisManager(settings.redis_url, channel=events.CHANNEL),
     )
     metrics = ServerMetrics(client, settings.sale_sku)
     ctx = ServerContext(

@@ -50,9 +50,9 @@ def make_producer(settings: Settings) -> Celery:
     """A Celery app that only sends tasks; its settings mirror the worker's broker options."""
     producer = ProducerApp("flashsale-server", set_as_current=False)
     producer.conf.update(
-        broker_url=settings.redis_url,
-        broker_transport=broker.TRANSPORT,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        **broker.celery_broker(
+            settings.redis_url, visibility_timeout=settings.visibility_timeout_s
+        ),
         broker_pool_limit=64,
         task_serializer="json",
         task_ignore_result=True,

@@ -12,9 +12,7 @@ from flashsale.worker.tasks import WorkerContext, register_tasks
 def celery_config(settings: Settings) -> dict[str, object]:
     """The measured settings (ARCHITECTURE.md): at-least-once delivery, no result backend."""
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport": broker.TRANSPORT,
-        "broker_transport_options": broker_transport_options(settings),
+        **broker.celery_broker(settings.redis_url, **broker_transport_options(settings)),
         "broker_connection_retry_on_startup": True,
         "task_default_queue": jobs.QUEUE,
         "task_serializer": "json",
