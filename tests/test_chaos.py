@@ -39,6 +39,7 @@ FAULTS = [
     "sim-5xx@6s:2s",
     "sim-latency@6s:3s",
     "sim-drop@6s:4s",
+    "slow-clients@6s:15s",
 ]
 
 
@@ -52,12 +53,13 @@ def rehearse(
     durable: bool = False,
     must_pass: bool = True,
     sentinel: bool = False,
+    plan: RehearsalPlan | None = None,
 ) -> dict[str, Any]:
     """One rehearsal in this process (the injector runs as a thread beside loadgen)."""
     lines: list[str] = []
     result: RehearsalResult = Rehearsal(
         Settings(),
-        chaos_plan(),
+        plan or chaos_plan(),
         run_dir,
         chaos=spec,
         redis_durable=durable,
@@ -104,6 +106,11 @@ def test_fault_keeps_every_promise(tmp_path: Path, spec: str) -> None:
     assert record["fault"] == spec
     if spec.startswith("redis-listener"):
         assert not record["detail"].startswith("0 "), record  # the listener really was cut
+    if spec.startswith("slow-clients"):
+        # The server cut every dripping connection at its header timeout (10 s), and the
+        # customers were served all the same.
+        opened, cut = (int(n) for n in re.findall(r"\d+", record["detail"])[:2])
+        assert opened >= 200 and cut >= 150, record
     if spec.startswith("restart-server"):
         # Sockets dropped with the server, yet every result arrived.
         assert report["loadgen"]["disconnects"] >= 1
@@ -130,6 +137,20 @@ def test_durable_redis_restart_mid_sale_keeps_orders_stock_and_queue(tmp_path: P
     for restart in report["worker_restarts"]:
         assert restart["exit_code"] != 0 and restart["replacement"], restart
     assert_promises_kept(report)
+
+
+@pytest.mark.chaos
+def test_a_stripe_stall_beyond_the_retry_budget_keeps_every_promise(tmp_path: Path) -> None:
+    """Stripe (the simulator, SIGSTOPped) answers nothing for 15 s while the workers give up
+    after ~9 s (one retry, 4 s timeouts): no order is told "failed" on a guess; each stays
+    pending with its unit held, is replayed with its Idempotency-Key, and ends as Stripe
+    committed it, charged once."""
+    plan = chaos_plan().with_overrides(pipeline={"max_retries": 1})
+    report = rehearse(tmp_path / "run", "sim-stall@6s:15s", plan=plan)
+    assert_promises_kept(report)
+    assert report["loadgen"]["outcomes"]["failed"] == 0
+    worker_logs = "".join(path.read_text() for path in (tmp_path / "run" / "logs").glob("worker*"))
+    assert "outcome unknown after" in worker_logs  # the stall really outlasted the budget
 
 
 @pytest.mark.chaos

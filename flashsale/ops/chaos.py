@@ -17,6 +17,9 @@ from flashsale.ops.processes import Child
 # emits published until it has resubscribed, so a window of kills loses many in flight.
 LISTENER_KILL_EVERY_S = 0.1
 STOP_JOIN_S = 60.0
+# slow-clients: this many connections, each sending one byte of its headers this often.
+SLOW_CLIENTS = 200
+SLOW_BYTE_EVERY_S = 1.0
 
 
 # What each simulator fault posts to /_sim/config; the same keys are restored afterwards.
@@ -33,6 +36,9 @@ class ChaosTarget(Protocol):
 
     redis_url: str
     sim_url: str | None
+    server_url: str
+
+    def of_kind(self, kind: str) -> list[Child]: ...
 
     def workers(self) -> list[Child]: ...
 
@@ -169,6 +175,16 @@ class Injector:
                 began = time.monotonic()
                 self.target.restart_redis()
             return f"redis answering again after {time.monotonic() - began:.1f}s"
+        if name == "sim-stall":
+            simulator = self.target.of_kind("stripe-sim")[-1]
+            simulator.signal(signal.SIGSTOP)
+            try:
+                self._hold(fault.duration_s)
+            finally:
+                simulator.signal(signal.SIGCONT)
+            return f"simulator pid {simulator.pid} stopped and continued"
+        if name == "slow-clients":
+            return self._slow_clients(fault.duration_s or 0)
         if name == "failover-redis":
             with self._lock:
                 return self.target.failover_redis()
@@ -214,6 +230,49 @@ class Injector:
         finally:
             client.close()
         return f"{killed} pub/sub connection(s) killed"
+
+    def _slow_clients(self, duration_s: float) -> str:
+        """SLOW_CLIENTS connections dripping their headers; each one the server cuts is opened
+        again, so the pressure lasts the whole duration. Bounded in count and time."""
+        import socket
+        from urllib.parse import urlsplit
+
+        address = urlsplit(self.target.server_url)
+        host, port = address.hostname or "127.0.0.1", address.port or 80
+        line = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode()
+        sockets: list[tuple[socket.socket, int]] = []
+        opened = cut = 0
+
+        def open_one() -> tuple[socket.socket, int] | None:
+            nonlocal opened
+            try:
+                conn = socket.create_connection((host, port), timeout=2)
+            except OSError:
+                return None
+            opened += 1
+            return conn, 0
+
+        deadline = time.monotonic() + duration_s
+        try:
+            sockets = [s for s in (open_one() for _ in range(SLOW_CLIENTS)) if s]
+            while not self._stop.wait(SLOW_BYTE_EVERY_S) and time.monotonic() < deadline:
+                kept: list[tuple[socket.socket, int]] = []
+                for conn, sent in sockets:
+                    byte = line[sent : sent + 1] or b"x"
+                    try:
+                        conn.sendall(byte)
+                        kept.append((conn, sent + 1))
+                    except OSError:  # the server closed it: open another in its place
+                        cut += 1
+                        conn.close()
+                        again = open_one()
+                        if again:
+                            kept.append(again)
+                sockets = kept
+        finally:
+            for conn, _ in sockets:
+                conn.close()
+        return f"{opened} slow connections opened, {cut} cut by the server"
 
     # --- the simulator's control API ------------------------------------------------------
 

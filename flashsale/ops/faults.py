@@ -61,6 +61,20 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "old primary comes back as the new replica",
         ),
         FaultKind(
+            "sim-stall",
+            "required",
+            "SIGSTOP the simulator for DURATION: connections are accepted, nothing is answered "
+            "(longer than the workers' retry budget, the charges' outcomes are unknown until "
+            "it answers again)",
+            True,
+        ),
+        FaultKind(
+            "slow-clients",
+            "required",
+            "200 connections to the server that send their request headers a byte a second, "
+            "each reopened when the server cuts it, for DURATION",
+        ),
+        FaultKind(
             "sim-429", "required", "simulator rate limit at test mode (25/s) for DURATION", True
         ),
         FaultKind("sim-5xx", "required", "simulator answers every request 500 for DURATION", True),
