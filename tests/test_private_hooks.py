@@ -68,6 +68,20 @@ def test_python_socketio_still_routes_client_events_through_handle_event() -> No
     ]
 
 
+def test_python_socketio_still_decodes_client_packets_in_handle_eio_message() -> None:
+    """server/sockets.py refuses packets python-socketio cannot take by wrapping this method,
+    and asks packet_class and _binary_packet why when it fails."""
+    import socketio
+
+    hook = must_have(socketio.Server, "_handle_eio_message", "flashsale.server.sockets")
+    assert list(inspect.signature(hook).parameters) == ["self", "eio_sid", "data"]  # type: ignore[arg-type]
+    server = socketio.Server()
+    assert server.eio.handlers["message"] == server._handle_eio_message  # what sockets.py replaces
+    assert isinstance(server._binary_packet, dict)
+    with pytest.raises(ValueError):
+        server.packet_class(encoded_packet="2[x")
+
+
 def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:
     """server/slow_clients.py BoundedReads arms a gevent.Timeout in handle_one_request, moves it on
     in read_requestline, cancels it in get_environ (headers in, before the app) and reads the

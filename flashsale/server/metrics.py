@@ -87,6 +87,13 @@ class ServerMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.socket_refused_packets = Counter(
+            "flashsale_socket_refused_packets",
+            "Client packets refused unread: undecodable, a server-only packet type, an event "
+            "without a name.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.emits = Counter(
             "flashsale_socket_emits",
             "Events this process emitted to clients (worker emits via the queue are not counted).",

@@ -163,6 +163,14 @@ class BoundedReads:
                 environ["wsgi.input"] = io.BytesIO(body)
         return super().handle_one_response()  # type: ignore[misc]
 
+    def start_response(self, status: str, headers: Any, exc_info: Any = None) -> Any:
+        if self._body_left:
+            # The connection closes after this answer (run_application below): say so, or a
+            # keep-alive client sends its next request into a closed socket and gets no answer.
+            # pywsgi honours the header and closes.
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)  # type: ignore[misc]
+
     def run_application(self) -> Any:
         try:
             return super().run_application()  # type: ignore[misc]

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask_socketio import ConnectionRefusedError, SocketIO
+from socketio import packet
 
 from flashsale.core import events, inventory, orders, signing
 from flashsale.server.context import ServerContext
@@ -68,7 +69,7 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
     server = socketio.server
     server.on("connect", on_connect, namespace=events.NAMESPACE)
     server.on("disconnect", on_disconnect, namespace=events.NAMESPACE)
-    refuse_reserved_events(server, metrics)
+    guard_client_packets(server, metrics)
 
 
 # Event names only the library may raise. python-socketio 5.18 hands a client's EVENT packet
@@ -76,22 +77,68 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
 # handler (a replay of every stored result, the sockets gauge up), 42["disconnect"] took the
 # gauge below zero. Clients have no business sending them.
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
+# The packet types a client may send (Socket.IO protocol v5); CONNECT_ERROR is the server's.
+CLIENT_PACKET_TYPES = frozenset(
+    {packet.CONNECT, packet.DISCONNECT, packet.EVENT, packet.ACK, packet.BINARY_EVENT}
+    | {packet.BINARY_ACK}
+)
 
 
-def refuse_reserved_events(server: Any, metrics: Any) -> None:
-    """Drop client events with reserved names before python-socketio dispatches them.
+def guard_client_packets(server: Any, metrics: Any) -> None:
+    """Drop client events with reserved names, and packets python-socketio cannot take, before
+    it dispatches them.
 
     Wraps the server's private `_handle_event(eio_sid, namespace, id, data)`, the one place
-    client EVENT packets pass (python-socketio pinned in pyproject.toml;
-    tests/test_private_hooks.py fails if the hook goes).
+    client EVENT packets pass, and `_handle_eio_message(eio_sid, data)`, Engine.IO's "message"
+    handler, where every client packet is decoded (python-socketio pinned in pyproject.toml;
+    tests/test_private_hooks.py fails if a hook goes). Without the second, each undecodable
+    packet (2[x, 9, 4, an integer of 101 digits, 1,300 levels of [) wrote an ERROR line and a
+    traceback to the server's log, as often as a client cared to send one.
     """
-    handle = server._handle_event
+    handle_event = server._handle_event
+    handle_message = server._handle_eio_message
 
-    def guarded(eio_sid: str, namespace: str | None, id: int | None, data: Any) -> Any:
-        if isinstance(data, list) and data and data[0] in RESERVED_EVENTS:
-            metrics.socket_refused_events.labels(str(data[0])).inc()
+    def refuse(eio_sid: str, reason: str, what: object) -> None:
+        metrics.socket_refused_packets.labels(reason).inc()
+        log.warning("refused a client packet on %s (%s): %.80r", eio_sid, reason, what)
+
+    def guarded_event(eio_sid: str, namespace: str | None, id: int | None, data: Any) -> Any:
+        if not (isinstance(data, list) and data and isinstance(data[0], str)):
+            refuse(eio_sid, "event_without_a_name", data)
+            return None
+        if data[0] in RESERVED_EVENTS:
+            metrics.socket_refused_events.labels(data[0]).inc()
             log.warning("refused a client event named %r (reserved) on %s", data[0], eio_sid)
             return None
-        return handle(eio_sid, namespace, id, data)
+        return handle_event(eio_sid, namespace, id, data)
 
-    server._handle_event = guarded
+    def guarded_message(eio_sid: str, data: Any) -> Any:
+        try:
+            return handle_message(eio_sid, data)
+        except Exception:
+            reason = client_fault(server, eio_sid, data)
+            if reason is None:
+                raise  # the packet was fine: the failure is ours, and its traceback is wanted
+            refuse(eio_sid, reason, data)
+            return None
+
+    server._handle_event = guarded_event
+    server.eio.on("message", guarded_message)  # Engine.IO took the bound method at init
+
+
+def client_fault(server: Any, eio_sid: str, data: Any) -> str | None:
+    """Why python-socketio could not take this client packet; None if the packet was sound.
+
+    Asked only after handling failed, so a sound packet costs nothing extra."""
+    if not isinstance(data, str) or eio_sid in server._binary_packet:
+        return None  # a binary attachment: python-socketio decodes nothing there
+    try:
+        pkt = server.packet_class(encoded_packet=data)
+    except Exception:  # ValueError, RecursionError: bad JSON, past engineio's limits, too deep
+        return "undecodable"
+    if pkt.packet_type not in CLIENT_PACKET_TYPES:
+        return "packet_type"
+    binary = pkt.packet_type in (packet.BINARY_EVENT, packet.BINARY_ACK)
+    if binary and not server.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
+        return "binary_before_connect"
+    return None
