@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from pipeline_fixtures import Pipeline, receive_results
 
 from flashsale.core import events
+
+NOTIFY_200 = 'flashsale_http_requests_total{method="POST",route="/notify",status="200"}'
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +36,29 @@ def test_results_arrive_through_signed_notify(pipeline: Pipeline) -> None:
     assert results[declined]["status"] == events.DECLINED
     assert results[declined]["decline_code"] == "lost_card"
     metrics = pipeline.http.get(f"{pipeline.server_url}/metrics").text
-    assert (
-        'flashsale_http_requests_total{method="POST",route="/notify",status="200"} 2.0' in metrics
-    )
+    assert f"{NOTIFY_200} 2.0" in metrics
+
+
+def notified(pipeline: Pipeline) -> float:
+    """How many /notify calls the server has answered 200."""
+    metrics = pipeline.http.get(f"{pipeline.server_url}/metrics").text
+    for line in metrics.splitlines():
+        if line.startswith(NOTIFY_200 + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_worker_in_http_mode_still_replays_on_join(pipeline: Pipeline) -> None:
     session = pipeline.session()
+    before = notified(pipeline)
     order_id = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
     assert pipeline.wait_final(session, order_id)["status"] == "succeeded"
+    # The worker stores the outcome, then calls /notify: until that call is in, a socket joining
+    # now could hear the live result before its JOINED (and the replay after it).
+    deadline = time.monotonic() + 10
+    while notified(pipeline) <= before:
+        assert time.monotonic() < deadline, "the worker never called /notify"
+        time.sleep(0.02)
     client = pipeline.connect(session)
     try:
         (result,) = receive_results(client, 1, timeout_s=5)
