@@ -21,6 +21,9 @@ from flashsale.core import broker
 from flashsale.server.context import ProducerApp
 from flashsale.worker.consumer import Consumer
 
+# sha256 of python-socketio 5.18.1's BaseManager.basic_disconnect source, first 16 hex digits.
+BASIC_DISCONNECT_SHA256 = "2933b50bc4b2ea7b"
+
 
 def must_have(owner: object, name: str, user: str) -> object:
     found = inspect.getattr_static(owner, name, None)
@@ -80,6 +83,28 @@ def test_python_socketio_still_decodes_client_packets_in_handle_eio_message() ->
     assert isinstance(server._binary_packet, dict)
     with pytest.raises(ValueError):
         server.packet_class(encoded_packet="2[x")
+
+
+def test_python_socketio_manager_still_keeps_rooms_as_server_rooms_expects() -> None:
+    """server/rooms.py indexes a client's rooms in basic_enter_room and basic_leave_room, and
+    replaces basic_disconnect and get_rooms, reading the manager's rooms, callbacks and pending
+    tables. If basic_disconnect gains work, the override would skip it: its source is pinned."""
+    import hashlib
+
+    import socketio
+    from socketio.base_manager import BaseManager
+
+    for name in ("basic_enter_room", "basic_leave_room", "basic_disconnect", "get_rooms"):
+        must_have(BaseManager, name, "flashsale.server.rooms.RoomIndex")
+    manager = socketio.Manager()
+    for table in ("rooms", "callbacks", "pending_connect", "pending_disconnect"):
+        assert isinstance(getattr(manager, table), dict), table
+    source = inspect.getsource(BaseManager.basic_disconnect)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert digest == BASIC_DISCONNECT_SHA256, (
+        "python-socketio's BaseManager.basic_disconnect changed: compare it with "
+        f"flashsale.server.rooms.RoomIndex.basic_disconnect, then update the digest ({digest})"
+    )
 
 
 def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import redis
-import socketio as socketio_lib
 from flask import Flask, Request, Response, jsonify, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_socketio import SocketIO
@@ -13,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from flashsale.core import events, store
 from flashsale.errors import ConfigError
+from flashsale.server import rooms
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
@@ -69,8 +69,9 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         transports=["websocket"],
         # Given, not named by message_queue: Flask-SocketIO hands any URL but redis:// to its
         # Kombu manager, which does not follow a Sentinel failover; python-socketio's Redis
-        # manager reads redis+sentinel:// as core.store does.
-        client_manager=socketio_lib.RedisManager(settings.redis_url, channel=events.CHANNEL),
+        # manager reads redis+sentinel:// as core.store does. server/rooms.py adds the index
+        # that makes a disconnect cost the same at any crowd size.
+        client_manager=rooms.RedisManager(settings.redis_url, channel=events.CHANNEL),
     )
     metrics = ServerMetrics(client, settings.sale_sku)
     ctx = ServerContext(
