@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import redis
+from provenance import print_provenance
 
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.processes import Child, flashsale_argv
@@ -228,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{statistics.median(r['last_result_s'] for r in mine):.1f} s, 5xx "
                     f"{statistics.median(r['server_errors'] for r in mine):.0f}"
                 )
-    load = os.getloadavg()
-    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("reproduce: .venv/bin/python benchmarks/herd.py " + " ".join(sys.argv[1:]))
+    print_provenance()
     return 0
 
 

@@ -20,13 +20,13 @@ import argparse
 import io
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from provenance import print_provenance
 from rich.console import Console
 
 from flashsale.loadgen.client import loop
@@ -147,7 +147,7 @@ def main() -> None:
             f"{statistics.median(held_rows):.0f} of {args.held} ({args.runs} runs)"
         )
     print(f"logs: {log_dir}")
-    print("reproduce: .venv/bin/python benchmarks/loadgen.py " + " ".join(sys.argv[1:]))
+    print_provenance()
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from provenance import print_provenance
 
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.processes import Child, flashsale_argv
@@ -239,7 +240,7 @@ def main() -> None:
             f"(http/queue = {server['http'] / max(server['queue'], 1e-9):.2f}x); e2e p99 queue "
             f"{p99['queue']:.0f} ms vs http {p99['http']:.0f} ms"
         )
-    print("reproduce: .venv/bin/python benchmarks/pipeline.py " + " ".join(sys.argv[1:]))
+    print_provenance()
 
 
 if __name__ == "__main__":

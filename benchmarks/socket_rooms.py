@@ -14,7 +14,6 @@ and the load average. Never asserts.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import socketio
+from provenance import print_provenance
 
 from flashsale.server.rooms import RoomIndex
 
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:<16} "
             + " ".join(f"{op} {ratio:.2f}x" for op, ratio in zip(OPERATIONS, ratios, strict=True))
         )
-    load = os.getloadavg()
-    print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("reproduce: .venv/bin/python benchmarks/socket_rooms.py " + " ".join(sys.argv[1:]))
+    print_provenance()
     return 0
 
 

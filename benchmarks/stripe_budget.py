@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import redis
 from celery import Celery
+from provenance import print_provenance
 
 from flashsale.core import inventory, jobs, orders
 from flashsale.ops.pipeline import LocalPipeline
@@ -170,7 +170,7 @@ def main() -> None:
             f"--stripe-rate {mode}: median {rate:.1f} charges/s{share}, failed orders (worst run) "
             f"{failed}, 429s {limited:.0f}, worker CPU {cpu:.2f} ms/order ({len(rows)} runs)"
         )
-    print("reproduce: .venv/bin/python benchmarks/stripe_budget.py " + " ".join(sys.argv[1:]))
+    print_provenance()
 
 
 if __name__ == "__main__":
