@@ -344,3 +344,29 @@ def test_a_5xx_the_server_did_not_count_fails_the_cross_check() -> None:
     assert check.passed is False
     assert check.detail == "session: customers 0, server 0, submit: customers 2, server 1"
     assert cross_check(report, seen, "2 server processes").passed is True  # said, not judged
+
+
+@pytest.mark.slow
+def test_a_failed_gate_says_what_was_measured_on_the_first_line(tmp_path: Path) -> None:
+    """A payments engineer reading FAILED needs the figure beside the gate, not only its name."""
+    path = tmp_path / "strict.toml"
+    text = TINY.format(customers=20, rate="40/s")
+    path.write_text(
+        text.replace('slo = ["timeout.ratio<1%", "error.ratio<1%"]', 'slo = ["e2e.p99<1ms"]')
+    )
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        flashsale_argv(
+            "rehearse", "--scenario", str(path), "--run-dir", str(run_dir), "--no-dashboard"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    (measured,) = [r["actual"] for r in report["loadgen"]["slo"]["results"]]
+    assert measured > 1
+    first_line = f"FAILED: SLOs met: e2e.p99<1ms (actual {measured:g}ms)"
+    assert report["verdict"] == first_line
+    assert first_line in done.stdout

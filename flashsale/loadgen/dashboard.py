@@ -11,7 +11,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from flashsale.loadgen.stats import ENDPOINT_COLUMNS, OUTCOMES, PHASES, RunStats
+from flashsale.loadgen.stats import (
+    ENDPOINT_COLUMNS,
+    OUTCOMES,
+    PHASES,
+    RunStats,
+    format_actual,
+)
 
 FUNNEL = ("session", "tokenize", "connect", "waiting", "submit", "result")
 OUTCOME_STYLE = {
@@ -448,10 +454,7 @@ def verdict_lines(
         )
     for result in slo_results:
         mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-        unit = {"ms": "ms", "ratio": "", "count": ""}[result.slo.unit]
-        actual = (
-            f"{result.actual:.4%}" if result.slo.unit == "ratio" else f"{result.actual:g}{unit}"
-        )
+        actual = format_actual(result.slo.unit, result.actual)
         default = " (default gate)" if result.slo.default else ""
         console.print(f"SLO {result.slo.text}{default}: {mark} (actual {actual})")
     for reason in info.invalid_reasons:

@@ -509,6 +509,13 @@ class Slo:
         return "ms" if self.stat in LATENCY_STATS else "count"
 
 
+def format_actual(unit: str, actual: float) -> str:
+    """An SLO's measured value as its gate is written: 0.0500%, 10805.2ms, 3."""
+    if unit == "ratio":
+        return f"{actual:.4%}"
+    return f"{actual:g}ms" if unit == "ms" else f"{actual:g}"
+
+
 def parse_slo(text: str) -> Slo:
     """Parse `metric.stat OP value`; unknown metrics or stats are usage errors."""
     match = _SLO.match(text)
