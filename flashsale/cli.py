@@ -9,7 +9,8 @@ import click
 
 from flashsale import __version__
 from flashsale.errors import ConfigError, FlashsaleError
-from flashsale.settings import Settings
+from flashsale.settings import MAX_IN_FLIGHT, Settings
+from flashsale.units import parse_duration
 
 
 class FlashsaleClickError(click.ClickException):
@@ -240,6 +241,19 @@ def _read_timeout_default(field: str) -> str:
     "open websockets are never cut "
     f"[{_read_timeout_default('keepalive_s')}; env FLASHSALE_KEEPALIVE_TIMEOUT; 0 = no limit].",
 )
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(1, MAX_IN_FLIGHT),
+    default=None,
+    help="HTTP requests one server process works on at once; the rest wait their turn "
+    f"[{Settings().max_in_flight}; env FLASHSALE_MAX_IN_FLIGHT].",
+)
+@click.option(
+    "--queue-wait",
+    default=None,
+    help="Longest a request waits for its turn, then 503 with Retry-After, counted in "
+    f"flashsale_http_shed_total [{Settings().queue_wait_s:g}s; env FLASHSALE_QUEUE_WAIT].",
+)
 @pipeline_options
 def serve(
     host: str,
@@ -256,6 +270,8 @@ def serve(
     header_timeout: str | None,
     body_timeout: str | None,
     keepalive_timeout: str | None,
+    max_in_flight: int | None,
+    queue_wait: str | None,
     redis_url: str | None,
     stripe_api_base: str | None,
     notify: str | None,
@@ -283,6 +299,8 @@ def serve(
         sale_name=name,
         max_quantity=max_quantity,
         stock_from_ledger=stock_from_ledger,
+        max_in_flight=max_in_flight,
+        queue_wait_s=parse_duration(queue_wait, "--queue-wait") if queue_wait else None,
     )
     settings, note = settings.with_served_secret(host)
     if note:

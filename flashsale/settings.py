@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flashsale.errors import ConfigError, LiveStripeKeyRefused
+from flashsale.units import parse_duration
 
 # Keys the simulator accepts out of the box; they are test-mode shaped and worthless elsewhere.
 SIM_SECRET_KEY = "sk_test_flashsale_simulator"
@@ -17,6 +18,10 @@ SIM_API_BASE = "http://127.0.0.1:12111"
 STRIPE_API_BASE = "https://api.stripe.com"
 # Shortest FLASHSALE_SECRET accepted: it signs every room token and /notify call.
 MIN_SECRET_LENGTH = 16
+
+# The most HTTP requests a server process may work on at once: core.store.MAX_CONNECTIONS
+# (128) less 16 kept for the Socket.IO handlers (tests/test_admission.py holds them together).
+MAX_IN_FLIGHT = 112
 
 LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -51,6 +56,12 @@ class Settings:
     # When Redis has no stock for the sale, open it net of the units Stripe's ledger already
     # charged for the SKU, so a Redis that lost its data cannot sell them again.
     stock_from_ledger: bool = True
+
+    # HTTP requests one server process works on at once; the rest wait up to queue_wait_s,
+    # then get a 503 with Retry-After (server/admission.py). Below the Redis pool's size, so
+    # the Socket.IO handlers keep connections of their own.
+    max_in_flight: int = 96
+    queue_wait_s: float = 30.0
 
     notify: str = "queue"  # "queue": emit via the Redis message queue; "http": POST /notify
     server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
@@ -99,6 +110,11 @@ class Settings:
             sale_stock=_int_env(environ, "FLASHSALE_STOCK", defaults.sale_stock),
             stock_from_ledger=environ.get("FLASHSALE_STOCK_FROM_LEDGER", "1").lower()
             not in ("0", "false", "no", "off"),
+            max_in_flight=_int_env(environ, "FLASHSALE_MAX_IN_FLIGHT", defaults.max_in_flight),
+            queue_wait_s=parse_duration(
+                environ.get("FLASHSALE_QUEUE_WAIT") or f"{defaults.queue_wait_s:g}s",
+                "FLASHSALE_QUEUE_WAIT",
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -127,6 +143,13 @@ class Settings:
             raise ConfigError("stock cannot be negative")
         if not 1 <= self.max_quantity <= 100:
             raise ConfigError("max quantity must be between 1 and 100")
+        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
+            raise ConfigError(
+                f"max in flight must be between 1 and {MAX_IN_FLIGHT} (the Redis pool's "
+                f"connections less those the Socket.IO handlers need), not {self.max_in_flight}"
+            )
+        if self.queue_wait_s <= 0:
+            raise ConfigError("the queue wait must be a positive duration, e.g. 10s")
         if self.visibility_timeout_s <= self.retry_backoff_max_s + self.stripe_timeout_s:
             raise ConfigError(
                 "the broker visibility timeout must exceed the longest retry backoff plus the "

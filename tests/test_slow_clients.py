@@ -315,7 +315,11 @@ def test_idle_sockets_that_exhaust_descriptors_are_reclaimed(
     """200 silent connections exhaust a server's descriptors: it holds what it can, closes
     those at the header timeout, takes the rest, and /healthz (queued behind them) answers
     soon after; then every idle socket has been closed by the server."""
-    flags = server_flags(workers, "--header-timeout", f"{STARVED_HEADER_S:g}s")
+    # A small Redis pool (it is opened at start, --max-in-flight connections): the limits
+    # above leave the rest of the descriptors to the clients.
+    flags = server_flags(
+        workers, "--header-timeout", f"{STARVED_HEADER_S:g}s", "--max-in-flight", "8"
+    )
     env = {**LocalPipeline(tmp_path).env, "FLASHSALE_REDIS_URL": module_redis_url}
     child = Child(
         "server",

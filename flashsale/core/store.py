@@ -162,3 +162,13 @@ def check(client: redis.Redis) -> None:
         client.ping()
     except redis.RedisError as error:
         raise RedisUnavailable(f"Redis is unavailable: {error}") from error
+
+
+def open_connections(client: redis.Redis, count: int) -> None:
+    """Connect `count` of the pool's connections now, before the doors open: in the herd each
+    new connection was set up through a saturated run queue. The pool hands out the most
+    recently returned first, so these are the ones used."""
+    pool = client.connection_pool
+    taken = [pool.get_connection() for _ in range(count)]
+    for connection in taken:
+        pool.release(connection)

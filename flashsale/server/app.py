@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from flashsale.core import events, store
 from flashsale.errors import ConfigError
 from flashsale.server import rooms
+from flashsale.server.admission import InFlightLimit
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics
@@ -61,6 +62,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
 
     client = store.connect(settings.redis_url)
     store.check(client)
+    store.open_connections(client, settings.max_in_flight)
     open_sale(client, settings)
 
     socketio = SocketIO(
@@ -83,6 +85,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         stock_feed=make_stock_feed(socketio, client, metrics),
     )
     app.extensions["flashsale"] = ctx
+    InFlightLimit(settings.max_in_flight, settings.queue_wait_s, metrics).install(app)
     app.register_blueprint(bp)
     register_handlers(socketio, ctx)
     register_error_handlers(app)

@@ -70,6 +70,23 @@ class ServerMetrics:
             ["route", "kind"],
             registry=self.registry,
         )
+        self.http_in_progress = Gauge(
+            "flashsale_http_in_progress",
+            "HTTP requests this process is working on (at most serve --max-in-flight).",
+            registry=self.registry,
+        )
+        self.http_waiting = Gauge(
+            "flashsale_http_waiting",
+            "HTTP requests waiting for a place among those in progress.",
+            registry=self.registry,
+        )
+        self.http_shed = Counter(
+            "flashsale_http_shed",
+            "HTTP requests answered 503 (Retry-After) because they waited --queue-wait for a "
+            "place among those in progress, by route.",
+            ["route"],
+            registry=self.registry,
+        )
         self.sockets = Gauge(
             "flashsale_sockets_connected",
             "Socket.IO clients connected to this process.",
