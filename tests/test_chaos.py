@@ -43,8 +43,15 @@ FAULTS = [
 ]
 
 
-def chaos_plan() -> RehearsalPlan:
-    return parse_plan(SCENARIO, "chaos.toml")
+# Arrivals at twice the scenario's rate: 500 customers over 12.5 s, every fault (at 6-8 s)
+# still lands while orders are in flight, and each rehearsal takes ~22 s instead of ~35 s in CI.
+# benchmarks/chaos_figures.py runs the scenario as written.
+CI_RATE = "40/s"
+
+
+def chaos_plan(rate: str | None = CI_RATE) -> RehearsalPlan:
+    """The scenario at `rate` (None: as written)."""
+    return parse_plan(SCENARIO, "chaos.toml").with_overrides(loadgen={"rate": rate})
 
 
 def rehearse(
@@ -100,7 +107,9 @@ def assert_promises_kept(report: dict[str, Any]) -> None:
 @pytest.mark.chaos
 @pytest.mark.parametrize("spec", FAULTS)
 def test_fault_keeps_every_promise(tmp_path: Path, spec: str) -> None:
-    report = rehearse(tmp_path / "run", spec)
+    # Slow clients are cut at the 10 s header timeout: the sale as written lasts past it.
+    plan = chaos_plan(rate=None) if spec.startswith("slow-clients") else None
+    report = rehearse(tmp_path / "run", spec, plan=plan)
     assert_promises_kept(report)
     (record,) = report["chaos"]
     assert record["fault"] == spec
