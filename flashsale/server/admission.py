@@ -18,7 +18,7 @@ import time
 
 from flask import Flask, Response, g, jsonify, request
 
-from flashsale.server.metrics import ServerMetrics
+from flashsale.server.metrics import ServerMetrics, route_of
 
 log = logging.getLogger("flashsale.server")
 
@@ -57,7 +57,7 @@ class InFlightLimit:
             g.flashsale_slot = True
             self.metrics.http_in_progress.inc()
             return None
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        route = route_of(request)
         self.metrics.http_shed.labels(route).inc()
         log.warning(
             "shed %s %s after waiting %.1fs: %d requests in progress",

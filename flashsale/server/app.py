@@ -16,7 +16,7 @@ from flashsale.server import rooms
 from flashsale.server.admission import InFlightLimit
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
-from flashsale.server.metrics import ServerMetrics
+from flashsale.server.metrics import ServerMetrics, route_of
 from flashsale.server.sale import open_sale
 from flashsale.server.sockets import register_handlers
 from flashsale.server.validation import ApiError, json_body
@@ -128,11 +128,6 @@ def register_error_handlers(app: Flask) -> None:
     def unexpected(error: Exception) -> tuple[Response, int]:
         log.exception("unhandled error on %s %s%s", request.method, request.path, whose(request))
         return error_response(500, "internal_error", "internal error; it has been logged")
-
-
-def route_of(req: Request) -> str:
-    """The route pattern, not the path: a small label set under hostile input."""
-    return req.url_rule.rule if req.url_rule else "unmatched"
 
 
 def whose(req: Request) -> str:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import redis
+from flask import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -50,6 +51,11 @@ class SaleCollector(Collector):
         for queue, waiting in depths.items():
             depth.add_metric([queue], waiting)
         yield depth
+
+
+def route_of(req: Request) -> str:
+    """The route pattern, not the path: a small label set under hostile input."""
+    return req.url_rule.rule if req.url_rule else "unmatched"
 
 
 class ServerMetrics:
