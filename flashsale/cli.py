@@ -10,7 +10,7 @@ import click
 from flashsale import __version__
 from flashsale.errors import ConfigError, FlashsaleError
 from flashsale.settings import MAX_IN_FLIGHT, Settings
-from flashsale.units import parse_duration
+from flashsale.units import parse_duration, parse_rate
 
 
 class FlashsaleClickError(click.ClickException):
@@ -180,6 +180,85 @@ def _read_timeout_default(field: str) -> str:
     return ReadTimeouts.default_of(field)
 
 
+def room_options(command: Any) -> Any:
+    """The waiting room's flags, shared by serve and rehearse."""
+    room = Settings()
+    for option in reversed(
+        (
+            click.option(
+                "--waiting-room",
+                type=click.Choice(["on", "off"]),
+                default=None,
+                help="A virtual waiting room in front of checkout: /session hands out queue "
+                "tickets, customers are admitted by the rules below and hold a unit while "
+                "they pay; POST /charges needs an admission token [off; env "
+                "FLASHSALE_WAITING_ROOM].",
+            ),
+            click.option(
+                "--admit-rate",
+                default=None,
+                help="Customers admitted a second, all server processes together; 0 = no rate "
+                f"bound [{room.room_rate:g}/s].",
+            ),
+            click.option(
+                "--admit-cap",
+                type=click.IntRange(min=0),
+                default=None,
+                help="Most customers holding a unit at once: one is admitted as one finishes "
+                f"(0 = no cap) [{room.room_cap}].",
+            ),
+            click.option(
+                "--hold",
+                default=None,
+                help=f"How long an admitted customer's unit is theirs [{room.room_hold_s:g}s].",
+            ),
+            click.option(
+                "--retry-window",
+                default=None,
+                help="After a decline, how long the unit stays the customer's to pay with "
+                f"another card (0 = none) [{room.room_retry_s:g}s].",
+            ),
+            click.option(
+                "--room-grace",
+                default=None,
+                help="A customer whose socket is gone this long leaves the queue or gives "
+                f"their unit back [{room.room_grace_s:g}s].",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def room_settings(
+    waiting_room: str | None,
+    admit_rate: str | None,
+    admit_cap: int | None,
+    hold: str | None,
+    retry_window: str | None,
+    room_grace: str | None,
+) -> dict[str, Any]:
+    """The Settings changes the waiting room's flags ask for (None: left as they are)."""
+    return {
+        "waiting_room": None if waiting_room is None else waiting_room == "on",
+        "room_rate": None if admit_rate is None else _rate_or_zero(admit_rate, "--admit-rate"),
+        "room_cap": admit_cap,
+        "room_hold_s": parse_duration(hold, "--hold") if hold else None,
+        "room_retry_s": _duration_or_zero(retry_window, "--retry-window"),
+        "room_grace_s": parse_duration(room_grace, "--room-grace") if room_grace else None,
+    }
+
+
+def _rate_or_zero(text: str, what: str) -> float:
+    return 0.0 if text.strip() in ("0", "0/s") else parse_rate(text, what)
+
+
+def _duration_or_zero(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    return 0.0 if text.strip() == "0" else parse_duration(text, what)
+
+
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
@@ -254,6 +333,7 @@ def _read_timeout_default(field: str) -> str:
     help="Longest a request waits for its turn, then 503 with Retry-After, counted in "
     f"flashsale_http_shed_total [{Settings().queue_wait_s:g}s; env FLASHSALE_QUEUE_WAIT].",
 )
+@room_options
 @pipeline_options
 def serve(
     host: str,
@@ -272,6 +352,12 @@ def serve(
     keepalive_timeout: str | None,
     max_in_flight: int | None,
     queue_wait: str | None,
+    waiting_room: str | None,
+    admit_rate: str | None,
+    admit_cap: int | None,
+    hold: str | None,
+    retry_window: str | None,
+    room_grace: str | None,
     redis_url: str | None,
     stripe_api_base: str | None,
     notify: str | None,
@@ -301,6 +387,7 @@ def serve(
         stock_from_ledger=stock_from_ledger,
         max_in_flight=max_in_flight,
         queue_wait_s=parse_duration(queue_wait, "--queue-wait") if queue_wait else None,
+        **room_settings(waiting_room, admit_rate, admit_cap, hold, retry_window, room_grace),
     )
     settings, note = settings.with_served_secret(host)
     if note:

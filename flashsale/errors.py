@@ -60,6 +60,14 @@ class SoldOut(OrderError):
     pass
 
 
+class NotHeld(OrderError):
+    """With the waiting room on: no unit is held for this customer (not admitted, or lapsed)."""
+
+
+class OrderInProgress(OrderError):
+    """With the waiting room on: the customer's held unit already has an order with Stripe."""
+
+
 class OrderNotFound(OrderError):
     pass
 

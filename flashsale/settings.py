@@ -63,6 +63,14 @@ class Settings:
     max_in_flight: int = 96
     queue_wait_s: float = 30.0
 
+    # The waiting room (server.waiting_room, core.waiting_room): off, or on with its rules.
+    waiting_room: bool = False
+    room_rate: float = 150.0  # admissions a second, all server processes together; 0: none
+    room_cap: int = 0  # most customers holding a unit at once; 0: no cap
+    room_hold_s: float = 120.0  # an admitted customer's unit is theirs this long
+    room_retry_s: float = 60.0  # after a decline, this long again to pay with another card
+    room_grace_s: float = 10.0  # a customer without a socket this long leaves the room
+
     notify: str = "queue"  # "queue": emit via the Redis message queue; "http": POST /notify
     server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
     stripe_timeout_s: float = 10.0
@@ -115,6 +123,8 @@ class Settings:
                 environ.get("FLASHSALE_QUEUE_WAIT") or f"{defaults.queue_wait_s:g}s",
                 "FLASHSALE_QUEUE_WAIT",
             ),
+            waiting_room=environ.get("FLASHSALE_WAITING_ROOM", "off").lower()
+            in ("1", "on", "true", "yes"),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -150,12 +160,28 @@ class Settings:
             )
         if self.queue_wait_s <= 0:
             raise ConfigError("the queue wait must be a positive duration, e.g. 10s")
+        if self.waiting_room:
+            self._check_room()
         if self.visibility_timeout_s <= self.retry_backoff_max_s + self.stripe_timeout_s:
             raise ConfigError(
                 "the broker visibility timeout must exceed the longest retry backoff plus the "
                 "Stripe timeout, or a task waiting to retry is delivered twice"
             )
         return self
+
+    def _check_room(self) -> None:
+        if self.room_rate < 0 or self.room_cap < 0:
+            raise ConfigError("the waiting room's admission rate and cap cannot be negative")
+        if self.room_rate == 0 and self.room_cap == 0:
+            raise ConfigError(
+                "the waiting room needs an admission rate (e.g. --admit-rate 150/s), a cap on "
+                "customers in checkout (--admit-cap 200), or both: with neither it admits "
+                "everyone at once, which is no waiting room"
+            )
+        if self.room_hold_s < 5:
+            raise ConfigError("a hold must last at least 5s: customers need time to pay")
+        if self.room_retry_s < 0 or self.room_grace_s <= 0:
+            raise ConfigError("the retry window cannot be negative and the grace must be > 0")
 
     def with_served_secret(self, host: str) -> tuple[Settings, str | None]:
         """The settings a server on `host` runs with, and what to tell its operator.

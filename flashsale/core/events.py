@@ -14,6 +14,11 @@ NAMESPACE = "/"
 JOINED = "joined"  # {"customer_id": ...} once the socket is in its private room
 CHARGE_RESULT = "charge_result"  # a final outcome of one order, see charge_result()
 STOCK = "stock"  # {"sku": ..., "stock_left": ...} to stock_room(sku), coalesced (core.stock_feed)
+# The waiting room (server.waiting_room), to a queued customer's room or socket:
+QUEUE = "queue"  # {"position": n, "eta_s": s or None}, at least every QUEUE_UPDATE_S
+ADMITTED = "admitted"  # {"admission_token": ..., "hold_s": s}: a unit is held, pay now
+SOLD_OUT = "sold_out"  # {"sku": ...} to queue_room(sku): every unit is sold
+HOLD_LAPSED = "hold_lapsed"  # {"sku": ...}: the customer's hold ran out; the unit went back
 
 # Final order outcomes as a customer sees them.
 SUCCEEDED = "succeeded"
@@ -30,6 +35,11 @@ def room_for(customer_id: str) -> str:
 def stock_room(sku: str) -> str:
     """The room of sockets that connected with auth watch_stock=true: they get STOCK events."""
     return f"stock:{sku}"
+
+
+def queue_room(sku: str) -> str:
+    """The room of every socket whose customer waits in the sale's queue: SOLD_OUT goes there."""
+    return f"queue:{sku}"
 
 
 def charge_result(
@@ -64,3 +74,15 @@ def joined(customer_id: str) -> dict[str, Any]:
 
 def stock(sku: str, stock_left: int) -> dict[str, Any]:
     return {"sku": sku, "stock_left": stock_left}
+
+
+def queue(position: int, eta_s: float | None) -> dict[str, Any]:
+    return {"position": position, "eta_s": None if eta_s is None else round(eta_s, 1)}
+
+
+def admitted(admission_token: str, hold_s: float) -> dict[str, Any]:
+    return {"admission_token": admission_token, "hold_s": round(hold_s, 1)}
+
+
+def sold_out(sku: str) -> dict[str, Any]:
+    return {"sku": sku}

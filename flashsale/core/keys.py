@@ -49,3 +49,24 @@ def stock(sku: str) -> str:
 
 def initial_stock(sku: str) -> str:
     return f"{PREFIX}stock:{sku}:initial"
+
+
+# The waiting room of one sale (core.waiting_room describes each).
+def room_queue(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:queue"
+
+
+def room_tickets(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:tickets"
+
+
+def room_holds(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:holds"
+
+
+def room_gone(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:gone"
+
+
+def room_state(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:state"

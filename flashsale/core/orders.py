@@ -5,7 +5,8 @@ Redis key layout (every key starts with ``flashsale:``; builders live in ``core.
     flashsale:order:<order_id>                 HASH   one order: order_id, customer_id, sku,
                                                       quantity, amount, currency, token, status,
                                                       created_at, updated_at, attempts, charge_id,
-                                                      code, decline_code, message, released
+                                                      code, decline_code, message, released,
+                                                      held (paid with a waiting-room hold)
     flashsale:orders                           ZSET   every order id, scored by creation time (ms)
     flashsale:orders:pending                   ZSET   pending order ids, scored by when they were
                                                       last handed to the queue (ms); the sweeper
@@ -19,7 +20,8 @@ Redis key layout (every key starts with ``flashsale:``; builders live in ``core.
 
 Placing an order and finalising one are each one Lua script, so stock, the order and the counts
 never disagree: a placement reserves stock and records the order together, and a final state is
-written once (pending -> final), releasing the stock of a declined or failed order exactly once.
+written once (pending -> final), releasing the stock of a declined or failed order exactly once
+(or, for an order on a waiting-room hold, keeping the unit for the customer's retry window).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 from redis import Redis
 
 from flashsale.core import events, inventory, keys
-from flashsale.errors import InvalidTransition, OrderNotFound, SoldOut
+from flashsale.errors import InvalidTransition, NotHeld, OrderInProgress, OrderNotFound, SoldOut
 
 PENDING = "pending"
 SUCCEEDED = events.SUCCEEDED
@@ -49,23 +51,41 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
 _PLACE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: dedupe, stock, order, index, customer orders, counts, pending index, sku counts
--- ARGV: order id, quantity, created_at ms, then field/value pairs of the order hash
+-- KEYS: dedupe, stock, order, index, customer orders, counts, pending index, sku counts, holds
+-- ARGV: order id, quantity, created_at ms, held ('1': the waiting room's hold pays for it),
+--       customer id, then field/value pairs of the order hash
 local existing = redis.call('GET', KEYS[1])
 if existing then
   return {'existing', existing}
 end
-local left = reserve(KEYS[2], tonumber(ARGV[2]))
-if left < 0 then
-  return {'sold_out', redis.call('GET', KEYS[2]) or '0'}
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 -- The pending index is scored on Redis's clock, the one the sweeper compares it with: a
 -- worker whose clock runs ahead must not see fresh orders as stale.
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local left
+if ARGV[4] == '1' then
+  -- The unit left the stock when the customer was admitted (core.waiting_room).
+  local until_ms = redis.call('ZSCORE', KEYS[9], ARGV[5])
+  if not until_ms then
+    return {'not_held', redis.call('GET', KEYS[2]) or '0'}
+  end
+  if until_ms == 'inf' then
+    return {'ordering', ''}
+  end
+  if tonumber(until_ms) <= now_ms then
+    return {'not_held', redis.call('GET', KEYS[2]) or '0'}
+  end
+  redis.call('ZADD', KEYS[9], 'XX', '+inf', ARGV[5])
+  left = tonumber(redis.call('GET', KEYS[2]) or '0')
+else
+  left = reserve(KEYS[2], tonumber(ARGV[2]))
+  if left < 0 then
+    return {'sold_out', redis.call('GET', KEYS[2]) or '0'}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[7], now_ms, ARGV[1])
 redis.call('RPUSH', KEYS[5], ARGV[1])
 redis.call('HINCRBY', KEYS[6], 'pending', 1)
@@ -77,7 +97,7 @@ return {'created', tostring(left)}
 _FINALIZE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: order, stock, counts, pending index, sku counts
+-- KEYS: order, stock, counts, pending index, sku counts, room holds, room state
 -- ARGV: final status, updated_at, charge_id, code, decline_code, message, order id
 -- Returns {outcome, the order hash as stored now}, so the caller needs no second read.
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -94,9 +114,29 @@ redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
 redis.call('HINCRBY', KEYS[5], 'pending', -1)
 redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
 redis.call('ZREM', KEYS[4], ARGV[7])
-if ARGV[1] ~= 'succeeded' then
-  release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
-  redis.call('HSET', KEYS[1], 'released', '1')
+local held = redis.call('HGET', KEYS[1], 'held') == '1'
+local customer = redis.call('HGET', KEYS[1], 'customer_id')
+if ARGV[1] == 'succeeded' then
+  if held then
+    redis.call('ZREM', KEYS[6], customer)  -- the held unit is sold
+  end
+else
+  local retry_ms = 0
+  if held then
+    retry_ms = tonumber(redis.call('HGET', KEYS[7], 'retry_ms') or '0') or 0
+  end
+  if retry_ms > 0 and redis.call('ZSCORE', KEYS[6], customer) then
+    -- The unit stays the customer's for a while, to pay with another card.
+    local clock = redis.call('TIME')
+    local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+    redis.call('ZADD', KEYS[6], 'XX', now_ms + retry_ms, customer)
+  else
+    if held then
+      redis.call('ZREM', KEYS[6], customer)
+    end
+    release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
+    redis.call('HSET', KEYS[1], 'released', '1')
+  end
 end
 return {'transitioned', redis.call('HGETALL', KEYS[1])}
 """
@@ -158,6 +198,8 @@ class Order:
     released: bool = False
     # A charge attempt ended without Stripe's answer (timeout, 5xx): Stripe may have charged.
     outcome_unknown: bool = False
+    # Placed on a unit the waiting room held for the customer (core.waiting_room).
+    held: bool = False
 
     @property
     def final(self) -> bool:
@@ -204,6 +246,7 @@ class Order:
             message=optional("message"),
             released=data.get("released") == "1",
             outcome_unknown=data.get("outcome_unknown") == "1",
+            held=data.get("held") == "1",
         )
 
 
@@ -235,10 +278,14 @@ def place_order(
     quantity: int,
     unit_price: int,
     currency: str,
+    held: bool = False,
 ) -> Placement:
     """Reserve stock and record a pending order atomically, once per customer+token.
 
     Raises SoldOut (nothing reserved, nothing recorded) when the stock cannot cover quantity.
+    With `held`, the unit is the one the waiting room holds for the customer (quantity 1):
+    NotHeld when there is none (never admitted, or the hold lapsed), OrderInProgress while
+    another order of theirs is with Stripe.
     """
     now = time.time()
     order = Order(
@@ -251,6 +298,7 @@ def place_order(
         token=token,
         created_at=now,
         updated_at=now,
+        held=held,
     )
     fields: list[str] = []
     for name, value in _to_hash(order).items():
@@ -265,13 +313,25 @@ def place_order(
             keys.state_counts(),
             keys.pending_orders(),
             keys.sku_state_counts(sku),
+            keys.room_holds(sku),
         ],
-        args=[order.order_id, quantity, int(now * 1000), *fields],
+        args=[
+            order.order_id,
+            quantity,
+            int(now * 1000),
+            "1" if held else "0",
+            customer_id,
+            *fields,
+        ],
     )
     if outcome == "created":
         return Placement(order=order, created=True, stock_left=int(detail))
     if outcome == "sold_out":
         raise SoldOut(f"sold out: {detail} left of {sku}, {quantity} asked")
+    if outcome == "not_held":
+        raise NotHeld(f"no unit of {sku} is held for customer {customer_id}")
+    if outcome == "ordering":
+        raise OrderInProgress(f"customer {customer_id} already has an order with Stripe")
     existing = load_order(redis, detail)
     return Placement(order=existing, created=False)
 
@@ -326,6 +386,8 @@ def finalize(
             keys.state_counts(),
             keys.pending_orders(),
             keys.sku_state_counts(sku),
+            keys.room_holds(sku),
+            keys.room_state(sku),
         ],
         args=[
             status,

@@ -13,6 +13,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 SIGNATURE_HEADER = "X-Flashsale-Signature"
 _ROOM_SALT = "flashsale.room-token"
+_ADMISSION_SALT = "flashsale.admission-token"
 # A token issued by another server whose clock runs a little ahead looks younger than zero:
 # that is clock skew, not a forgery.
 CLOCK_LEEWAY_S = 30
@@ -20,8 +21,8 @@ CLOCK_LEEWAY_S = 30
 
 # Built once per secret instead of three times per customer (session, socket, charge).
 @functools.lru_cache(maxsize=8)
-def _serializer(secret: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret, salt=_ROOM_SALT)
+def _serializer(secret: str, salt: str = _ROOM_SALT) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt=salt)
 
 
 def issue_room_token(secret: str, customer_id: str) -> str:
@@ -31,10 +32,25 @@ def issue_room_token(secret: str, customer_id: str) -> str:
 
 def verify_room_token(secret: str, token: object, max_age_s: int) -> str | None:
     """The customer id inside a genuine, unexpired token; None for anything else."""
+    return _verify(secret, _ROOM_SALT, token, max_age_s)
+
+
+def issue_admission_token(secret: str, customer_id: str) -> str:
+    """A token proving the waiting room admitted this customer (the hold in Redis decides
+    whether the admission still stands; see core.waiting_room)."""
+    return _serializer(secret, _ADMISSION_SALT).dumps(customer_id)
+
+
+def verify_admission_token(secret: str, token: object, max_age_s: int) -> str | None:
+    """The customer id inside a genuine, unexpired admission token; None for anything else."""
+    return _verify(secret, _ADMISSION_SALT, token, max_age_s)
+
+
+def _verify(secret: str, salt: str, token: object, max_age_s: int) -> str | None:
     if not isinstance(token, str) or not token or len(token) > 512:
         return None
     try:
-        customer_id, issued = _serializer(secret).loads(token, return_timestamp=True)
+        customer_id, issued = _serializer(secret, salt).loads(token, return_timestamp=True)
     except BadSignature:
         return None
     age = time.time() - issued.timestamp()

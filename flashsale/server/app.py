@@ -20,6 +20,7 @@ from flashsale.server.metrics import ServerMetrics, route_of
 from flashsale.server.sale import open_sale
 from flashsale.server.sockets import register_handlers
 from flashsale.server.validation import ApiError, json_body
+from flashsale.server.waiting_room import WaitingRoom
 from flashsale.settings import Settings
 
 log = logging.getLogger("flashsale.server")
@@ -84,6 +85,9 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         socketio=socketio,
         stock_feed=make_stock_feed(socketio, client, metrics),
     )
+    if settings.waiting_room:
+        ctx.room = WaitingRoom(settings, client, socketio, metrics)
+        ctx.room.start()
     app.extensions["flashsale"] = ctx
     InFlightLimit(settings.max_in_flight, settings.queue_wait_s, metrics).install(app)
     app.register_blueprint(bp)

@@ -25,6 +25,7 @@ class ServerContext:
     metrics: ServerMetrics
     socketio: SocketIO
     stock_feed: StockFeed
+    room: Any = None  # server.waiting_room.WaitingRoom when the waiting room is on
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""

@@ -11,9 +11,16 @@ import redis
 from flask import Blueprint, Response, jsonify, render_template, request
 
 from flashsale.core import events, inventory, keys, orders, signing
-from flashsale.errors import SoldOut
+from flashsale.errors import NotHeld, OrderInProgress, SoldOut
 from flashsale.server.context import ServerContext, context
-from flashsale.server.validation import ApiError, check_fields, is_uuid, json_body, parse_charge
+from flashsale.server.validation import (
+    ApiError,
+    ChargeRequest,
+    check_fields,
+    is_uuid,
+    json_body,
+    parse_charge,
+)
 
 log = logging.getLogger("flashsale.server")
 bp = Blueprint("http", __name__)
@@ -25,7 +32,7 @@ def new_session(ctx: ServerContext) -> dict[str, Any]:
     """A fresh customer id with its signed room token, and everything a client needs to pay."""
     settings = ctx.settings
     customer_id = str(uuid.uuid4())
-    return {
+    session = {
         "customer_id": customer_id,
         "room_token": signing.issue_room_token(settings.secret, customer_id),
         "publishable_key": settings.stripe_publishable_key,
@@ -40,6 +47,9 @@ def new_session(ctx: ServerContext) -> dict[str, Any]:
             "max_quantity": settings.max_quantity,
         },
     }
+    if ctx.room is not None:
+        session["waiting_room"] = ctx.room.ticket(customer_id)
+    return session
 
 
 def no_query_params(allowed: frozenset[str] = frozenset()) -> None:
@@ -112,6 +122,8 @@ def create_charge() -> tuple[Response, int]:
         raise ApiError(403, "invalid_room_token", "the room token is forged or expired")
     if owner != charge.customer_id:
         raise ApiError(403, "forbidden", "the room token belongs to another customer")
+    if ctx.room is not None:
+        check_admission(ctx, charge)
     try:
         placement = orders.place_order(
             ctx.redis,
@@ -121,9 +133,22 @@ def create_charge() -> tuple[Response, int]:
             quantity=charge.quantity,
             unit_price=settings.sale_price,
             currency=settings.sale_currency,
+            held=ctx.room is not None,
         )
     except SoldOut as error:
         raise ApiError(409, "sold_out", str(error)) from None
+    except NotHeld:
+        if ctx.room.is_over():
+            raise ApiError(409, "sold_out", "sold out: every unit is sold") from None
+        raise ApiError(
+            403,
+            "hold_lapsed",
+            "no unit is held for you: your admission lapsed (or you left); join the queue again",
+        ) from None
+    except OrderInProgress:
+        raise ApiError(
+            409, "order_in_progress", "your held unit already has an order being charged"
+        ) from None
     order = placement.order
     if not placement.created:
         # The same customer submitted the same card token again: that is the same order.
@@ -149,6 +174,23 @@ def create_charge() -> tuple[Response, int]:
         ctx.stock_feed.changed(order.sku)  # the unit just reserved is back
         raise ApiError(503, "service_unavailable", "could not queue the charge; retry") from None
     return jsonify({"order_id": order.order_id, "status": order.status}), 202
+
+
+def check_admission(ctx: ServerContext, charge: ChargeRequest) -> None:
+    """With the waiting room on, only an admitted customer may order, one unit at a time."""
+    if not charge.admission_token:
+        raise ApiError(
+            403,
+            "not_admitted",
+            "the waiting room is on: wait for your admitted event and send its admission_token",
+        )
+    admitted = ctx.room.admitted_customer(charge.admission_token)
+    if admitted is None:
+        raise ApiError(403, "invalid_admission_token", "the admission token is forged or expired")
+    if admitted != charge.customer_id:
+        raise ApiError(403, "forbidden", "the admission token belongs to another customer")
+    if charge.quantity != 1:
+        raise ApiError(400, "invalid_field", "the waiting room holds one unit per customer")
 
 
 def refuse_cross_origin() -> None:

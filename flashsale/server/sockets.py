@@ -27,6 +27,11 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
         """
         socketio.emit(events.JOINED, events.joined(customer_id), to=sid, ignore_queue=True)
         metrics.emits.labels(events.JOINED).inc()
+        if ctx.room is not None:
+            try:
+                ctx.room.welcome(sid, customer_id)
+            except Exception as error:  # the next update tells it anyway
+                log.error("could not tell %s its place in the queue: %s", customer_id, error)
         if watch_stock:
             try:
                 left = inventory.stock_left(ctx.redis, settings.sale_sku)
@@ -56,12 +61,16 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
         watch_stock = isinstance(auth, dict) and auth.get("watch_stock") is True
         if watch_stock:
             server.enter_room(sid, events.stock_room(settings.sale_sku), namespace=events.NAMESPACE)
+        if ctx.room is not None:
+            ctx.room.on_connect(sid, customer_id)
         metrics.socket_connects.labels("accepted").inc()
         metrics.sockets.inc()
         socketio.start_background_task(welcome, sid, customer_id, watch_stock)
 
     def on_disconnect(sid: str, reason: object = None) -> None:
         metrics.sockets.dec()
+        if ctx.room is not None:
+            ctx.room.on_disconnect(sid)
 
     # Straight on python-socketio: neither handler needs Flask, and through Flask-SocketIO every
     # connect and disconnect would push a whole Flask request context (a session, URL matching

@@ -12,7 +12,7 @@ from flask import Request
 
 # \Z, not $: `$` also matches before a final newline, and "tok_x\n" would pass as its own token.
 TOKEN_PATTERN = re.compile(r"(tok|src|card|pm)_[A-Za-z0-9_]{1,200}\Z")
-CHARGE_FIELDS = {"customer_id", "room_token", "token", "quantity"}
+CHARGE_FIELDS = {"customer_id", "room_token", "token", "quantity", "admission_token"}
 REQUIRED_CHARGE_FIELDS = ("customer_id", "room_token", "token")
 
 
@@ -35,6 +35,7 @@ class ChargeRequest:
     room_token: str
     token: str
     quantity: int
+    admission_token: str | None = None  # the waiting room's, when it is on
 
 
 def is_uuid(value: object) -> bool:
@@ -103,8 +104,15 @@ def parse_charge(request: Request, max_quantity: int) -> ChargeRequest:
     if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
         raise ApiError(400, "invalid_field", "token must be a Stripe card token such as tok_...")
     quantity = parse_quantity(data.get("quantity", 1), max_quantity)
+    admission_token = data.get("admission_token")
+    if admission_token is not None and not isinstance(admission_token, str):
+        raise ApiError(400, "invalid_field", "admission_token must be a string")
     return ChargeRequest(
-        customer_id=str(customer_id), room_token=room_token, token=token, quantity=quantity
+        customer_id=str(customer_id),
+        room_token=room_token,
+        token=token,
+        quantity=quantity,
+        admission_token=admission_token,
     )
 
 

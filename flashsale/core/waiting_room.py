@@ -1,0 +1,287 @@
+"""The waiting room of a sale, in Redis: tickets, holds, the admission budget, one script each.
+
+Every server process runs the same admission step (server.waiting_room) against the same keys,
+so several processes and machines keep one queue, one rate and one cap::
+
+    flashsale:room:<sku>:queue    ZSET  queued customer ids, scored by ticket (FIFO)
+    flashsale:room:<sku>:tickets  STRING the last ticket handed out
+    flashsale:room:<sku>:holds    ZSET  admitted customers, each holding one unit, scored by when
+                                        the hold lapses (ms, Redis's clock); +inf while the
+                                        customer's order is with Stripe (core.orders)
+    flashsale:room:<sku>:gone     ZSET  customers without a socket, scored by since when (ms)
+    flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms), the
+                                        token bucket (tokens, at_ms), `over` once sold out, and
+                                        counts (admitted, expired, abandoned_queued,
+                                        abandoned_held, told_sold_out)
+
+A held unit has left `flashsale:stock:<sku>` (the units free): admission takes it, a lapsed or
+abandoned hold gives it back, a paid order keeps it and a declined one keeps it for the
+customer's retry window (core.orders). So the sale is over, and every queued customer is told
+so, exactly when no unit is free and none is held: never while one could still be sold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis import Redis
+
+from flashsale.core import keys
+
+QUEUED = "queued"
+ADMITTED = "admitted"
+ORDERING = "ordering"  # admitted, and its order is with Stripe
+SOLD_OUT = "sold_out"
+OUT = "out"  # neither queued nor holding: the hold lapsed or the customer left
+
+_NOW_MS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+_JOIN = (
+    _NOW_MS
+    + """
+-- KEYS: queue, tickets, holds, state, gone    ARGV: customer id
+if redis.call('HGET', KEYS[4], 'over') == '1' then
+  return {'sold_out', '0', 0}
+end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return {'admitted', '0', 0}
+end
+local ticket = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not ticket then
+  ticket = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[1], ticket, ARGV[1])
+  -- Gone until its socket connects: a ticket whose page never connects is let go.
+  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[1])
+end
+return {'queued', tostring(ticket), redis.call('ZRANK', KEYS[1], ARGV[1]) + 1}
+"""
+)
+
+_STEP = (
+    _NOW_MS
+    + """
+-- KEYS: queue, holds, gone, state, stock    ARGV: most customers to admit in this step
+local rules = redis.call('HMGET', KEYS[4], 'rate', 'cap', 'hold_ms', 'grace_ms', 'tokens',
+  'at_ms', 'over')
+local rate = tonumber(rules[1]) or 0
+local cap = tonumber(rules[2]) or 0
+local hold_ms = tonumber(rules[3]) or 120000
+local grace_ms = tonumber(rules[4]) or 10000
+local tokens = tonumber(rules[5]) or 0
+local at = tonumber(rules[6]) or now
+local abandoned_queued, abandoned_held = 0, 0
+-- Customers whose socket has been gone past the grace leave the queue, or give their unit
+-- back if they hold one and have no order with Stripe.
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - grace_ms, 'LIMIT', 0, 1000)
+for _, id in ipairs(gone) do
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    abandoned_queued = abandoned_queued + 1
+    redis.call('ZREM', KEYS[3], id)
+  else
+    local until_ms = redis.call('ZSCORE', KEYS[2], id)
+    if until_ms ~= 'inf' then  -- an order with Stripe: looked at again once it is final
+      redis.call('ZREM', KEYS[3], id)
+      if until_ms then
+        redis.call('ZREM', KEYS[2], id)
+        redis.call('INCR', KEYS[5])
+        abandoned_held = abandoned_held + 1
+      end
+    end
+  end
+end
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(lapsed) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('INCR', KEYS[5])
+end
+local free = tonumber(redis.call('GET', KEYS[5]) or '0')
+local n = math.min(tonumber(ARGV[1]), free)
+if rate > 0 then
+  -- A token bucket of 200 ms: the rate holds across processes and across steps.
+  tokens = math.min(math.max(1, rate / 5), tokens + (now - at) * rate / 1000)
+  n = math.min(n, math.floor(tokens))
+end
+if cap > 0 then
+  n = math.min(n, cap - redis.call('ZCARD', KEYS[2]))
+end
+local admitted = {}
+if n > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], n)
+  for i = 1, #popped, 2 do
+    redis.call('ZADD', KEYS[2], now + hold_ms, popped[i])
+    admitted[#admitted + 1] = popped[i]
+  end
+  if #admitted > 0 then
+    redis.call('DECRBY', KEYS[5], #admitted)
+  end
+  tokens = tokens - #admitted
+end
+redis.call('HSET', KEYS[4], 'tokens', tostring(tokens), 'at_ms', now)
+redis.call('HINCRBY', KEYS[4], 'admitted', #admitted)
+redis.call('HINCRBY', KEYS[4], 'expired', #lapsed)
+redis.call('HINCRBY', KEYS[4], 'abandoned_queued', abandoned_queued)
+redis.call('HINCRBY', KEYS[4], 'abandoned_held', abandoned_held)
+local told, ended = 0, 0
+local over = rules[7] == '1'
+if not over and free - #admitted <= 0 and redis.call('ZCARD', KEYS[2]) == 0 then
+  over, ended = true, 1
+  told = redis.call('ZCARD', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[4], 'over', '1')
+  redis.call('HINCRBY', KEYS[4], 'told_sold_out', told)
+end
+return {admitted, over and 1 or 0, ended, told, #lapsed, abandoned_queued, abandoned_held}
+"""
+)
+
+COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How the room admits: at most `rate` customers a second (0: no rate bound) and at most
+    `cap` holding a unit at once (0: no cap); holds last `hold_s`, `retry_s` more after a
+    decline; a customer without a socket for `grace_s` leaves."""
+
+    rate: float = 150.0
+    cap: int = 0
+    hold_s: float = 120.0
+    retry_s: float = 60.0
+    grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A customer's place: status QUEUED (ticket, position from 1), ADMITTED or SOLD_OUT."""
+
+    status: str
+    ticket: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one admission step did."""
+
+    admitted: list[str]
+    over: bool
+    ended: bool = False  # this step ended the sale (and emptied the queue)
+    told_sold_out: int = 0
+    expired: int = 0
+    abandoned_queued: int = 0
+    abandoned_held: int = 0
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where one customer stands now: a status, the position when QUEUED, and the ms until
+    the hold lapses when ADMITTED."""
+
+    status: str
+    position: int = 0
+    hold_left_ms: int = 0
+
+
+def set_rules(redis: Redis, sku: str, rules: Rules) -> None:
+    """Store the rules where every server's step and every worker's finalize read them."""
+    redis.hset(
+        keys.room_state(sku),
+        mapping={
+            "rate": repr(float(rules.rate)),
+            "cap": int(rules.cap),
+            "hold_ms": int(rules.hold_s * 1000),
+            "retry_ms": int(rules.retry_s * 1000),
+            "grace_ms": int(rules.grace_s * 1000),
+        },
+    )
+
+
+def join(redis: Redis, sku: str, customer_id: str) -> Ticket:
+    """Give the customer a ticket at the back of the queue (or say where it already is)."""
+    status, ticket, position = redis.register_script(_JOIN)(
+        keys=[
+            keys.room_queue(sku),
+            keys.room_tickets(sku),
+            keys.room_holds(sku),
+            keys.room_state(sku),
+            keys.room_gone(sku),
+        ],
+        args=[customer_id],
+    )
+    return Ticket(str(status), int(float(ticket)), int(position))
+
+
+def step(redis: Redis, sku: str, most: int = 1000) -> Step:
+    """Let go of the gone and the lapsed, admit whom the rules allow, and end the sale when
+    no unit is free or held. Atomic: any number of processes may call it."""
+    admitted, over, ended, told, expired, left_queue, left_hold = redis.register_script(_STEP)(
+        keys=[
+            keys.room_queue(sku),
+            keys.room_holds(sku),
+            keys.room_gone(sku),
+            keys.room_state(sku),
+            keys.stock(sku),
+        ],
+        args=[most],
+    )
+    return Step(
+        admitted=[str(customer) for customer in admitted],
+        over=bool(over),
+        ended=bool(ended),
+        told_sold_out=int(told),
+        expired=int(expired),
+        abandoned_queued=int(left_queue),
+        abandoned_held=int(left_hold),
+    )
+
+
+def socket_back(redis: Redis, sku: str, customer_id: str) -> None:
+    redis.zrem(keys.room_gone(sku), customer_id)
+
+
+def socket_gone(redis: Redis, sku: str, customer_id: str) -> None:
+    redis.zadd(keys.room_gone(sku), {customer_id: _redis_ms(redis)}, nx=True)
+
+
+def places(redis: Redis, sku: str, customer_ids: Sequence[str]) -> list[Place]:
+    """Where each customer stands, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hget(keys.room_state(sku), "over")
+    pipe.time()
+    for customer_id in customer_ids:
+        pipe.zrank(keys.room_queue(sku), customer_id)
+        pipe.zscore(keys.room_holds(sku), customer_id)
+    over, (seconds, micros), *answers = pipe.execute()
+    now_ms = seconds * 1000 + micros // 1000
+    found = []
+    for rank, hold in zip(answers[::2], answers[1::2], strict=True):
+        if rank is not None:
+            found.append(Place(QUEUED, position=int(rank) + 1))
+        elif hold == float("inf"):
+            found.append(Place(ORDERING))
+        elif hold is not None:
+            found.append(Place(ADMITTED, hold_left_ms=max(0, int(hold) - now_ms)))
+        else:
+            found.append(Place(SOLD_OUT if over == "1" else OUT))
+    return found
+
+
+def counts(redis: Redis, sku: str) -> dict[str, int]:
+    """Queued now, holding now, whether the sale is over, and what the room has done so far."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.zcard(keys.room_queue(sku))
+    pipe.zcard(keys.room_holds(sku))
+    pipe.hgetall(keys.room_state(sku))
+    queued, holding, state = pipe.execute()
+    shown = {"queued": int(queued), "holding": int(holding), "over": int(state.get("over", 0))}
+    shown.update({name: int(state.get(name, 0)) for name in COUNTS})
+    return shown
+
+
+def _redis_ms(redis: Redis) -> int:
+    seconds, micros = redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -1,0 +1,190 @@
+"""The waiting room in a server process: tickets for /session, the admission loop, queue news.
+
+The state is in Redis (core.waiting_room), so any number of server processes share one queue.
+Each process runs the same admission step ten times a second and tells the admitted through
+the message queue (their socket may be on another process); every UPDATE_S it also tells its
+own queued sockets where they stand, which repairs any emit the message queue dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from flask_socketio import SocketIO
+
+from flashsale.core import events, signing, waiting_room
+from flashsale.core.waiting_room import Place
+from flashsale.server.metrics import ServerMetrics
+from flashsale.settings import Settings
+
+log = logging.getLogger("flashsale.server")
+
+STEP_S = 0.1
+# Queued customers hear where they stand at least this often (the page promises every 5 s).
+UPDATE_S = 4.0
+# A Redis outage is logged once per this many seconds, not ten times a second.
+OUTAGE_LOG_S = 10.0
+
+
+class WaitingRoom:
+    """One process's part of the sale's waiting room."""
+
+    def __init__(
+        self, settings: Settings, client: redis.Redis, socketio: SocketIO, metrics: ServerMetrics
+    ) -> None:
+        self.settings = settings
+        self.sku = settings.sale_sku
+        self.redis = client
+        self.socketio = socketio
+        self.metrics = metrics
+        self.here: dict[str, str] = {}  # sid -> customer id, this process's sockets in the room
+        self.admitted_seen: tuple[float, int] | None = None  # (when, the room's admitted count)
+        self.admit_rate = 0.0  # admissions a second, measured over the last update
+
+    def rules(self) -> waiting_room.Rules:
+        settings = self.settings
+        return waiting_room.Rules(
+            rate=settings.room_rate,
+            cap=settings.room_cap,
+            hold_s=settings.room_hold_s,
+            retry_s=settings.room_retry_s,
+            grace_s=settings.room_grace_s,
+        )
+
+    def start(self) -> None:
+        waiting_room.set_rules(self.redis, self.sku, self.rules())
+        self.socketio.start_background_task(self.run)
+
+    # -- what customers ask --------------------------------------------------------------------
+
+    def ticket(self, customer_id: str) -> dict[str, Any]:
+        """The `waiting_room` part of a new session: queued with a position, or sold out."""
+        ticket = waiting_room.join(self.redis, self.sku, customer_id)
+        shown: dict[str, Any] = {"status": ticket.status}
+        if ticket.status == waiting_room.QUEUED:
+            shown.update(
+                ticket=ticket.ticket, position=ticket.position, eta_s=self.eta(ticket.position)
+            )
+        return shown
+
+    def eta(self, position: int) -> float | None:
+        """Seconds until this position is admitted at the rate measured lately; None while
+        admission is paused (every unit held) or not measured yet."""
+        rate = self.admit_rate or (self.settings.room_rate if self.admitted_seen is None else 0)
+        return round(position / rate, 1) if rate > 0 else None
+
+    def admission_token(self, customer_id: str) -> str:
+        return signing.issue_admission_token(self.settings.secret, customer_id)
+
+    def admitted_customer(self, token: object) -> str | None:
+        """The customer an admission token was issued to; None when forged or expired."""
+        return signing.verify_admission_token(
+            self.settings.secret, token, self.settings.room_token_ttl_s
+        )
+
+    def is_over(self) -> bool:
+        return bool(waiting_room.counts(self.redis, self.sku)["over"])
+
+    # -- sockets -------------------------------------------------------------------------------
+
+    def on_connect(self, sid: str, customer_id: str) -> None:
+        """A socket of a customer with a ticket or a hold is followed until it leaves."""
+        waiting_room.socket_back(self.redis, self.sku, customer_id)
+        self.here[sid] = customer_id
+        self.socketio.server.enter_room(
+            sid, events.queue_room(self.sku), namespace=events.NAMESPACE
+        )
+
+    def welcome(self, sid: str, customer_id: str) -> None:
+        """Tell a socket that just joined where its customer stands (after JOINED)."""
+        if sid in self.here:
+            self.tell(sid, customer_id, waiting_room.places(self.redis, self.sku, [customer_id])[0])
+
+    def on_disconnect(self, sid: str) -> None:
+        customer_id = self.here.pop(sid, None)
+        if customer_id is not None:
+            try:
+                waiting_room.socket_gone(self.redis, self.sku, customer_id)
+            except redis.RedisError as error:  # the hold then lapses on its own time
+                log.warning("waiting room: could not mark %s gone: %s", customer_id, error)
+
+    def tell(self, sid: str, customer_id: str, place: Place) -> None:
+        name, payload = self.news(customer_id, place)
+        if name is None:
+            return
+        if name in (events.SOLD_OUT, events.HOLD_LAPSED):
+            self.here.pop(sid, None)  # nothing more will happen to this customer here
+        self.socketio.emit(name, payload, to=sid, namespace=events.NAMESPACE, ignore_queue=True)
+        self.metrics.emits.labels(name).inc()
+
+    def news(self, customer_id: str, place: Place) -> tuple[str | None, dict[str, Any]]:
+        if place.status == waiting_room.QUEUED:
+            return events.QUEUE, events.queue(place.position, self.eta(place.position))
+        if place.status == waiting_room.ADMITTED:
+            token = self.admission_token(customer_id)
+            return events.ADMITTED, events.admitted(token, place.hold_left_ms / 1000)
+        if place.status == waiting_room.SOLD_OUT:
+            return events.SOLD_OUT, events.sold_out(self.sku)
+        if place.status == waiting_room.OUT:
+            return events.HOLD_LAPSED, events.sold_out(self.sku)
+        return None, {}  # ordering: its charge_result is on the way
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        next_update = time.monotonic() + UPDATE_S
+        outage_logged = 0.0
+        while True:
+            try:
+                self.admit()
+                if time.monotonic() >= next_update:
+                    next_update = time.monotonic() + UPDATE_S
+                    self.update()
+            except redis.RedisError as error:
+                if time.monotonic() - outage_logged > OUTAGE_LOG_S:
+                    outage_logged = time.monotonic()
+                    log.warning("waiting room: Redis unavailable, admission paused: %s", error)
+            except Exception:
+                log.exception("waiting room: admission step failed")
+            self.socketio.sleep(STEP_S)
+
+    def admit(self) -> None:
+        step = waiting_room.step(self.redis, self.sku)
+        hold_s = self.settings.room_hold_s
+        for customer_id in step.admitted:
+            # Through the message queue: the customer's socket may be on another process.
+            payload = events.admitted(self.admission_token(customer_id), hold_s)
+            self.socketio.emit(
+                events.ADMITTED,
+                payload,
+                to=events.room_for(customer_id),
+                namespace=events.NAMESPACE,
+            )
+            self.metrics.emits.labels(events.ADMITTED).inc()
+        if step.ended:
+            log.info("sale %s sold out: %d queued customers told", self.sku, step.told_sold_out)
+            self.socketio.emit(
+                events.SOLD_OUT,
+                events.sold_out(self.sku),
+                to=events.queue_room(self.sku),
+                namespace=events.NAMESPACE,
+            )
+            self.metrics.emits.labels(events.SOLD_OUT).inc()
+
+    def update(self) -> None:
+        """Measure the admission rate, and tell this process's sockets where they stand."""
+        admitted = waiting_room.counts(self.redis, self.sku)["admitted"]
+        now = time.monotonic()
+        if self.admitted_seen is not None:
+            then, before = self.admitted_seen
+            self.admit_rate = (admitted - before) / max(1e-3, now - then)
+        self.admitted_seen = (now, admitted)
+        followed = list(self.here.items())
+        for start in range(0, len(followed), 500):
+            batch = followed[start : start + 500]
+            found = waiting_room.places(self.redis, self.sku, [cid for _, cid in batch])
+            for (sid, customer_id), place in zip(batch, found, strict=True):
+                self.tell(sid, customer_id, place)
