@@ -9,8 +9,8 @@ import click
 
 from flashsale import __version__
 from flashsale.errors import ConfigError, FlashsaleError
-from flashsale.settings import MAX_IN_FLIGHT, Settings
-from flashsale.units import parse_duration, parse_rate
+from flashsale.settings import MAX_IN_FLIGHT, Settings, room_overrides
+from flashsale.units import parse_duration
 
 
 class FlashsaleClickError(click.ClickException):
@@ -224,39 +224,25 @@ def room_options(command: Any) -> Any:
                 help="A customer whose socket is gone this long leaves the queue or gives "
                 f"their unit back [{room.room_grace_s:g}s].",
             ),
+            click.option(
+                "--room-doors",
+                type=click.Choice(["open", "closed"]),
+                default=None,
+                help="closed: customers queue and nobody is admitted until `flashsale "
+                f"open-doors` (rehearse opens them with loadgen's doors) [{room.room_doors}].",
+            ),
+            click.option(
+                "--room-order",
+                type=click.Choice(["fifo", "shuffle"]),
+                default=None,
+                help="shuffle: the customers queued before the doors open are admitted in a "
+                "random order, so nobody gains by arriving early; later arrivals queue "
+                f"behind them [{room.room_order}].",
+            ),
         )
     ):
         command = option(command)
     return command
-
-
-def room_settings(
-    waiting_room: str | None,
-    admit_rate: str | None,
-    admit_cap: int | None,
-    hold: str | None,
-    retry_window: str | None,
-    room_grace: str | None,
-) -> dict[str, Any]:
-    """The Settings changes the waiting room's flags ask for (None: left as they are)."""
-    return {
-        "waiting_room": None if waiting_room is None else waiting_room == "on",
-        "room_rate": None if admit_rate is None else _rate_or_zero(admit_rate, "--admit-rate"),
-        "room_cap": admit_cap,
-        "room_hold_s": parse_duration(hold, "--hold") if hold else None,
-        "room_retry_s": _duration_or_zero(retry_window, "--retry-window"),
-        "room_grace_s": parse_duration(room_grace, "--room-grace") if room_grace else None,
-    }
-
-
-def _rate_or_zero(text: str, what: str) -> float:
-    return 0.0 if text.strip() in ("0", "0/s") else parse_rate(text, what)
-
-
-def _duration_or_zero(text: str | None, what: str) -> float | None:
-    if text is None:
-        return None
-    return 0.0 if text.strip() == "0" else parse_duration(text, what)
 
 
 @cli.command("serve")
@@ -358,6 +344,8 @@ def serve(
     hold: str | None,
     retry_window: str | None,
     room_grace: str | None,
+    room_doors: str | None,
+    room_order: str | None,
     redis_url: str | None,
     stripe_api_base: str | None,
     notify: str | None,
@@ -387,7 +375,16 @@ def serve(
         stock_from_ledger=stock_from_ledger,
         max_in_flight=max_in_flight,
         queue_wait_s=parse_duration(queue_wait, "--queue-wait") if queue_wait else None,
-        **room_settings(waiting_room, admit_rate, admit_cap, hold, retry_window, room_grace),
+        **room_overrides(
+            waiting_room,
+            admit_rate,
+            admit_cap,
+            hold,
+            retry_window,
+            room_grace,
+            room_doors,
+            room_order,
+        ),
     )
     settings, note = settings.with_served_secret(host)
     if note:
@@ -615,6 +612,20 @@ def worker(
 )
 @click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
 @click.option(
+    "--patience",
+    default="5m",
+    show_default=True,
+    help="How long a customer waits in a waiting room's queue (a session that carries a "
+    "ticket) before leaving: counted abandoned.",
+)
+@click.option(
+    "--retry-after-decline",
+    default="0%",
+    show_default=True,
+    help="Share of declined customers in a waiting room who pay again with another card "
+    "while their unit is held, e.g. 50%.",
+)
+@click.option(
     "--processes",
     type=click.IntRange(min=1),
     help="Generator processes sharing the schedule [one per core]; 1 = this process only.",
@@ -745,6 +756,14 @@ def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     help="Redis as production runs it: a primary, a replica and three redis-sentinel "
     "processes (quorum 2); every component follows a failover (the failover-redis fault).",
 )
+@click.option(
+    "--waiting-room",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="The waiting room in front of checkout, by the scenario's [waiting_room] rules "
+    "(serve's defaults if it has none); off shows the doors-open herd without it "
+    "[the scenario's: on for the embedded default].",
+)
 @click.argument("loadgen_args", nargs=-1, type=click.UNPROCESSED)
 def rehearse(
     scenario_path: str | None,
@@ -763,6 +782,7 @@ def rehearse(
     chaos_spec: str | None,
     redis_durable: bool | None,
     redis_sentinel: bool | None,
+    waiting_room: str | None,
     loadgen_args: tuple[str, ...],
 ) -> None:
     """Run a whole flash-sale rehearsal on this machine and say whether the pipeline held.
@@ -796,6 +816,7 @@ def rehearse(
         pipeline={"workers": workers, "worker_concurrency": worker_concurrency},
         stripe_sim={"rate_limit": sim_rate_limit, "latency": sim_latency},
         loadgen={"customers": customers, "slo": list(slos) or None},
+        waiting_room=None if waiting_room is None else {"enabled": waiting_room == "on"},
     )
     directory = Path(run_dir or Path("flashsale-runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     console = Console()

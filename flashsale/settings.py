@@ -6,10 +6,11 @@ import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from flashsale.errors import ConfigError, LiveStripeKeyRefused
-from flashsale.units import parse_duration
+from flashsale.units import parse_duration, parse_rate
 
 # Keys the simulator accepts out of the box; they are test-mode shaped and worthless elsewhere.
 SIM_SECRET_KEY = "sk_test_flashsale_simulator"
@@ -70,6 +71,8 @@ class Settings:
     room_hold_s: float = 120.0  # an admitted customer's unit is theirs this long
     room_retry_s: float = 60.0  # after a decline, this long again to pay with another card
     room_grace_s: float = 10.0  # a customer without a socket this long leaves the room
+    room_doors: str = "open"  # "closed": customers queue until the doors are opened
+    room_order: str = "fifo"  # "shuffle": those queued before the doors open, in random order
 
     notify: str = "queue"  # "queue": emit via the Redis message queue; "http": POST /notify
     server_url: str = "http://127.0.0.1:5000"  # where the worker POSTs /notify in http mode
@@ -182,6 +185,8 @@ class Settings:
             raise ConfigError("a hold must last at least 5s: customers need time to pay")
         if self.room_retry_s < 0 or self.room_grace_s <= 0:
             raise ConfigError("the retry window cannot be negative and the grace must be > 0")
+        if self.room_doors not in ("open", "closed") or self.room_order not in ("fifo", "shuffle"):
+            raise ConfigError("the room's doors are open or closed, its order fifo or shuffle")
 
     def with_served_secret(self, host: str) -> tuple[Settings, str | None]:
         """The settings a server on `host` runs with, and what to tell its operator.
@@ -248,3 +253,37 @@ def mask(secret: str) -> str:
         return "***"
     prefix = secret[: secret.find("_", 3) + 1] if secret.count("_") >= 2 else ""
     return f"{prefix}***{secret[-4:]}"
+
+
+def room_overrides(
+    waiting_room: str | None,
+    admit_rate: str | None,
+    admit_cap: int | None,
+    hold: str | None,
+    retry_window: str | None,
+    room_grace: str | None,
+    room_doors: str | None = None,
+    room_order: str | None = None,
+) -> dict[str, Any]:
+    """The Settings changes the waiting room's flags (serve) or keys (a scenario's
+    [waiting_room]) ask for; None: left as they are."""
+    return {
+        "waiting_room": None if waiting_room is None else waiting_room == "on",
+        "room_rate": None if admit_rate is None else _rate_or_zero(admit_rate, "--admit-rate"),
+        "room_cap": admit_cap,
+        "room_hold_s": parse_duration(hold, "--hold") if hold else None,
+        "room_retry_s": _duration_or_zero(retry_window, "--retry-window"),
+        "room_grace_s": parse_duration(room_grace, "--room-grace") if room_grace else None,
+        "room_doors": room_doors,
+        "room_order": room_order,
+    }
+
+
+def _rate_or_zero(text: str, what: str) -> float:
+    return 0.0 if text.strip() in ("0", "0/s") else parse_rate(text, what)
+
+
+def _duration_or_zero(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    return 0.0 if text.strip() == "0" else parse_duration(text, what)

@@ -77,6 +77,7 @@ def test_outcomes_match_the_card_mix_and_the_simulators_ledger(pipeline: Pipelin
         "failed": 0,
         "timeout": 0,
         "disconnected": 0,
+        "abandoned": 0,
         "error": 0,
     }
     assert report.decline_codes == {

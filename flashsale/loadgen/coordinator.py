@@ -12,6 +12,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,9 +74,13 @@ class Coordinator:
         config: LoadConfig,
         fleet: Fleet,
         console: Console | None = None,
+        on_doors: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.fleet = fleet
+        # Told the doors' agreed instant (unix time) once: rehearse opens the sale's waiting
+        # room at that instant too.
+        self.on_doors = on_doors
         self.console = console or Console()
         self.stats = RunStats(interval_s=config.interval_s)
         # One shard's numbers are the run's: merged once, not twice (a merge is ~1 ms).
@@ -268,6 +273,8 @@ class Coordinator:
             if not all(shard.ready or shard.finished for shard in self.shards):
                 return
             self.open_wall = time.time() + self.fleet.start_lead_s
+            if self.on_doors is not None:
+                self.on_doors(self.open_wall)
         for shard in self.shards:
             if not shard.finished and not shard.open_sent:
                 shard.open_sent = True
@@ -456,9 +463,12 @@ async def read_system(http: HttpClient, url: str) -> dict[str, object]:
 
 
 def run(
-    config: LoadConfig, console: Console | None = None, fleet: Fleet | None = None
+    config: LoadConfig,
+    console: Console | None = None,
+    fleet: Fleet | None = None,
+    on_doors: Callable[[float], None] | None = None,
 ) -> RunResult:
     """Run a scenario to completion (or Ctrl-C) on the fleet it asks for; the report and the
     exit code."""
     fleet = fleet or make_fleet(config)
-    return loop.run(Coordinator(config, fleet, console).run())
+    return loop.run(Coordinator(config, fleet, console, on_doors).run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashsale.loadgen.client.http import HttpClient
+from flashsale.loadgen.scenario import TEST_CARDS, TestCard
 
 
 @dataclass
@@ -20,6 +22,8 @@ class Target:
     tokenize: str = "raw"  # raw | test-tokens
     timeout_s: float = 30.0
     fallback: bool = True
+    patience_s: float = 300.0  # a queued customer leaves after waiting this long
+    retry_after_decline: float = 0.0  # share of declined customers who pay with another card
 
 
 class Doors:
@@ -78,6 +82,9 @@ class Kit:
     peak_sockets: int = 0
     last_sale: dict[str, Any] | None = None
     submit_starts: list[float] = field(default_factory=list)
+    # A declined customer who tries again pays with this card; the draw is seeded per shard.
+    retry_card: TestCard | None = TEST_CARDS["visa"]
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def now(self) -> float:
         """Seconds on the run clock."""

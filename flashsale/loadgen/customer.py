@@ -17,7 +17,7 @@ from flashsale.loadgen.client.connection import WireError, describe
 from flashsale.loadgen.client.socketio import RoomSocket, SocketError, SocketRefused
 from flashsale.loadgen.crowd import Kit
 from flashsale.loadgen.scenario import TestCard
-from flashsale.loadgen.stats import Journey
+from flashsale.loadgen.stats import ANSWERED, Journey
 
 FALLBACK_POLL_S = 0.2
 
@@ -64,6 +64,11 @@ class Customer:
         self.counted = False  # in kit.sockets, the live gauge of open sockets
         self.hanging_up = False
         self.results: dict[str, dict[str, Any]] = {}
+        # The waiting room's news (see events): the admission token, sold out, a lapsed hold.
+        self.admission: str | None = None
+        self.told_sold_out = False
+        self.lapsed = False
+        self.at_the_doors = False  # counted ready (Doors.arrive_ready)
 
     # -- timing ----------------------------------------------------------------------------
 
@@ -90,13 +95,13 @@ class Customer:
 
     async def run(self) -> Journey:
         self.journey.started = self.kit.now()
-        ready = False
         try:
             session = await self.load_page()
+            if "waiting_room" in session:
+                await self.through_the_room(session)
             token = await self.tokenize(session)
             await self.connect(session)
             if self.kit.doors is not None:
-                ready = True
                 await self.wait_for_doors()
             order_id = await self.submit(session, token)
             await self.wait_for_result(session, order_id)
@@ -104,7 +109,7 @@ class Customer:
             pass
         finally:
             self.enter(None)
-            if self.kit.doors is not None and not ready:
+            if self.kit.doors is not None and not self.at_the_doors:
                 self.kit.doors.drop_out()
             await self.hang_up()
         return self.journey
@@ -124,10 +129,11 @@ class Customer:
         self.kit.last_sale = session.get("sale") or self.kit.last_sale
         return session
 
-    async def tokenize(self, session: dict[str, Any]) -> str:
+    async def tokenize(self, session: dict[str, Any], card: TestCard | None = None) -> str:
+        card = card or self.card
         if self.kit.target.tokenize == "test-tokens":
-            assert self.card.token is not None  # parse_cards refuses cards without one
-            return self.card.token
+            assert card.token is not None  # parse_cards refuses cards without one
+            return card.token
         self.enter("tokenize")
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
         try:
@@ -135,7 +141,7 @@ class Customer:
                 "tokenize",
                 "POST",
                 f"{api_base}/v1/tokens",
-                form=card_form(self.card.number, datetime.date.today().year + 3),
+                form=card_form(card.number, datetime.date.today().year + 3),
                 headers=(("Authorization", f"Bearer {session.get('publishable_key', '')}"),),
             )
         except HTTP_ERRORS as error:
@@ -189,34 +195,113 @@ class Customer:
             raise self.finish("error", "connect: no joined event") from None
         self.done("connect")
 
-    async def wait_for_doors(self) -> None:
+    async def wait_for_doors(self, lag_phase: str = "submit") -> None:
         doors = self.kit.doors
         assert doors is not None
         self.enter("waiting")
+        self.at_the_doors = True
         doors.arrive_ready()
         await doors.opened.wait()
         assert doors.opened_at is not None
         # The customer's clock now starts at the doors; the wait to get going is charged to
-        # the submit phase in the corrected view.
+        # the phase that follows (submit, or the page with a waiting room) in the corrected view.
         self.journey.scheduled = doors.opened_at - self.kit.clock0
         self.journey.started = self.kit.now()
-        self.journey.lag_phase = "submit"
+        self.journey.lag_phase = lag_phase
 
-    async def submit(self, session: dict[str, Any], token: str) -> str:
+    # -- the waiting room --------------------------------------------------------------------
+
+    async def through_the_room(self, session: dict[str, Any]) -> None:
+        """Ticket, socket, (doors,) queue, admitted, card, submit, result; a declined customer
+        may try another card while the unit is held for them (Target.retry_after_decline).
+
+        With doors, the room opens when they do (rehearse opens both at one instant); the
+        wait for the doors is the customer's own, charged to no phase. Ends with JourneyStop."""
+        ticket = session["waiting_room"]
+        if not isinstance(ticket, dict) or ticket.get("status") == "sold_out":
+            raise self.finish("sold_out")
+        self.journey.room["queued"] += 1
+        await self.connect(session)
+        if self.kit.doors is not None:
+            await self.wait_for_doors(lag_phase="queue")
+        admission = await self.wait_for_admission(session)
+        admitted_at = self.kit.now()
+        card, retried = self.card, False
+        while True:
+            try:
+                token = await self.tokenize(session, card)
+                order_id = await self.submit(session, token, admission)
+                await self.wait_for_result(session, order_id)
+            except JourneyStop:
+                if self.journey.outcome in ANSWERED:
+                    # What the room promises: from admitted to the answer, queue left out.
+                    self.journey.phases["checkout"] = self.kit.now() - admitted_at
+                if retried or self.journey.outcome != "declined" or not self.retries():
+                    self.leave(session)  # gives the held unit back (after a decline) at once
+                    raise
+            retried = True
+            self.journey.room["retried_after_decline"] += 1
+            card = self.kit.retry_card or self.card
+            self.journey.finished = None
+
+    def leave(self, session: dict[str, Any]) -> None:
+        """Tell the waiting room this customer is done: the unit they hold goes to the next."""
+        if self.socket is not None:
+            self.socket.emit(events.LEAVE, {"room_token": session["room_token"]})
+
+    def retries(self) -> bool:
+        """Whether this declined customer tries another card (Target.retry_after_decline)."""
+        share = self.kit.target.retry_after_decline
+        return share > 0 and self.kit.rng.random() < share
+
+    async def wait_for_admission(self, session: dict[str, Any]) -> str:
+        """In the queue until admitted (the admission token), told sold out, or out of
+        patience; a dropped socket reconnects and keeps its place."""
+        self.enter("queue")
+        deadline = time.perf_counter() + self.kit.target.patience_s
+        while self.admission is None and not self.told_sold_out:
+            if self.lapsed:
+                raise self.finish("error", "queue: hold lapsed before the customer paid")
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                self.journey.room["abandoned"] += 1
+                self.leave(session)
+                raise self.finish("abandoned")
+            if self.dropped:
+                self.journey.retries["connect"] += 1
+                await self.hang_up()
+                self.hanging_up = self.dropped = False
+                self.joined.clear()
+                await self.connect(session)
+                self.enter("queue")
+                continue
+            self.news.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.news.wait()
+        self.done("queue")
+        if self.admission is None:
+            self.journey.room["waited_then_sold_out"] += 1
+            raise self.finish("sold_out")
+        return self.admission
+
+    async def submit(
+        self, session: dict[str, Any], token: str, admission: str | None = None
+    ) -> str:
         self.enter("submit")
         self.journey.submit_started = self.phase_started
         self.kit.submit_starts.append(self.phase_started)
+        order = {
+            "customer_id": session["customer_id"],
+            "room_token": session["room_token"],
+            "token": token,
+            "quantity": 1,
+        }
+        if admission is not None:
+            order["admission_token"] = admission
         try:
             answer = await self.request(
-                "submit",
-                "POST",
-                f"{self.kit.target.url}/charges",
-                json_body={
-                    "customer_id": session["customer_id"],
-                    "room_token": session["room_token"],
-                    "token": token,
-                    "quantity": 1,
-                },
+                "submit", "POST", f"{self.kit.target.url}/charges", json_body=order
             )
         except HTTP_ERRORS as failure:
             raise self.finish("error", f"submit: {describe(failure)}") from None
@@ -358,6 +443,18 @@ class Customer:
             self.joined.set()
         elif name == events.CHARGE_RESULT:
             self.on_result(data)
+        elif name == events.QUEUE:
+            self.journey.room["position_updates"] += 1
+        elif name == events.ADMITTED:
+            if isinstance(data, dict) and isinstance(data.get("admission_token"), str):
+                self.admission = data["admission_token"]
+                self.news.set()
+        elif name == events.SOLD_OUT:
+            self.told_sold_out = True
+            self.news.set()
+        elif name == events.HOLD_LAPSED:
+            self.lapsed = True
+            self.news.set()
 
     def on_result(self, data: Any) -> None:
         if not isinstance(data, dict) or not data.get("order_id"):

@@ -14,12 +14,15 @@ from rich.text import Text
 from flashsale.loadgen.stats import (
     ENDPOINT_COLUMNS,
     OUTCOMES,
-    PHASES,
     RunStats,
     format_actual,
 )
 
-FUNNEL = ("session", "tokenize", "connect", "waiting", "submit", "result")
+FUNNEL = ("session", "tokenize", "connect", "waiting", "queue", "submit", "result")
+# Shown only while someone is in them: the doors' wait, and the waiting room's line.
+OPTIONAL_STAGES = ("waiting", "queue")
+# Shown in the compact view only when they happened: customers leaving a waiting room's line.
+OPTIONAL_OUTCOMES = ("abandoned",)
 OUTCOME_STYLE = {
     "succeeded": "green",
     "declined": "yellow",
@@ -93,7 +96,7 @@ def _funnel(snap: Snapshot) -> Table:
     table.add_column("customers", justify="right")
     for phase in FUNNEL:
         count = snap.in_flight.get(phase, 0)
-        if phase == "waiting" and not count:
+        if phase in OPTIONAL_STAGES and not count:
             continue
         table.add_row(phase, str(count))
     return table
@@ -119,7 +122,7 @@ def _latency(snap: Snapshot) -> Table:
     table.add_column("phase")
     for name in ("p50", "p90", "p99", "p99.9", "max", "n"):
         table.add_column(name, justify="right")
-    for phase in PHASES:
+    for phase in snap.stats.shown_phases():
         summary = snap.stats.phase_summary(phase)
         if not summary["count"]:
             table.add_row(Text(phase, style="dim"), *["-"] * 5, "0")
@@ -301,13 +304,16 @@ def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableTy
         f"loop lag {_ms(snap.loop_lag_ms)}",
         Text(f"schedule lag {_ms(snap.schedule_lag_ms)}", "red" if snap.warnings else "green"),
     )
-    items("in flight", *(f"{p} {snap.in_flight.get(p, 0)}" for p in FUNNEL))
+    # The stages someone is in: with the doors and the waiting room, all of them cost a line.
+    busy = [f"{p} {snap.in_flight[p]}" for p in FUNNEL if snap.in_flight.get(p, 0)]
+    items("in flight", *(busy or ["none"]))
     outcomes = Table.grid(padding=(0, 2))
     for _ in range(4):
         outcomes.add_column(no_wrap=True)
     cells = [
         Text(f"{o} {stats.outcomes[o]}", style=OUTCOME_STYLE[o] if stats.outcomes[o] else "dim")
         for o in OUTCOMES
+        if stats.outcomes[o] or o not in OPTIONAL_OUTCOMES
     ]
     cells.append(Text(", ".join(f"{c} {n}" for c, n in stats.decline_codes.most_common(2))))
     for start in range(0, len(cells), 4):
@@ -317,7 +323,7 @@ def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableTy
     latency.add_column("latency", min_width=LABEL - 2)
     for name in ("p50", "p90", "p99", "max", "n"):
         latency.add_column(name, justify="right", no_wrap=True)
-    for phase in PHASES:
+    for phase in stats.shown_phases():
         summary = stats.phase_summary(phase)
         if summary["count"]:
             figures = [_ms(float(summary[key])) for key in ("p50", "p90", "p99", "max")]
@@ -363,11 +369,11 @@ def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableTy
     problems += [f"integrity: {p}" for p in stats.integrity_problems[:1]]
     used = sum(part_height(part) for part in lines) + 2  # the panel's borders
     room = max(1, height - used)
-    shown = problems if len(problems) <= room else problems[: room - 1]
+    shown = problems[:room]
+    if len(shown) < len(problems):  # the last line that fits says how many more there are
+        shown[-1] += f" (+{len(problems) - len(shown)} more)"
     for problem in shown:
         items("problem", Text(problem, "bold red"))
-    if len(shown) < len(problems):
-        items("problem", Text(f"... and {len(problems) - len(shown)} more", "red"))
     title = f"flashsale loadgen: {snap.model}" + (" - stopping" if snap.stopping else "")
     return Panel(Group(*lines), title=title, border_style="blue", width=min(width, 160))
 

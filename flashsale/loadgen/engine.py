@@ -208,13 +208,21 @@ class Engine:
         self.nofile_limit = raise_open_files_limit()
         schedule = config.schedule
         doors = Doors(on_ready=self.on_ready) if schedule.doors_open else None
-        target = Target(config.url, config.tokenize, config.timeout_s, config.fallback)
+        target = Target(
+            config.url,
+            config.tokenize,
+            config.timeout_s,
+            config.fallback,
+            patience_s=config.patience_s,
+            retry_after_decline=config.retry_after_decline,
+        )
         # A clean heap before the clock starts: the first full collection would otherwise land
         # on the first customers (measured: ~190 ms).
         gc.collect()
         # Pools first: building them took ~300 ms on a loaded machine, which started the first
         # customers late when it ran on the clock.
         self.kit = kit = create_kit(target, 0.0, doors)
+        kit.rng.seed(config.schedule.seed * 1000 + self.shard)  # who retries after a decline
         gc.freeze()
         delay = start_wall - time.time()
         self.clock0 = time.perf_counter() + delay

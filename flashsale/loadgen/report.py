@@ -16,6 +16,8 @@ from flashsale.loadgen.stats import (
     ENDPOINT_COLUMNS,
     OUTCOMES,
     PHASES,
+    ROOM_COUNTS,
+    ROOM_PHASES,
     RunStats,
     SloResult,
     format_actual,
@@ -135,6 +137,8 @@ class LoadReport:
     retries: int = 0
     # Once a second from the coordinator: customers arrived, in flight (by phase), sockets.
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # What customers did in a waiting room (stats.ROOM_COUNTS); empty without one.
+    room: dict[str, int] = field(default_factory=dict)
     version: int = REPORT_VERSION
 
     def as_dict(self) -> dict[str, Any]:
@@ -223,6 +227,7 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         failures=stats.failures(),
         server_errors=stats.server_errors,
         retries=sum(stats.retries.values()),
+        room={name: stats.room[name] for name in ROOM_COUNTS} if stats.room else {},
     )
 
 
@@ -339,7 +344,7 @@ def load_sections(loaded: LoadReport) -> list[str]:
     ]
     failure_rows = [[f["endpoint"], f["outcome"], f["count"]] for f in report["failures"]]
     latency_rows = []
-    for phase in PHASES:
+    for phase in shown_phases(report["latency_ms"]):
         c, u = report["latency_ms"][phase], report["latency_ms_uncorrected"][phase]
         latency_rows.append(
             [phase, c["count"], c["p50"], c["p90"], c["p99"], c["p999"], c["max"], u["p99"]]
@@ -381,6 +386,15 @@ def load_sections(loaded: LoadReport) -> list[str]:
             else "<p>none</p>",
         ),
         section("Charts", toggle + charts),
+    ]
+
+
+def shown_phases(latency_ms: dict[str, dict[str, Any]]) -> list[str]:
+    """The phases a report has, without the waiting room's when no customer met one."""
+    return [
+        phase
+        for phase in PHASES
+        if phase in latency_ms and (phase not in ROOM_PHASES or latency_ms[phase].get("count"))
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from flashsale.errors import ConfigError
 from flashsale.loadgen.stats import DEFAULT_SLOS, Slo, parse_slo
-from flashsale.units import parse_duration, parse_rate, parse_share_or_duration
+from flashsale.units import parse_duration, parse_rate, parse_share, parse_share_or_duration
 
 
 @dataclass(frozen=True)
@@ -339,6 +339,8 @@ class LoadConfig:
     agents_redis_url: str | None = None
     accept_timeout_s: float = 30.0
     lost_after_s: float = 10.0
+    patience_s: float = 300.0
+    retry_after_decline: float = 0.0
 
     def to_spec(self) -> dict[str, Any]:
         """What a shard needs to play its customers, as JSON data (it travels through Celery)."""
@@ -351,6 +353,8 @@ class LoadConfig:
             "max_in_flight": self.max_in_flight,
             "interval_s": self.interval_s,
             "fallback": self.fallback,
+            "patience_s": self.patience_s,
+            "retry_after_decline": self.retry_after_decline,
         }
 
     @classmethod
@@ -366,6 +370,8 @@ class LoadConfig:
             max_in_flight=spec["max_in_flight"],
             interval_s=spec["interval_s"],
             fallback=spec["fallback"],
+            patience_s=spec["patience_s"],
+            retry_after_decline=spec["retry_after_decline"],
             dashboard=False,
         )
 
@@ -403,6 +409,8 @@ OPTION_KINDS: dict[str, str] = {
     "agents_redis_url": "text",
     "accept_timeout": "text",
     "lost_after": "text",
+    "patience": "text",
+    "retry_after_decline": "text",
 }
 DEFAULT_OPTIONS: dict[str, Any] = {
     "url": "http://127.0.0.1:5000",
@@ -415,6 +423,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "accept_timeout": "30s",
     "lost_after": "10s",
     "seed": 0,
+    "patience": "5m",
+    "retry_after_decline": "0%",
 }
 
 
@@ -463,13 +473,16 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown load option(s) {keys}; known: {', '.join(OPTION_KINDS)}")
     given = {key: _checked(key, value) for key, value in options.items() if value is not None}
     given = {key: value for key, value in given.items() if value != ()}
-    for key in ("duration", "timeout", "interval", "max_lag", "accept_timeout", "lost_after"):
+    durations = ("duration", "timeout", "interval", "max_lag", "accept_timeout", "lost_after")
+    for key in (*durations, "patience"):
         if key in given:
             parse_duration(given[key], option_name(key))
     if "rate" in given:
         parse_rate(given["rate"], "--rate")
     if "ramp" in given:
         parse_ramp(given["ramp"])
+    if "retry_after_decline" in given:
+        share_or_none(given["retry_after_decline"], "--retry-after-decline")
     if "max_release_lag" in given:
         parse_share_or_duration(given["max_release_lag"], "--max-release-lag")
     if "cards" in given or "tokenize" in given:
@@ -531,7 +544,19 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         agents_redis_url=values.get("agents_redis_url"),
         accept_timeout_s=positive_duration(values["accept_timeout"], "--accept-timeout"),
         lost_after_s=positive_duration(values["lost_after"], "--lost-after"),
+        patience_s=positive_duration(values["patience"], "--patience"),
+        retry_after_decline=share_or_none(values["retry_after_decline"], "--retry-after-decline"),
     )
+
+
+def share_or_none(text: str, what: str) -> float:
+    """'50%' -> 0.5, '0%' -> 0.0; at most 100%."""
+    if text.strip() in ("0", "0%"):
+        return 0.0
+    share = parse_share(text, what)
+    if share > 1:
+        raise ConfigError(f"{what} is a share of at most 100%, not {text!r}")
+    return share
 
 
 def slos_of(texts: tuple[str, ...], no_defaults: bool) -> tuple[Slo, ...]:

@@ -14,8 +14,27 @@ from hdrh.histogram import HdrHistogram
 from flashsale.errors import ConfigError
 from flashsale.units import parse_duration
 
-PHASES = ("session", "tokenize", "connect", "submit", "result", "e2e")
-OUTCOMES = ("succeeded", "declined", "sold_out", "failed", "timeout", "disconnected", "error")
+# `queue` is the wait in the waiting room; `checkout` is from admitted to the answer.
+PHASES = ("session", "tokenize", "connect", "queue", "submit", "result", "checkout", "e2e")
+ROOM_PHASES = ("queue", "checkout")  # shown only for a run whose customers met a room
+OUTCOMES = (
+    "succeeded",
+    "declined",
+    "sold_out",
+    "failed",
+    "timeout",
+    "disconnected",
+    "abandoned",  # left the waiting room's queue out of patience
+    "error",
+)
+# What customers did in a waiting room, counted (Journey.room).
+ROOM_COUNTS = (
+    "queued",
+    "position_updates",
+    "waited_then_sold_out",
+    "retried_after_decline",
+    "abandoned",
+)
 # Outcomes where the customer got an answer from the sale; only these feed the e2e histogram,
 # so a timeout's 30 s does not pose as a latency (it has its own per-outcome histogram).
 ANSWERED = ("succeeded", "declined", "sold_out", "failed")
@@ -74,6 +93,7 @@ class Journey:
     # ("timeout", "ConnectionRefusedError: ..."), or for the socket "connected" / "refused".
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)  # tries again, by endpoint
+    room: Counter[str] = field(default_factory=Counter)  # see ROOM_COUNTS
 
     @property
     def lag(self) -> float:
@@ -132,6 +152,7 @@ class RunStats:
         # Every exchange customers made, by endpoint then outcome (see Journey.calls).
         self.requests: dict[str, Counter[str]] = {}
         self.retries: Counter[str] = Counter()
+        self.room: Counter[str] = Counter()  # the waiting room, see ROOM_COUNTS
 
     # -- recording -------------------------------------------------------------------------
 
@@ -179,6 +200,8 @@ class RunStats:
             self.requests.setdefault(endpoint, Counter())[outcome] += count
         if journey.retries:
             self.retries.update(journey.retries)
+        if journey.room:
+            self.room.update(journey.room)
         lag = journey.lag
         self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
         if journey.lag_phase == "submit":
@@ -214,6 +237,11 @@ class RunStats:
     @property
     def finished(self) -> int:
         return sum(self.outcomes.values())
+
+    def shown_phases(self) -> tuple[str, ...]:
+        """PHASES, without the waiting room's unless customers met one."""
+        met_room = bool(self.room) or self.corrected["queue"].get_total_count() > 0
+        return tuple(p for p in PHASES if met_room or p not in ROOM_PHASES)
 
     def phase_summary(self, phase: str, corrected: bool = True) -> dict[str, float | int]:
         histogram = (self.corrected if corrected else self.uncorrected)[phase]
@@ -334,6 +362,7 @@ class RunStats:
         for endpoint, outcomes in other.requests.items():
             self.requests.setdefault(endpoint, Counter()).update(outcomes)
         self.retries.update(other.retries)
+        self.room.update(other.room)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -372,14 +401,16 @@ class RunStats:
             "client_log": dict(self.client_log),
             "requests": {endpoint: dict(outcomes) for endpoint, outcomes in self.requests.items()},
             "retries": dict(self.retries),
+            "room": dict(self.room),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStats:
         stats = cls(interval_s=float(data["interval_s"]))
-        stats.corrected = {k: decode(v) for k, v in data["corrected"].items()}
-        stats.uncorrected = {k: decode(v) for k, v in data["uncorrected"].items()}
-        stats.by_outcome = {k: decode(v) for k, v in data["by_outcome"].items()}
+        # Update in place: a report written before a phase or outcome existed still loads.
+        stats.corrected.update({k: decode(v) for k, v in data["corrected"].items()})
+        stats.uncorrected.update({k: decode(v) for k, v in data["uncorrected"].items()})
+        stats.by_outcome.update({k: decode(v) for k, v in data["by_outcome"].items()})
         stats.schedule_lag = decode(data["schedule_lag"])
         stats.loop_lag = decode(data["loop_lag"])
         # Reports written before stages and release lag existed still load.
@@ -412,6 +443,7 @@ class RunStats:
         stats.client_log = Counter(data.get("client_log", {}))
         stats.requests = {e: Counter(o) for e, o in data.get("requests", {}).items()}
         stats.retries = Counter(data.get("retries", {}))
+        stats.room = Counter(data.get("room", {}))
         return stats
 
 

@@ -10,7 +10,7 @@ namespace with JSON text only (Engine.IO 4, Socket.IO 5):
 
     server -> client   0{...} open, 2 ping, 1 close, 6 noop; in a 4 message: 0{sid} connected,
                        4{message} refused, 2["event", data] event, 1 disconnected
-    client -> server   3 pong, 40{auth} connect, 41 disconnect
+    client -> server   3 pong, 40{auth} connect, 41 disconnect, 42["event",data] event
 
 tests/test_loadgen_room.py checks it against the real server.
 """
@@ -44,7 +44,7 @@ class SocketRefused(SocketError):
 
 
 class RoomSocket:
-    """A websocket-only Socket.IO client for the default namespace, events in, nothing out.
+    """A websocket-only Socket.IO client for the default namespace: events in, `emit` out.
 
     `on_event(name, data)` runs for every server event; `on_drop(reason)` once if the
     connection ends by anything but `close()`.
@@ -88,6 +88,12 @@ class RoomSocket:
         except SocketError:
             self.abort()
             raise
+
+    def emit(self, name: str, data: Any) -> None:
+        """Send an event (the waiting room's `leave`); dropped if not connected."""
+        if self.ws is not None and self.ws.connected and self.state == "connected":
+            packet = json.dumps([name, data], separators=(",", ":"))
+            self.ws.send_text(EIO_MESSAGE + SIO_EVENT + packet)
 
     async def close(self) -> None:
         """Hang up: leave the namespace and close the websocket, not reported as a drop."""
