@@ -509,3 +509,55 @@ def test_the_rehearsal_report_opens_offline_with_verdict_reconciliation_and_char
     )
     shot(page, "rehearsal-report")
     assert report.stat().st_size < 400_000  # uPlot inline: ~51 KB of the page
+
+
+# --- the waiting room (serve --waiting-room on) -----------------------------------------------
+
+
+def room_sale(pipeline: Pipeline) -> str:
+    """A one-unit sale whose room admits one customer at a time; returns its URL."""
+    sku = f"ROOM-PAGE-{time.monotonic_ns()}"
+    return pipeline.add_server(
+        *("--sku", sku, "--stock", "1", "--ignore-ledger", "--waiting-room", "on"),
+        *("--admit-rate", "0", "--admit-cap", "1"),
+    )
+
+
+def test_queued_then_admitted_then_paid(pipeline: Pipeline, open_page: Any) -> None:
+    url = room_sale(pipeline)
+    first = open_page(url + "/")
+    wait_state(first, "admitted")
+    assert "It is your turn" in first.locator("#status").inner_text()
+    second = open_page(url + "/")
+    wait_state(second, "queued")
+    assert "You are in line: number 1" in second.locator("#status").inner_text()
+    assert second.locator("#pay").is_disabled()
+    assert second.locator("#pay-label").inner_text() == "Waiting in line…"
+    shot(second, "room-queued")
+    assert first.get_by_label("Quantity").is_disabled()  # one unit per admitted customer
+    fill_card(first, SUCCESS_CARD)
+    first.locator("#pay").click()
+    wait_state(first, "paid")
+    shot(first, "room-paid")
+    # The only unit is sold: the customer still in line is told at once.
+    wait_state(second, "sold-out")
+    assert "Sold out" in second.locator("#status").inner_text()
+    assert second.locator("#pay").is_disabled()
+    shot(second, "room-sold-out")
+
+
+def test_a_reload_keeps_the_place_in_line(pipeline: Pipeline, open_page: Any) -> None:
+    url = room_sale(pipeline)
+    holder = open_page(url + "/")
+    wait_state(holder, "admitted")
+    waiting = open_page(url + "/")
+    wait_state(waiting, "queued")
+    customer = stored(waiting)["customer_id"]
+    waiting.reload()
+    wait_state(waiting, "queued")
+    assert stored(waiting)["customer_id"] == customer
+    # Told where it stands as soon as its socket rejoins (not at the next 4 s update).
+    assert waiting.locator("#status").get_attribute("data-position") == "1"
+    # The customer holding the unit leaves it unpaid: the one who reloaded is next.
+    holder.close()
+    wait_state(waiting, "admitted", timeout_ms=30_000)

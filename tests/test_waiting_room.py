@@ -8,6 +8,7 @@ beside the module's pipeline; the worker charges every sale.
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from collections.abc import Callable
@@ -19,9 +20,14 @@ import pytest
 import redis
 import socketio
 from pipeline_fixtures import TEST_SECRET, Pipeline, receive_results
+from rich.console import Console
 
 from flashsale.core import events, keys, signing
 from flashsale.core import waiting_room as room
+from flashsale.loadgen.client import loop
+from flashsale.loadgen.coordinator import Coordinator
+from flashsale.loadgen.fleet.inprocess import InProcess
+from flashsale.loadgen.scenario import LoadConfig, build_schedule, parse_cards
 
 _skus = itertools.count(1)
 DECLINED_CARD = "4000000000000002"
@@ -58,7 +64,9 @@ class Shopper:
         return str(self.session["customer_id"])
 
     def connect(self) -> Shopper:
-        client = socketio.SimpleClient()
+        # No reconnecting on its own: a client left reconnecting after a restart would be a
+        # second tab of the customer, present to the room.
+        client = socketio.SimpleClient(reconnection=False)
         client.connect(
             self.url,
             auth={"room_token": self.session["room_token"]},
@@ -337,3 +345,81 @@ def test_the_queue_survives_a_server_restart(pipeline: Pipeline) -> None:
     assert waiting.result()["status"] == events.SUCCEEDED
     assert room.counts(redis_of(pipeline), sku)["abandoned_held"] == 1
     waiting.close()
+
+
+def test_doors_closed_then_opened_with_the_early_crowd_shuffled(pipeline: Pipeline) -> None:
+    crowd = 16
+    # One at a time (a cap of 1), each leaving at once: the admissions show the order.
+    rules = ("--admit-rate", "0", "--admit-cap", "1", "--room-doors", "closed")
+    url, sku = open_sale(pipeline, 1, *rules, "--room-order", "shuffle")
+    client = redis_of(pipeline)
+    early = [Shopper(pipeline, url).connect() for _ in range(crowd)]
+    # The admission step runs (its bucket's clock moves) and admits no one while closed.
+    seen_at = client.hget(keys.room_state(sku), "at_ms")
+    deadline = time.monotonic() + 10
+    while client.hget(keys.room_state(sku), "at_ms") == seen_at:
+        assert time.monotonic() < deadline, "the admission step does not run"
+        time.sleep(0.05)
+    assert client.zcard(keys.room_holds(sku)) == 0
+    assert all(name != events.ADMITTED for s in early for name in s.names())
+    assert room.open_doors(client, sku) == crowd
+    assert room.open_doors(client, sku) == 0  # opening an open room changes nothing
+    late = Shopper(pipeline, url).connect()
+    order = admissions(early + [late])
+    assert order[-1] is late  # behind the whole early crowd
+    tickets = [shopper.ticket["ticket"] for shopper in order[:-1]]
+    assert sorted(tickets) == [shopper.ticket["ticket"] for shopper in early]
+    assert tickets != sorted(tickets), "admitted in arrival order: the early crowd was not shuffled"
+    for shopper in order:
+        shopper.close()
+
+
+def admissions(shoppers: list[Shopper], timeout_s: float = 30) -> list[Shopper]:
+    """The order the room admits these shoppers in, one at a time: each leaves when admitted,
+    which gives its unit to the next."""
+    order: list[Shopper] = []
+    waiting = list(shoppers)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        assert time.monotonic() < deadline, f"{len(waiting)} never admitted"
+        for shopper in list(waiting):
+            try:
+                shopper.next(events.ADMITTED, timeout_s=0.05)
+            except AssertionError:
+                continue
+            order.append(shopper)
+            waiting.remove(shopper)
+            assert shopper.socket is not None
+            shopper.socket.emit(events.LEAVE, {"room_token": shopper.session["room_token"]})
+    return order
+
+
+def test_loadgen_customers_retry_after_a_decline_and_every_unit_sells(pipeline: Pipeline) -> None:
+    stock, crowd = 10, 30
+    url, sku = open_sale(pipeline, stock, "--admit-rate", "50/s")
+    config = LoadConfig(
+        url=url,
+        schedule=build_schedule(customers=crowd, rate="100/s"),
+        cards=parse_cards("visa=50,generic_decline=50"),
+        retry_after_decline=1.0,
+        timeout_s=20,
+        max_cpu_percent=101,  # a shared 2-core test box
+        max_lag_s=5,
+    )
+    fleet = InProcess(keep_journeys=True)
+    result = loop.run(Coordinator(config, fleet, Console(file=io.StringIO())).run())
+    report = result.report
+    # Every declined customer paid again with another card for the unit held for them.
+    assert report.outcomes["succeeded"] == stock, report.outcomes
+    assert report.outcomes["sold_out"] == crowd - stock
+    assert report.outcomes["declined"] == 0
+    assert report.room["queued"] == crowd
+    assert report.room["waited_then_sold_out"] == crowd - stock
+    assert report.room["retried_after_decline"] >= 1
+    assert report.latency_ms["queue"]["count"] == crowd
+    assert report.latency_ms["checkout"]["count"] == stock
+    counts = room.counts(redis_of(pipeline), sku)
+    assert counts["over"] == 1 and counts["holding"] == 0 and counts["admitted"] == stock
+    paid = [c for c in pipeline.sim_charges() if c["metadata"].get("sku") == sku]
+    assert sum(c["status"] == "succeeded" for c in paid) == stock
+    assert sum(c["status"] == "failed" for c in paid) == report.room["retried_after_decline"]

@@ -19,6 +19,9 @@ QUEUE = "queue"  # {"position": n, "eta_s": s or None}, at least every QUEUE_UPD
 ADMITTED = "admitted"  # {"admission_token": ..., "hold_s": s}: a unit is held, pay now
 SOLD_OUT = "sold_out"  # {"sku": ...} to queue_room(sku): every unit is sold
 HOLD_LAPSED = "hold_lapsed"  # {"sku": ...}: the customer's hold ran out; the unit went back
+# client -> server: the customer leaves the queue, or gives back the unit they hold (a declined
+# customer who will not try another card), at once rather than after the grace.
+LEAVE = "leave"
 
 # Final order outcomes as a customer sees them.
 SUCCEEDED = "succeeded"

@@ -9,7 +9,8 @@ so several processes and machines keep one queue, one rate and one cap::
                                         the hold lapses (ms, Redis's clock); +inf while the
                                         customer's order is with Stripe (core.orders)
     flashsale:room:<sku>:gone     ZSET  customers without a socket, scored by since when (ms)
-    flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms), the
+    flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms, order),
+                                        opens_at_ms ('closed' until the doors are opened), the
                                         token bucket (tokens, at_ms), `over` once sold out, and
                                         counts (admitted, expired, abandoned_queued,
                                         abandoned_held, told_sold_out)
@@ -22,10 +23,12 @@ so, exactly when no unit is free and none is held: never while one could still b
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.exceptions import WatchError
 
 from flashsale.core import keys
 
@@ -66,7 +69,7 @@ _STEP = (
     + """
 -- KEYS: queue, holds, gone, state, stock    ARGV: most customers to admit in this step
 local rules = redis.call('HMGET', KEYS[4], 'rate', 'cap', 'hold_ms', 'grace_ms', 'tokens',
-  'at_ms', 'over')
+  'at_ms', 'over', 'opens_at_ms')
 local rate = tonumber(rules[1]) or 0
 local cap = tonumber(rules[2]) or 0
 local hold_ms = tonumber(rules[3]) or 120000
@@ -100,7 +103,11 @@ for _, id in ipairs(lapsed) do
 end
 local free = tonumber(redis.call('GET', KEYS[5]) or '0')
 local n = math.min(tonumber(ARGV[1]), free)
-if rate > 0 then
+local opens = tonumber(rules[8])
+if rules[8] == 'closed' or (opens and now < opens) then
+  -- The doors are closed: everyone queues, no one is admitted, the bucket stays empty.
+  n, tokens, free = 0, 0, math.max(free, 1)
+elseif rate > 0 then
   -- A token bucket of 200 ms: the rate holds across processes and across steps.
   tokens = math.min(math.max(1, rate / 5), tokens + (now - at) * rate / 1000)
   n = math.min(n, math.floor(tokens))
@@ -138,6 +145,23 @@ return {admitted, over and 1 or 0, ended, told, #lapsed, abandoned_queued, aband
 """
 )
 
+_LEAVE = """
+-- KEYS: queue, holds, gone, state, stock    ARGV: customer id
+redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[4], 'abandoned_queued', 1)
+  return 'queue'
+end
+local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if until_ms and until_ms ~= 'inf' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('INCR', KEYS[5])
+  redis.call('HINCRBY', KEYS[4], 'abandoned_held', 1)
+  return 'hold'
+end
+return 'none'
+"""
+
 COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
 
 
@@ -145,13 +169,17 @@ COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sol
 class Rules:
     """How the room admits: at most `rate` customers a second (0: no rate bound) and at most
     `cap` holding a unit at once (0: no cap); holds last `hold_s`, `retry_s` more after a
-    decline; a customer without a socket for `grace_s` leaves."""
+    decline; a customer without a socket for `grace_s` leaves. With `doors_closed` nobody is
+    admitted before open_doors(), which with `shuffle` puts those already queued in a random
+    order (Cloudflare's "random at event start": no one gains by arriving early)."""
 
     rate: float = 150.0
     cap: int = 0
     hold_s: float = 120.0
     retry_s: float = 60.0
     grace_s: float = 10.0
+    doors_closed: bool = False  # customers queue until open_doors()
+    shuffle: bool = False  # at open_doors(), those queued so far get a random order
 
 
 @dataclass(frozen=True)
@@ -187,17 +215,50 @@ class Place:
 
 
 def set_rules(redis: Redis, sku: str, rules: Rules) -> None:
-    """Store the rules where every server's step and every worker's finalize read them."""
-    redis.hset(
-        keys.room_state(sku),
+    """Store the rules where every server's step and every worker's finalize read them. The
+    doors are set only once: a server restarting mid-sale must not close them again."""
+    state = keys.room_state(sku)
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(
+        state,
         mapping={
             "rate": repr(float(rules.rate)),
             "cap": int(rules.cap),
             "hold_ms": int(rules.hold_s * 1000),
             "retry_ms": int(rules.retry_s * 1000),
             "grace_ms": int(rules.grace_s * 1000),
+            "order": "shuffle" if rules.shuffle else "fifo",
         },
     )
+    pipe.hsetnx(state, "opens_at_ms", "closed" if rules.doors_closed else "0")
+    pipe.execute()
+
+
+def open_doors(redis: Redis, sku: str, at_s: float | None = None) -> int:
+    """Open the doors now, or at unix time `at_s`; in a room whose order is 'shuffle', the
+    customers queued so far are put in a random order first (their ticket numbers dealt
+    again). Returns how many were queued. Opening an open room changes nothing."""
+    state, queue = keys.room_state(sku), keys.room_queue(sku)
+    opens_at = "0" if at_s is None else str(int(at_s * 1000))
+    with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(state, queue)
+                if pipe.hget(state, "opens_at_ms") != "closed":
+                    return 0
+                shuffle = pipe.hget(state, "order") == "shuffle"
+                queued: list[tuple[str, float]] = pipe.zrange(queue, 0, -1, withscores=True)  # type: ignore[assignment]
+                pipe.multi()
+                if shuffle and queued:
+                    customers = [str(customer) for customer, _ in queued]
+                    secrets.SystemRandom().shuffle(customers)
+                    scores = [float(score) for _, score in queued]
+                    pipe.zadd(queue, dict(zip(customers, scores, strict=True)))
+                pipe.hset(state, "opens_at_ms", opens_at)
+                pipe.execute()
+                return len(queued)
+            except WatchError:
+                continue
 
 
 def join(redis: Redis, sku: str, customer_id: str) -> Ticket:
@@ -236,6 +297,23 @@ def step(redis: Redis, sku: str, most: int = 1000) -> Step:
         expired=int(expired),
         abandoned_queued=int(left_queue),
         abandoned_held=int(left_hold),
+    )
+
+
+def leave(redis: Redis, sku: str, customer_id: str) -> str:
+    """The customer leaves now: out of the queue ('queue'), or their unit back ('hold') unless
+    an order of theirs is with Stripe ('none')."""
+    return str(
+        redis.register_script(_LEAVE)(
+            keys=[
+                keys.room_queue(sku),
+                keys.room_holds(sku),
+                keys.room_gone(sku),
+                keys.room_state(sku),
+                keys.stock(sku),
+            ],
+            args=[customer_id],
+        )
     )
 
 
@@ -280,6 +358,17 @@ def counts(redis: Redis, sku: str) -> dict[str, int]:
     shown = {"queued": int(queued), "holding": int(holding), "over": int(state.get("over", 0))}
     shown.update({name: int(state.get(name, 0)) for name in COUNTS})
     return shown
+
+
+def units_held(redis: Redis, sku: str) -> int:
+    """Units out of the stock for admitted customers without an order at Stripe (an order's
+    own unit is the order's: core.orders counts it pending)."""
+    return int(redis.zcount(keys.room_holds(sku), "-inf", "(inf"))
+
+
+def exists(redis: Redis, sku: str) -> bool:
+    """Whether the sale ever ran a waiting room."""
+    return bool(redis.exists(keys.room_state(sku)))
 
 
 def _redis_ms(redis: Redis) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from flashsale.errors import ConfigError
 from flashsale.loadgen.scenario import LoadConfig, check_options, load_config
 from flashsale.ops.faults import parse_spec
-from flashsale.settings import Settings
+from flashsale.settings import Settings, room_overrides
 from flashsale.stripe_sim.config import SimConfig
 
 # What each key of [sale] and [pipeline] takes: a check, and the words for a refusal.
@@ -40,6 +40,17 @@ PIPELINE_KEYS: dict[str, Check] = {
     "retry_backoff_max": (SECONDS, lambda v: v >= 0, "a number of seconds"),
     "max_retries": (int, lambda v: v >= 0, "a whole number, 0 or more"),
 }
+# The waiting room (serve's --waiting-room and its rules); durations and rates carry units.
+ROOM_KEYS: dict[str, Check] = {
+    "enabled": (bool, lambda v: True, "true or false"),
+    "admit_rate": ((str, int), lambda v: True, "a rate like '150/s', or 0 for none"),
+    "admit_cap": (int, lambda v: v >= 0, "a whole number of customers, 0 for no cap"),
+    "hold": (str, lambda v: True, "a duration like '120s'"),
+    "retry_window": ((str, int), lambda v: True, "a duration like '60s', or 0 for none"),
+    "room_grace": (str, lambda v: True, "a duration like '10s'"),
+    "room_doors": (str, lambda v: v in ("open", "closed"), "open or closed"),
+    "room_order": (str, lambda v: v in ("fifo", "shuffle"), "fifo or shuffle"),
+}
 STRIPE_SIM_KEYS = {
     "rate_limit",
     "concurrency_limit",
@@ -50,7 +61,7 @@ STRIPE_SIM_KEYS = {
 }
 # Set by rehearse itself: where the sale is and where the reports go.
 REHEARSE_OWNS = {"url", "report", "html"}
-TABLES = {"sale", "pipeline", "stripe_sim", "loadgen"}
+TABLES = {"sale", "pipeline", "stripe_sim", "loadgen", "waiting_room"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,12 @@ class RehearsalPlan:
     pipeline: dict[str, Any] = field(default_factory=dict)
     stripe_sim: dict[str, Any] = field(default_factory=dict)
     loadgen: dict[str, Any] = field(default_factory=dict)
+    waiting_room: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def room_on(self) -> bool:
+        """A [waiting_room] table turns it on unless it says enabled = false."""
+        return bool(self.waiting_room) and bool(self.waiting_room.get("enabled", True))
 
     @property
     def workers(self) -> int:
@@ -92,7 +109,15 @@ class RehearsalPlan:
     def server_flags(self) -> list[str]:
         """`flashsale serve` flags: the sale, and --workers for several server processes."""
         processes = self.server_workers
-        return [*as_flags(self.sale), *(["--workers", str(processes)] if processes > 1 else [])]
+        room = ["--waiting-room", "on", *as_flags(self.room_rules())] if self.room_on else []
+        return [
+            *as_flags(self.sale),
+            *(["--workers", str(processes)] if processes > 1 else []),
+            *room,
+        ]
+
+    def room_rules(self) -> dict[str, Any]:
+        return {key: value for key, value in self.waiting_room.items() if key != "enabled"}
 
     def worker_flags(self) -> list[str]:
         return as_flags({key: self.pipeline.get(key) for key in WORKER_FLAG_KEYS})
@@ -104,6 +129,7 @@ class RehearsalPlan:
         pipeline: dict[str, Any] | None = None,
         stripe_sim: dict[str, Any] | None = None,
         loadgen: dict[str, Any] | None = None,
+        waiting_room: dict[str, Any] | None = None,
     ) -> RehearsalPlan:
         """Flags given on the command line win over the scenario; None means not given."""
 
@@ -116,13 +142,15 @@ class RehearsalPlan:
             pipeline=merged(self.pipeline, pipeline),
             stripe_sim=merged(self.stripe_sim, stripe_sim),
             loadgen=merged(self.loadgen, loadgen),
+            waiting_room=merged(self.waiting_room, waiting_room),
         )
         return changed.checked("the command line")
 
     def checked(self, source: str) -> RehearsalPlan:
         """Refuse every unknown key and bad value, naming the table and key: before anything
         starts, not when the component that reads it fails."""
-        for table, allowed in (("sale", SALE_KEYS), ("pipeline", PIPELINE_KEYS)):
+        tables = (("sale", SALE_KEYS), ("pipeline", PIPELINE_KEYS), ("waiting_room", ROOM_KEYS))
+        for table, allowed in tables:
             values = getattr(self, table)
             extra = set(values) - set(allowed)
             if extra:
@@ -137,6 +165,7 @@ class RehearsalPlan:
                 if not valid(value):
                     raise ConfigError(f"{source}: [{table}] {key} must be {wanted}, not {value!r}")
         self._check_worker_timings(source)
+        self._check_room(source)
         if self.chaos is not None:
             try:
                 parse_spec(self.chaos)
@@ -180,6 +209,24 @@ class RehearsalPlan:
             settings.checked()
         except ConfigError as error:
             raise ConfigError(f"{source}: [pipeline] {error}") from None
+
+    def _check_room(self, source: str) -> None:
+        """The room's rules as serve will read them, refused here rather than at its start."""
+        rules = {key: self.waiting_room.get(key) for key in ROOM_KEYS if key != "enabled"}
+        try:
+            changes = room_overrides(
+                "on" if self.room_on else "off",
+                None if rules["admit_rate"] is None else str(rules["admit_rate"]),
+                rules["admit_cap"],
+                rules["hold"],
+                None if rules["retry_window"] is None else str(rules["retry_window"]),
+                rules["room_grace"],
+                rules["room_doors"],
+                rules["room_order"],
+            )
+            Settings().replace(**changes).checked()
+        except ConfigError as error:
+            raise ConfigError(f"{source}: [waiting_room] {error}") from None
 
     def load_config(self, extra: dict[str, Any] | None = None, **rehearse: Any) -> LoadConfig:
         """The load run of this plan: its [loadgen] table, then `extra` (the options after

@@ -9,7 +9,7 @@ from typing import Any
 
 from redis import Redis
 
-from flashsale.core import inventory, ledger, orders, payments
+from flashsale.core import inventory, ledger, orders, payments, waiting_room
 from flashsale.core.ledger import ChargeRecord
 from flashsale.settings import Settings
 
@@ -27,6 +27,10 @@ class Reconciliation:
     stock_left: int = 0
     units_sold: int = 0
     units_reserved: int = 0
+    # Units the waiting room holds for admitted customers who have no order with Stripe.
+    units_held: int = 0
+    # What the waiting room did (core.waiting_room.counts), when the sale ran one.
+    room: dict[str, int] = field(default_factory=dict)
     # Succeeded charges of this sale that no order explains (Redis lost them): sold all the
     # same, so they count against the stock.
     units_charged_without_order: int = 0
@@ -49,17 +53,23 @@ class Reconciliation:
 
     @property
     def stock_unaccounted(self) -> int:
-        """Units that are neither left, reserved by a pending order, nor sold, by an order or by
-        a charge whose order Redis lost (should be 0)."""
+        """Units that are neither left, held by the waiting room, reserved by a pending order,
+        nor sold, by an order or by a charge whose order Redis lost (should be 0)."""
         if self.stock_initial is None:
             return 0
         return (
             self.stock_initial
             - self.stock_left
+            - self.units_held
             - self.units_reserved
             - self.units_sold
             - self.units_charged_without_order
         )
+
+    @property
+    def sell_through(self) -> float | None:
+        """Units sold of the units for sale."""
+        return self.units_sold / self.stock_initial if self.stock_initial else None
 
     def discrepancies(self) -> dict[str, int]:
         """Each integrity check and how many items fail it (0 = passed)."""
@@ -83,6 +93,7 @@ class Reconciliation:
         shown = asdict(self)
         shown["oversold"] = self.oversold
         shown["stock_unaccounted"] = self.stock_unaccounted
+        shown["sell_through"] = self.sell_through
         shown["discrepancies"] = self.discrepancies()
         shown["ok"] = self.ok()
         return shown
@@ -95,9 +106,12 @@ def reconcile(
     sku: str,
     stock_initial: int | None,
     stock_left: int,
+    units_held: int = 0,
 ) -> Reconciliation:
     """Pure comparison of orders and charges; the I/O lives in reconcile_live()."""
-    result = Reconciliation(sku=sku, stock_initial=stock_initial, stock_left=stock_left)
+    result = Reconciliation(
+        sku=sku, stock_initial=stock_initial, stock_left=stock_left, units_held=units_held
+    )
     by_order: dict[str, list[ChargeRecord]] = defaultdict(list)
     charges_by_status: dict[str, int] = defaultdict(int)
     for charge in charges:
@@ -151,10 +165,15 @@ def reconcile_live(settings: Settings, redis: Redis) -> Reconciliation:
     """Read every order from Redis and every charge from Stripe, then compare them."""
     client = payments.make_client(settings)
     charge_list = list(ledger.iter_charges(client))
-    return reconcile(
+    sku = settings.sale_sku
+    result = reconcile(
         orders.iter_orders(redis),
         charge_list,
-        sku=settings.sale_sku,
-        stock_initial=inventory.initial_stock(redis, settings.sale_sku),
-        stock_left=inventory.stock_left(redis, settings.sale_sku),
+        sku=sku,
+        stock_initial=inventory.initial_stock(redis, sku),
+        stock_left=inventory.stock_left(redis, sku),
+        units_held=waiting_room.units_held(redis, sku),
     )
+    if waiting_room.exists(redis, sku):
+        result.room = waiting_room.counts(redis, sku)
+    return result

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
@@ -19,7 +19,7 @@ import redis as redis_lib
 from rich.console import Console
 
 from flashsale import outputs
-from flashsale.core import keys, orders, store
+from flashsale.core import keys, orders, store, waiting_room
 from flashsale.errors import ComponentFailed, ConfigError, OutputError
 from flashsale.loadgen import coordinator
 from flashsale.loadgen.report import LoadReport
@@ -298,6 +298,18 @@ class Rehearsal:
 
     # --- load -------------------------------------------------------------------------------
 
+    def room_opener(self, pipeline: LocalPipeline) -> Callable[[float], None] | None:
+        """With the waiting room's doors closed, what opens them at loadgen's doors instant."""
+        if not self.plan.room_on or self.plan.waiting_room.get("room_doors") != "closed":
+            return None
+        sku = self.pipeline_settings(pipeline).sale_sku
+
+        def open_room(at_s: float) -> None:
+            queued = waiting_room.open_doors(store.connect(pipeline.redis_url), sku, at_s=at_s)
+            self.say(f"waiting room: doors open for {queued} queued customers")
+
+        return open_room
+
     def run_loadgen(self, pipeline: LocalPipeline) -> coordinator.RunResult:
         """The load runs here, in the foreground (same terminal, same Ctrl-C): its shards play
         in their own processes, this process coordinates and draws the dashboard."""
@@ -310,7 +322,7 @@ class Rehearsal:
         previous = os.environ.get(RUN_MARKER)
         os.environ[RUN_MARKER] = str(self.run_dir)
         try:
-            result = coordinator.run(config, self.console)
+            result = coordinator.run(config, self.console, on_doors=self.room_opener(pipeline))
         finally:
             if previous is None:
                 os.environ.pop(RUN_MARKER, None)
@@ -450,6 +462,7 @@ def judge(result: RehearsalResult) -> list[Check]:
         for name, count in rec.discrepancies().items():
             checks.append(Check(name.replace("_", " "), count == 0, str(count)))
         if report is not None:
+            checks.append(unsold_check(rec, report))
             seen = report.outcomes["succeeded"]
             stored = rec.orders_by_state.get(orders.SUCCEEDED, 0)
             checks.append(
@@ -460,6 +473,18 @@ def judge(result: RehearsalResult) -> list[Check]:
                 )
             )
     return checks
+
+
+def unsold_check(rec: Reconciliation, report: LoadReport) -> Check:
+    """No customer may be told sold out while a unit could still be sold: at the end, units
+    left (or held) beside customers turned away are sales lost to the answer's timing."""
+    unsold = rec.stock_left + rec.units_held
+    turned_away = report.outcomes.get("sold_out", 0)
+    lost = min(unsold, turned_away)
+    detail = f"{unsold} unsold, {turned_away} customers told sold out"
+    if rec.sell_through is not None:
+        detail += f"; sell-through {rec.sell_through:.1%}"
+    return Check("units unsold while customers were turned away", lost == 0, detail)
 
 
 def verdict_line(result: RehearsalResult) -> str:

@@ -9,8 +9,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from flashsale.loadgen.report import LoadReport
-from flashsale.loadgen.stats import ENDPOINT_COLUMNS, PHASES
+from flashsale.loadgen.report import LoadReport, shown_phases
+from flashsale.loadgen.stats import ENDPOINT_COLUMNS
 from flashsale.ops.counters import Counters
 from flashsale.ops.reconcile import Reconciliation
 from flashsale.ops.rehearse import RehearsalResult, verdict_line
@@ -33,9 +33,17 @@ def reconciliation_table(rec: Reconciliation) -> Table:
         f"{rec.charges} charges ({_counts(rec.charges_by_status)}); "
         f"sold {rec.units_sold} of {rec.stock_initial if rec.stock_initial is not None else '?'}"
         f", {rec.stock_left} left"
+        + (f", {rec.units_held} held by the waiting room" if rec.units_held else "")
+        + (f" (sell-through {rec.sell_through:.1%})" if rec.sell_through is not None else "")
         + (
             f"; {rec.units_charged_without_order} more charged by orders Redis no longer has"
             if rec.units_charged_without_order
+            else ""
+        )
+        + (
+            "; waiting room: "
+            + ", ".join(f"{name.replace('_', ' ')} {n}" for name, n in rec.room.items())
+            if rec.room
             else ""
         )
     )
@@ -136,8 +144,8 @@ def verdict_panel(result: RehearsalResult) -> Panel:
         latency.add_column("phase")
         for column in ("p50", "p90", "p99", "p999", "max", "count"):
             latency.add_column(column, justify="right")
-        for phase in PHASES:
-            row = report.latency_ms.get(phase)
+        for phase in shown_phases(report.latency_ms):
+            row = report.latency_ms[phase]
             if row:
                 latency.add_row(
                     phase,
@@ -145,6 +153,9 @@ def verdict_panel(result: RehearsalResult) -> Panel:
                 )
         parts.append(latency)
         parts.append(requests_table(report))
+    room = room_line(report, result.reconciliation)
+    if room is not None:
+        parts.append(room)
     if result.counters is not None:
         parts.append(other_side(result.counters))
     rec = result.reconciliation
@@ -169,6 +180,20 @@ def verdict_panel(result: RehearsalResult) -> Panel:
     return Panel(
         Group(first, *parts), title=f"rehearsal {result.plan.name}: {verdict}", border_style=style
     )
+
+
+def room_line(report: LoadReport | None, rec: Reconciliation | None) -> Text | None:
+    """The waiting room in one line: what customers saw, and what the server's room did."""
+    seen = report.room if report else {}
+    done = rec.room if rec else {}
+    if not seen and not done:
+        return None
+    customers = ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in seen.items())
+    server = ", ".join(
+        f"{name.replace('_', ' ')} {done.get(name, 0):,}"
+        for name in ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
+    )
+    return Text(f"waiting room: customers {customers or '-'}; the room {server or '-'}")
 
 
 def unsold_note(left: int | None, report: LoadReport | None) -> str:

@@ -78,6 +78,8 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
     server = socketio.server
     server.on("connect", on_connect, namespace=events.NAMESPACE)
     server.on("disconnect", on_disconnect, namespace=events.NAMESPACE)
+    if ctx.room is not None:
+        server.on(events.LEAVE, ctx.room.on_leave, namespace=events.NAMESPACE)
     guard_client_packets(server, metrics)
 
 

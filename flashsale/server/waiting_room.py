@@ -52,6 +52,8 @@ class WaitingRoom:
             hold_s=settings.room_hold_s,
             retry_s=settings.room_retry_s,
             grace_s=settings.room_grace_s,
+            doors_closed=settings.room_doors == "closed",
+            shuffle=settings.room_order == "shuffle",
         )
 
     def start(self) -> None:
@@ -103,7 +105,24 @@ class WaitingRoom:
         if sid in self.here:
             self.tell(sid, customer_id, waiting_room.places(self.redis, self.sku, [customer_id])[0])
 
+    def on_leave(self, sid: str, data: object = None) -> None:
+        """The customer's `leave` event: out of the queue, or the unit they hold back.
+
+        It names its customer by room token: a customer leaves and hangs up at once, and
+        python-socketio may run this handler after the disconnect that forgot the socket."""
+        self.here.pop(sid, None)
+        token = data.get("room_token") if isinstance(data, dict) else None
+        customer_id = signing.verify_room_token(
+            self.settings.secret, token, self.settings.room_token_ttl_s
+        )
+        if customer_id is not None:
+            try:
+                waiting_room.leave(self.redis, self.sku, customer_id)
+            except redis.RedisError as error:  # the grace after its disconnect does it then
+                log.warning("waiting room: could not let %s leave: %s", customer_id, error)
+
     def on_disconnect(self, sid: str) -> None:
+        """Gone, not left: the customer may be reloading the page; the grace decides."""
         customer_id = self.here.pop(sid, None)
         if customer_id is not None:
             try:

@@ -6,6 +6,9 @@
  * at most, like loadgen's customers. The customer id, room
  * token and payment in progress live in sessionStorage (this tab only, never in a URL or cookie),
  * so a reload rejoins the same room and shows the same payment instead of starting another.
+ * With the waiting room on, the page first waits in line (position and ETA pushed at least every
+ * 5 s), then shows the card form when admitted; the admission token goes with the order. A reload
+ * keeps the stored customer, so the same place in line.
  */
 (function () {
   "use strict";
@@ -52,6 +55,7 @@
       sku: sale.sku,
       customer_id: identity.customer_id,
       room_token: identity.room_token,
+      admission: null,  // the waiting room's admission token, once admitted
       order_id: null,   // the latest order this tab placed
       inflight: null,   // {token, quantity} posted (or about to be) but not yet answered
       result: null      // the latest order's final charge_result
@@ -70,8 +74,13 @@
   var resultCheck = null;
 
   var stockLeft = sale.stock_left;
-  // ready | tokenizing | sending | pending | paid | declined | failed | sold-out | broken
-  var phase = "ready";
+  // With a waiting room, units held for admitted customers are not in stock_left: stock alone
+  // never says sold out, the room's sold_out event does.
+  var room = embedded.waiting_room || null;
+  var roomOver = !!room && room.status === "sold_out";  // the room said every unit is sold
+  // queued | lapsed | ready | tokenizing | sending | pending | paid | declined | failed |
+  // sold-out | broken
+  var phase = room && !tab.admission ? "queued" : "ready";
   // The client-side in-flight guard: one payment at a time, whatever fires the submit event.
   var submitting = false;
   var results = {};  // charge_result by order id; one may arrive before /charges answers
@@ -132,7 +141,13 @@
     } else if (phase === "broken") {
       label = "Unavailable";
       disabled = true;
-    } else if (stockLeft <= 0) {
+    } else if (phase === "queued") {
+      label = "Waiting in line…";
+      disabled = true;
+    } else if (phase === "lapsed") {
+      label = "Your turn has passed";
+      disabled = true;
+    } else if (phase === "sold-out" || (!room && stockLeft <= 0)) {
       label = "Sold out";
       disabled = true;
     } else if (phase === "failed") {
@@ -140,7 +155,8 @@
     }
     pay.disabled = disabled;
     pay.setAttribute("aria-busy", busy() ? "true" : "false");
-    quantity.disabled = busy() || phase === "paid";
+    // A waiting room holds one unit per customer.
+    quantity.disabled = !!room || busy() || phase === "paid";
     payLabel.textContent = label;
   }
 
@@ -213,15 +229,54 @@
       count.id = "stock-count";
       stockText.appendChild(count);
       stockText.appendChild(document.createTextNode(" left"));
+    } else if (room && !roomOver) {
+      // Every unit is held by a customer paying: one may come back to the line.
+      stockBox.setAttribute("data-level", "low");
+      stockText.textContent = "All held by customers paying";
     } else {
       stockText.textContent = "Sold out";
     }
-    if (left <= 0 && (phase === "ready" || phase === "declined" || phase === "failed")) {
+    if (room) {
+      // held units are not in the count: only the room says sold out
+    } else if (left <= 0 && (phase === "ready" || phase === "declined" || phase === "failed")) {
       showSoldOut(false);
     } else if (left > 0 && phase === "sold-out") {
       phase = "ready";  // a declined buyer's unit came back
       setStatus("ready");
     }
+    refreshButton();
+  }
+
+  // --- the waiting room -----------------------------------------------------------------------
+
+  function showQueued(position, etaSeconds) {
+    if (phase !== "queued") return;
+    var eta = etaSeconds == null ? "Your turn comes as units free up."
+      : "About " + Math.max(1, Math.round(etaSeconds)) + " s to go.";
+    setStatus("queued", "You are in line: number " + position,
+      eta + " Keep this page open; it updates by itself and keeps your place if you reload.");
+    byId("status").setAttribute("data-position", String(position));
+    refreshButton();
+  }
+
+  function showAdmitted(payload) {
+    tab.admission = payload.admission_token;
+    writeStore();
+    if (phase !== "queued" && phase !== "lapsed") return;  // a reminder while paying
+    phase = "ready";
+    setStatus("admitted", "It is your turn",
+      "A unit is held for you for " + Math.round(payload.hold_s) + " s. Pay below.");
+    refreshButton();
+    announceFinal();
+  }
+
+  function showLapsed() {
+    if (busy() || phase === "paid" || phase === "sold-out") return;
+    phase = "lapsed";
+    tab.admission = null;
+    writeStore();
+    setStatus("failed", "Your turn has passed",
+      "The unit held for you went to the next customer in line. Reload to queue again.");
     refreshButton();
   }
 
@@ -268,7 +323,8 @@
         customer_id: tab.customer_id,
         room_token: tab.room_token,
         token: inflight.token,
-        quantity: inflight.quantity
+        quantity: inflight.quantity,
+        admission_token: tab.admission || undefined
       })
     }).then(function (response) {
       return response.json().then(function (body) { return { response: response, body: body }; });
@@ -291,6 +347,8 @@
         updateStock(0);  // the server knows better than our last stock update
         showSoldOut(true);
         announceFinal();
+      } else if (error.code === "hold_lapsed" || error.code === "not_admitted") {
+        showLapsed();
       } else if (error.code === "invalid_room_token" || error.code === "forbidden") {
         renewIdentity().then(function () { socket.disconnect().connect(); });
         showFailed("Your session expired", "Nothing was charged. Please pay again.");
@@ -308,6 +366,7 @@
   // --- wiring ---------------------------------------------------------------------------------
 
   byId("price").textContent = money(sale.amount);  // the same format as the pay button
+  if (room) quantity.value = "1";
 
   if (typeof window.Stripe !== "function") {
     broken("The payment form could not load", "Check your connection and reload the page.");
@@ -362,6 +421,18 @@
   socket.on("stock", function (payload) {
     if (payload && payload.sku === sale.sku) updateStock(payload.stock_left);
   });
+  socket.on("queue", function (payload) {
+    if (payload) showQueued(payload.position, payload.eta_s);
+  });
+  socket.on("admitted", function (payload) {
+    if (payload && payload.admission_token) showAdmitted(payload);
+  });
+  socket.on("sold_out", function () {
+    roomOver = true;
+    if (phase !== "paid" && !busy()) showSoldOut(false);
+    updateStock(0);
+  });
+  socket.on("hold_lapsed", showLapsed);
   socket.on("charge_result", function (result) {
     if (!result || !result.order_id) return;
     results[result.order_id] = result;
@@ -411,7 +482,11 @@
   } else if (tab.inflight) {
     submitting = true;
     send(tab.inflight);                // reloaded mid-send: the same token, so the same order
-  } else if (stockLeft <= 0) {
+  } else if (room && room.status === "sold_out") {
+    showSoldOut(false);
+  } else if (phase === "queued") {
+    showQueued(room.position || "…", room.eta_s);
+  } else if (!room && stockLeft <= 0) {
     showSoldOut(false);
   } else {
     refreshButton();
