@@ -280,13 +280,7 @@ def step(redis: Redis, sku: str, most: int = 1000) -> Step:
     """Let go of the gone and the lapsed, admit whom the rules allow, and end the sale when
     no unit is free or held. Atomic: any number of processes may call it."""
     admitted, over, ended, told, expired, left_queue, left_hold = redis.register_script(_STEP)(
-        keys=[
-            keys.room_queue(sku),
-            keys.room_holds(sku),
-            keys.room_gone(sku),
-            keys.room_state(sku),
-            keys.stock(sku),
-        ],
+        keys=_room_keys(sku),
         args=[most],
     )
     return Step(
@@ -305,13 +299,7 @@ def leave(redis: Redis, sku: str, customer_id: str) -> str:
     an order of theirs is with Stripe ('none')."""
     return str(
         redis.register_script(_LEAVE)(
-            keys=[
-                keys.room_queue(sku),
-                keys.room_holds(sku),
-                keys.room_gone(sku),
-                keys.room_state(sku),
-                keys.stock(sku),
-            ],
+            keys=_room_keys(sku),
             args=[customer_id],
         )
     )
@@ -369,6 +357,17 @@ def units_held(redis: Redis, sku: str) -> int:
 def exists(redis: Redis, sku: str) -> bool:
     """Whether the sale ever ran a waiting room."""
     return bool(redis.exists(keys.room_state(sku)))
+
+
+def _room_keys(sku: str) -> list[str]:
+    """The KEYS of the step and leave scripts: queue, holds, gone, state, stock."""
+    return [
+        keys.room_queue(sku),
+        keys.room_holds(sku),
+        keys.room_gone(sku),
+        keys.room_state(sku),
+        keys.stock(sku),
+    ]
 
 
 def _redis_ms(redis: Redis) -> int:
