@@ -84,7 +84,15 @@ def reconciliation(result: RehearsalResult) -> str:
     summary = (
         f"{rec.orders} orders, {rec.charges} charges; sold {rec.units_sold} of "
         f"{rec.stock_initial}, {rec.stock_left} left"
+        + (f", {rec.units_held} held by the waiting room" if rec.units_held else "")
         + (f" while {sold_out} customers were told sold out" if rec.stock_left and sold_out else "")
+        + (f"; sell-through {rec.sell_through:.1%}" if rec.sell_through is not None else "")
+        + (
+            "; waiting room: "
+            + ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in rec.room.items())
+            if rec.room
+            else ""
+        )
     )
     return f"<p>{html.escape(summary)}</p>{counts}"
 

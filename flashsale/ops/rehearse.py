@@ -356,6 +356,9 @@ class Rehearsal:
                 "pipeline": result.plan.pipeline,
                 "stripe_sim": result.plan.stripe_sim,
                 "loadgen": result.plan.loadgen,
+                "waiting_room": result.plan.waiting_room
+                if result.plan.room_on
+                else {"enabled": False},
                 "extra_loadgen_options": self.loadgen_options,
             },
             "stripe": self.stripe,

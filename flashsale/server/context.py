@@ -14,6 +14,7 @@ from flask_socketio import SocketIO
 from flashsale.core import broker, events, inventory, jobs
 from flashsale.core.stock_feed import StockFeed
 from flashsale.server.metrics import ServerMetrics
+from flashsale.server.waiting_room import WaitingRoom
 from flashsale.settings import Settings
 
 
@@ -25,7 +26,7 @@ class ServerContext:
     metrics: ServerMetrics
     socketio: SocketIO
     stock_feed: StockFeed
-    room: Any = None  # server.waiting_room.WaitingRoom when the waiting room is on
+    room: WaitingRoom | None = None  # when the waiting room is on
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""

@@ -21,6 +21,7 @@ from flashsale.server.validation import (
     json_body,
     parse_charge,
 )
+from flashsale.server.waiting_room import WaitingRoom
 
 log = logging.getLogger("flashsale.server")
 bp = Blueprint("http", __name__)
@@ -123,7 +124,7 @@ def create_charge() -> tuple[Response, int]:
     if owner != charge.customer_id:
         raise ApiError(403, "forbidden", "the room token belongs to another customer")
     if ctx.room is not None:
-        check_admission(ctx, charge)
+        check_admission(ctx.room, charge)
     try:
         placement = orders.place_order(
             ctx.redis,
@@ -138,7 +139,7 @@ def create_charge() -> tuple[Response, int]:
     except SoldOut as error:
         raise ApiError(409, "sold_out", str(error)) from None
     except NotHeld:
-        if ctx.room.is_over():
+        if ctx.room is not None and ctx.room.is_over():
             raise ApiError(409, "sold_out", "sold out: every unit is sold") from None
         raise ApiError(
             403,
@@ -176,7 +177,7 @@ def create_charge() -> tuple[Response, int]:
     return jsonify({"order_id": order.order_id, "status": order.status}), 202
 
 
-def check_admission(ctx: ServerContext, charge: ChargeRequest) -> None:
+def check_admission(room: WaitingRoom, charge: ChargeRequest) -> None:
     """With the waiting room on, only an admitted customer may order, one unit at a time."""
     if not charge.admission_token:
         raise ApiError(
@@ -184,7 +185,7 @@ def check_admission(ctx: ServerContext, charge: ChargeRequest) -> None:
             "not_admitted",
             "the waiting room is on: wait for your admitted event and send its admission_token",
         )
-    admitted = ctx.room.admitted_customer(charge.admission_token)
+    admitted = room.admitted_customer(charge.admission_token)
     if admitted is None:
         raise ApiError(403, "invalid_admission_token", "the admission token is forged or expired")
     if admitted != charge.customer_id:
