@@ -105,7 +105,8 @@ local free = tonumber(redis.call('GET', KEYS[5]) or '0')
 local n = math.min(tonumber(ARGV[1]), free)
 local opens = tonumber(rules[8])
 if rules[8] == 'closed' or (opens and now < opens) then
-  -- The doors are closed: everyone queues, no one is admitted, the bucket stays empty.
+  -- The doors are closed: everyone queues, no one is admitted, the bucket stays empty, and
+  -- the sale cannot end before it began (free is taken as at least one unit below).
   n, tokens, free = 0, 0, math.max(free, 1)
 elseif rate > 0 then
   -- A token bucket of 200 ms: the rate holds across processes and across steps.
@@ -169,17 +170,18 @@ COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sol
 class Rules:
     """How the room admits: at most `rate` customers a second (0: no rate bound) and at most
     `cap` holding a unit at once (0: no cap); holds last `hold_s`, `retry_s` more after a
-    decline; a customer without a socket for `grace_s` leaves. With `doors_closed` nobody is
+    decline; a customer without a socket for `grace_s` leaves (defaults: flashsale.settings,
+    the one place they are written). With `doors_closed` nobody is
     admitted before open_doors(), which with `shuffle` puts those already queued in a random
     order (Cloudflare's "random at event start": no one gains by arriving early)."""
 
-    rate: float = 150.0
-    cap: int = 0
-    hold_s: float = 120.0
-    retry_s: float = 60.0
-    grace_s: float = 10.0
-    doors_closed: bool = False  # customers queue until open_doors()
-    shuffle: bool = False  # at open_doors(), those queued so far get a random order
+    rate: float
+    cap: int
+    hold_s: float
+    retry_s: float
+    grace_s: float
+    doors_closed: bool  # customers queue until open_doors()
+    shuffle: bool  # at open_doors(), those queued so far get a random order
 
 
 @dataclass(frozen=True)
