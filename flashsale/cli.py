@@ -613,10 +613,12 @@ def worker(
 @click.option("--no-fallback", is_flag=True, help="Do not GET /orders/<id> after a dropped socket.")
 @click.option(
     "--patience",
-    default="5m",
+    default="lognormal:p50=10m,p99=60m",  # loadgen.scenario.DEFAULT_PATIENCE
     show_default=True,
     help="How long a customer waits in a waiting room's queue (a session that carries a "
-    "ticket) before leaving: counted abandoned.",
+    "ticket) before leaving, counted abandoned: a duration ('20m'), or a lognormal that each "
+    "customer draws their own from. The default is an assumption, not a measurement: set "
+    "yours from your own waiting room's data.",
 )
 @click.option(
     "--retry-after-decline",

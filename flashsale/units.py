@@ -10,7 +10,9 @@ their help, and so does every scenario key that takes one.
 from __future__ import annotations
 
 import math
+import random
 import re
+from dataclasses import dataclass
 
 from flashsale.errors import ConfigError
 
@@ -24,6 +26,8 @@ DURATION_UNITS = {
     "h": 3600.0,
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|m|min|h)?\s*$")
+# z-score of the 99th percentile of a standard normal: turns (p50, p99) into a lognormal sigma.
+Z_P99 = 2.3263478740408408
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*(s|sec|m|min))?\s*$")
 
 
@@ -86,3 +90,52 @@ def parse_share_or_duration(text: str, what: str) -> tuple[float | None, float |
     if text.strip().endswith("%"):
         return None, parse_share(text, what)
     return parse_duration(text, what), None
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A duration that varies: fixed, or lognormal fitted to a p50 and a p99 (how long people
+    and networks take is skewed: most are quick, a few take many times as long). A draw never
+    exceeds max_s, so one unlucky draw cannot hang a run."""
+
+    fixed_s: float = 0.0
+    p50_s: float = 0.0
+    p99_s: float = 0.0
+    max_s: float = math.inf
+
+    @property
+    def is_lognormal(self) -> bool:
+        return self.p50_s > 0
+
+    def sample(self, rng: random.Random | None = None) -> float:
+        if not self.is_lognormal:
+            return self.fixed_s
+        sigma = (math.log(self.p99_s) - math.log(self.p50_s)) / Z_P99
+        return min((rng or random).lognormvariate(math.log(self.p50_s), sigma), self.max_s)
+
+    def __str__(self) -> str:
+        if self.is_lognormal:
+            return f"lognormal:p50={format_duration(self.p50_s)},p99={format_duration(self.p99_s)}"
+        return format_duration(self.fixed_s)
+
+
+def parse_spread(text: object, what: str, *, maximum_s: float) -> Spread:
+    """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms' (each at most maximum_s)."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ConfigError(f"{what} must be a string like '200ms', not {text!r}")
+    spec = str(text).strip().lower()
+    if not spec.startswith("lognormal"):
+        return Spread(fixed_s=parse_duration(spec, what, maximum_s=maximum_s), max_s=maximum_s)
+    usage = f"{what} must look like 'lognormal:p50=80ms,p99=600ms'"
+    _, _, args = spec.partition(":")
+    given: dict[str, float] = {}
+    for part in filter(None, (piece.strip() for piece in args.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in ("p50", "p99"):
+            raise ConfigError(f"{usage}, not {text!r}")
+        given[name.strip()] = parse_duration(value, f"{what} {name.strip()}", maximum_s=maximum_s)
+    if set(given) != {"p50", "p99"}:
+        raise ConfigError(f"{usage} (both p50 and p99), not {text!r}")
+    if not 0 < given["p50"] <= given["p99"]:
+        raise ConfigError(f"{what} needs 0 < p50 <= p99, not {text!r}")
+    return Spread(p50_s=given["p50"], p99_s=given["p99"], max_s=maximum_s)

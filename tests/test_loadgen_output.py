@@ -238,3 +238,24 @@ def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int
         assert re.search(rf"(^|[\s│]){re.escape(name)}($|[\s│])", text), (name, size, text)
     assert "…" not in text, text
     assert "process 1 CPU 95%" in text
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)])
+def test_dashboard_shows_customers_who_left_the_queue(size: tuple[int, int]) -> None:
+    stats = sample_stats(room=True)
+    for i in range(3):
+        stats.record(
+            Journey(index=300 + i, card="visa", scheduled=3.0, started=3.0, outcome="abandoned")
+        )
+    snap = Snapshot(
+        stats=stats,
+        elapsed_s=5.0,
+        model="open",
+        target_per_s=50,
+        achieved_per_s=50,
+        arrived=303,
+        planned=303,
+    )
+    console = Console(file=io.StringIO(), width=size[0], height=size[1], record=True)
+    console.print(render(snap, size))
+    assert re.search(r"abandoned[\s│]+3\b", console.export_text())

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 import statistics
 
 import pytest
 
+from flashsale import cli
 from flashsale.errors import ConfigError
 from flashsale.loadgen.scenario import (
     DEFAULT_CARDS,
+    DEFAULT_PATIENCE,
+    MAX_PATIENCE_S,
     TEST_CARDS,
     ArrivalRate,
     build_schedule,
     parse_cards,
+    parse_patience,
     parse_ramp,
 )
 from flashsale.loadgen.stats import (
@@ -287,3 +292,42 @@ def test_bad_slos_are_usage_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as error:
         parse_slo(text)
     assert error.value.exit_code == 2
+
+
+# -- the waiting room: patience and fairness ----------------------------------------------------
+
+
+def test_patience_is_a_duration_or_a_lognormal_each_customer_draws_from() -> None:
+    assert parse_patience("20m").sample() == 1200
+    spread = parse_patience("lognormal:p50=10m,p99=60m")
+    rng = random.Random(7)
+    draws = sorted(spread.sample(rng) for _ in range(4000))
+    assert 540 < statistics.median(draws) < 660
+    assert 3000 < draws[int(0.99 * len(draws))] < 4400
+    assert max(draws) <= MAX_PATIENCE_S
+    for bad, message in [("0", "longer than 0"), ("soon", "not a duration"), ("9h", "at most")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_patience(bad)
+
+
+def test_the_patience_flag_shows_the_default_the_run_uses() -> None:
+    option = next(p for p in cli.loadgen.params if p.name == "patience")
+    assert option.default == str(DEFAULT_PATIENCE)
+
+
+def queued(index: int, arrived: float, left: float, admitted: bool = True) -> Journey:
+    found = journey(index)
+    found.queue_span = (arrived, left, admitted)
+    return found
+
+
+def test_overtaking_counts_admissions_ahead_of_an_arrival_over_a_second_earlier() -> None:
+    stats = RunStats()
+    stats.record(queued(0, arrived=100.0, left=110.0))
+    stats.record(queued(1, arrived=100.5, left=105.0))  # 0.5 s later: within the slack
+    stats.record(queued(2, arrived=101.5, left=109.0))  # overtook 0 (1.5 s earlier, waiting)
+    stats.record(queued(3, arrived=103.0, left=109.9))  # within the admission slack of 0
+    stats.record(queued(4, arrived=104.0, left=130.0, admitted=False))  # gave up: never counted
+    stats.record(queued(5, arrived=106.0, left=120.0))  # overtook 4, who still waited
+    shipped = RunStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert stats.overtakes() == shipped.overtakes() == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,8 @@ from flashsale.core import waiting_room as room
 from flashsale.loadgen.client import loop
 from flashsale.loadgen.coordinator import Coordinator
 from flashsale.loadgen.fleet.inprocess import InProcess
-from flashsale.loadgen.scenario import LoadConfig, build_schedule, parse_cards
+from flashsale.loadgen.scenario import LoadConfig, build_schedule, parse_cards, parse_patience
+from flashsale.loadgen.stats import OVERTOOK
 
 _skus = itertools.count(1)
 DECLINED_CARD = "4000000000000002"
@@ -423,3 +425,66 @@ def test_loadgen_customers_retry_after_a_decline_and_every_unit_sells(pipeline: 
     paid = [c for c in pipeline.sim_charges() if c["metadata"].get("sku") == sku]
     assert sum(c["status"] == "succeeded" for c in paid) == stock
     assert sum(c["status"] == "failed" for c in paid) == report.room["retried_after_decline"]
+
+
+def room_run(url: str, crowd: int, rate: str, patience: str = "10m") -> Coordinator:
+    """Loadgen customers arriving at `rate`, each paying with the first card it is given."""
+    config = LoadConfig(
+        url=url,
+        schedule=build_schedule(customers=crowd, rate=rate),
+        cards=parse_cards("visa=100"),
+        patience=parse_patience(patience),
+        timeout_s=30,
+        max_cpu_percent=101,  # a shared 2-core test box
+        max_lag_s=5,
+    )
+    return Coordinator(config, InProcess(), Console(file=io.StringIO()))
+
+
+def test_fifo_admits_no_one_ahead_of_an_earlier_arrival(pipeline: Pipeline) -> None:
+    # 40 arrive over 2 s and are admitted at 10/s: most wait, in the order they came.
+    crowd = 40
+    url, _ = open_sale(pipeline, crowd, "--admit-rate", "10/s")
+    report = loop.run(room_run(url, crowd, "20/s").run()).report
+    assert report.outcomes["succeeded"] == crowd, report.outcomes
+    assert report.latency_ms["queue"]["p90"] > 1000, "nobody waited: nothing to be fair about"
+    assert report.room[OVERTOOK] == 0
+
+
+def test_a_shuffled_opening_is_counted_as_overtaking(pipeline: Pipeline) -> None:
+    """The fairness count sees disorder: customers arriving over ~2 s before the doors open
+    (the generator has no doors of its own, so each one's arrival is its own) are admitted
+    in a drawn order, so some overtake customers who came more than a second earlier."""
+    crowd = 30
+    rules = ("--admit-rate", "10/s", "--room-doors", "closed", "--room-order", "shuffle")
+    url, sku = open_sale(pipeline, crowd, *rules)
+    client = redis_of(pipeline)
+    opened: list[int] = []
+
+    def open_when_all_queued() -> None:
+        deadline = time.monotonic() + 30
+        while client.zcard(keys.room_queue(sku)) < crowd and time.monotonic() < deadline:
+            time.sleep(0.05)
+        opened.append(room.open_doors(client, sku))
+
+    opener = threading.Thread(target=open_when_all_queued)
+    opener.start()
+    report = loop.run(room_run(url, crowd, "15/s").run()).report
+    opener.join()
+    assert opened == [crowd]
+    assert report.outcomes["succeeded"] == crowd, report.outcomes
+    assert report.room[OVERTOOK] > 0
+
+
+def test_impatient_customers_leave_the_queue_and_the_room_counts_them(pipeline: Pipeline) -> None:
+    # 12 arrive at once, 2 are admitted a second, and each waits 2 s at most.
+    crowd = 12
+    url, sku = open_sale(pipeline, crowd, "--admit-rate", "2/s")
+    report = loop.run(room_run(url, crowd, "100/s", patience="2s").run()).report
+    left = report.outcomes["abandoned"]
+    assert 3 <= left <= crowd - 3, report.outcomes
+    assert report.outcomes["succeeded"] == crowd - left
+    assert report.room["abandoned"] == left
+    # Each told the room it left: out of the queue at once, not after the socket's grace.
+    counts = room.counts(redis_of(pipeline), sku)
+    assert counts["abandoned_queued"] == left and counts["queued"] == 0

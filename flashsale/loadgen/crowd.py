@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashsale.loadgen.client.http import HttpClient
-from flashsale.loadgen.scenario import TEST_CARDS, TestCard
+from flashsale.loadgen.scenario import DEFAULT_PATIENCE, TEST_CARDS, TestCard
+from flashsale.units import Spread
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Target:
     tokenize: str = "raw"  # raw | test-tokens
     timeout_s: float = 30.0
     fallback: bool = True
-    patience_s: float = 300.0  # a queued customer leaves after waiting this long
+    patience: Spread = DEFAULT_PATIENCE  # a queued customer leaves after waiting a draw of it
     retry_after_decline: float = 0.0  # share of declined customers who pay with another card
 
 

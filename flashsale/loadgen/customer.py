@@ -221,10 +221,16 @@ class Customer:
         if not isinstance(ticket, dict) or ticket.get("status") == "sold_out":
             raise self.finish("sold_out")
         self.journey.room["queued"] += 1
+        arrived = time.time()
         await self.connect(session)
         if self.kit.doors is not None:
             await self.wait_for_doors(lag_phase="queue")
-        admission = await self.wait_for_admission(session)
+            if ticket.get("order") == "shuffle":
+                arrived = time.time()  # the early crowd's order is drawn when the doors open
+        try:
+            admission = await self.wait_for_admission(session)
+        finally:
+            self.journey.queue_span = (arrived, time.time(), self.admission is not None)
         admitted_at = self.kit.now()
         card, retried = self.card, False
         while True:
@@ -258,7 +264,7 @@ class Customer:
         """In the queue until admitted (the admission token), told sold out, or out of
         patience; a dropped socket reconnects and keeps its place."""
         self.enter("queue")
-        deadline = time.perf_counter() + self.kit.target.patience_s
+        deadline = time.perf_counter() + self.kit.target.patience.sample(self.kit.rng)
         while self.admission is None and not self.told_sold_out:
             if self.lapsed:
                 raise self.finish("error", "queue: hold lapsed before the customer paid")

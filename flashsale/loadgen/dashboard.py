@@ -30,6 +30,7 @@ OUTCOME_STYLE = {
     "failed": "red",
     "timeout": "red",
     "disconnected": "magenta",
+    "abandoned": "yellow",
     "error": "bold red",
 }
 

@@ -213,7 +213,7 @@ class Engine:
             config.tokenize,
             config.timeout_s,
             config.fallback,
-            patience_s=config.patience_s,
+            patience=config.patience,
             retry_after_decline=config.retry_after_decline,
         )
         # A clean heap before the clock starts: the first full collection would otherwise land

@@ -15,6 +15,7 @@ from flashsale import outputs
 from flashsale.loadgen.stats import (
     ENDPOINT_COLUMNS,
     OUTCOMES,
+    OVERTOOK,
     PHASES,
     ROOM_COUNTS,
     ROOM_PHASES,
@@ -227,8 +228,15 @@ def build_report(stats: RunStats, run: RunInfo, slo_results: list[SloResult]) ->
         failures=stats.failures(),
         server_errors=stats.server_errors,
         retries=sum(stats.retries.values()),
-        room={name: stats.room[name] for name in ROOM_COUNTS} if stats.room else {},
+        room=room_counts(stats),
     )
+
+
+def room_counts(stats: RunStats) -> dict[str, int]:
+    """What customers did in the waiting room, and how many overtook an earlier arrival."""
+    if not stats.room:
+        return {}
+    return {**{name: stats.room[name] for name in ROOM_COUNTS}, OVERTOOK: stats.overtakes()}
 
 
 def write_csv(report: LoadReport, prefix: str) -> list[Path]:

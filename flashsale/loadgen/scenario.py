@@ -13,7 +13,14 @@ from typing import Any
 
 from flashsale.errors import ConfigError
 from flashsale.loadgen.stats import DEFAULT_SLOS, Slo, parse_slo
-from flashsale.units import parse_duration, parse_rate, parse_share, parse_share_or_duration
+from flashsale.units import (
+    Spread,
+    parse_duration,
+    parse_rate,
+    parse_share,
+    parse_share_or_duration,
+    parse_spread,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,22 @@ TEST_CARDS: dict[str, TestCard] = {
 
 DEFAULT_CARDS = "visa=85,insufficient_funds=5,generic_decline=5,expired_card=3,incorrect_cvc=2"
 TOKENIZE_MODES = ("raw", "test-tokens")
+MAX_PATIENCE_S = 4 * 3600.0
+
+
+def parse_patience(text: object) -> Spread:
+    """--patience: how long one customer waits in a waiting room's queue before leaving; each
+    customer draws their own from it ('20m', or 'lognormal:p50=10m,p99=60m')."""
+    patience = parse_spread(text, "--patience", maximum_s=MAX_PATIENCE_S)
+    if not patience.is_lognormal and patience.fixed_s <= 0:
+        raise ConfigError(f"--patience must be longer than 0, not {text!r}")
+    return patience
+
+
+# Patience is skewed: a few leave at once, most wait minutes, some an hour (call-centre studies
+# fit it with lognormals). This default is an assumption, not a measurement of flash-sale
+# crowds: give what your own waiting room's data says.
+DEFAULT_PATIENCE = parse_patience("lognormal:p50=10m,p99=60m")
 
 
 @dataclass(frozen=True)
@@ -339,7 +362,7 @@ class LoadConfig:
     agents_redis_url: str | None = None
     accept_timeout_s: float = 30.0
     lost_after_s: float = 10.0
-    patience_s: float = 300.0
+    patience: Spread = DEFAULT_PATIENCE
     retry_after_decline: float = 0.0
 
     def to_spec(self) -> dict[str, Any]:
@@ -353,7 +376,7 @@ class LoadConfig:
             "max_in_flight": self.max_in_flight,
             "interval_s": self.interval_s,
             "fallback": self.fallback,
-            "patience_s": self.patience_s,
+            "patience": str(self.patience),
             "retry_after_decline": self.retry_after_decline,
         }
 
@@ -370,7 +393,7 @@ class LoadConfig:
             max_in_flight=spec["max_in_flight"],
             interval_s=spec["interval_s"],
             fallback=spec["fallback"],
-            patience_s=spec["patience_s"],
+            patience=parse_patience(spec["patience"]),
             retry_after_decline=spec["retry_after_decline"],
             dashboard=False,
         )
@@ -423,7 +446,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "accept_timeout": "30s",
     "lost_after": "10s",
     "seed": 0,
-    "patience": "5m",
+    "patience": str(DEFAULT_PATIENCE),
     "retry_after_decline": "0%",
 }
 
@@ -474,9 +497,11 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     given = {key: _checked(key, value) for key, value in options.items() if value is not None}
     given = {key: value for key, value in given.items() if value != ()}
     durations = ("duration", "timeout", "interval", "max_lag", "accept_timeout", "lost_after")
-    for key in (*durations, "patience"):
+    for key in durations:
         if key in given:
             parse_duration(given[key], option_name(key))
+    if "patience" in given:
+        parse_patience(given["patience"])
     if "rate" in given:
         parse_rate(given["rate"], "--rate")
     if "ramp" in given:
@@ -544,7 +569,7 @@ def load_config(options: Mapping[str, Any]) -> LoadConfig:
         agents_redis_url=values.get("agents_redis_url"),
         accept_timeout_s=positive_duration(values["accept_timeout"], "--accept-timeout"),
         lost_after_s=positive_duration(values["lost_after"], "--lost-after"),
-        patience_s=positive_duration(values["patience"], "--patience"),
+        patience=parse_patience(values["patience"]),
         retry_after_decline=share_or_none(values["retry_after_decline"], "--retry-after-decline"),
     )
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import operator
 import re
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -35,6 +37,13 @@ ROOM_COUNTS = (
     "retried_after_decline",
     "abandoned",
 )
+# Admission fairness (issue 16): a customer admitted while someone whose ticket came more than
+# FAIRNESS_SLACK_S earlier still waited "overtook" them; under FIFO that must never happen.
+# The slack absorbs the network between the customers' clocks and the server's order, and
+# ADMITTED_SLACK_S the order in which one admission step's events reach their sockets.
+FAIRNESS_SLACK_S = 1.0
+ADMITTED_SLACK_S = 0.2
+OVERTOOK = "overtook_earlier_arrivals"  # the report's room count of them (RunStats.overtakes)
 # Outcomes where the customer got an answer from the sale; only these feed the e2e histogram,
 # so a timeout's 30 s does not pose as a latency (it has its own per-outcome histogram).
 ANSWERED = ("succeeded", "declined", "sold_out", "failed")
@@ -94,6 +103,8 @@ class Journey:
     calls: Counter[tuple[str, str]] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)  # tries again, by endpoint
     room: Counter[str] = field(default_factory=Counter)  # see ROOM_COUNTS
+    # In the waiting room's queue: (arrived, left, admitted), unix seconds, for fairness.
+    queue_span: tuple[float, float, bool] | None = None
 
     @property
     def lag(self) -> float:
@@ -153,6 +164,7 @@ class RunStats:
         self.requests: dict[str, Counter[str]] = {}
         self.retries: Counter[str] = Counter()
         self.room: Counter[str] = Counter()  # the waiting room, see ROOM_COUNTS
+        self.queue_spans: list[tuple[float, float, bool]] = []  # see Journey.queue_span
 
     # -- recording -------------------------------------------------------------------------
 
@@ -202,6 +214,8 @@ class RunStats:
             self.retries.update(journey.retries)
         if journey.room:
             self.room.update(journey.room)
+        if journey.queue_span is not None:
+            self.queue_spans.append(journey.queue_span)
         lag = journey.lag
         self.schedule_lag.record_value(max(LOWEST_US, min(HIGHEST_US, round(lag * 1e6))))
         if journey.lag_phase == "submit":
@@ -242,6 +256,19 @@ class RunStats:
         """PHASES, without the waiting room's unless customers met one."""
         met_room = bool(self.room) or self.corrected["queue"].get_total_count() > 0
         return tuple(p for p in PHASES if met_room or p not in ROOM_PHASES)
+
+    def overtakes(self) -> int:
+        """Customers admitted while someone who arrived over FAIRNESS_SLACK_S earlier still
+        waited in the queue (and was admitted, or left, over ADMITTED_SLACK_S later)."""
+        ordered = sorted(self.queue_spans)
+        arrivals = [arrived for arrived, _, _ in ordered]
+        latest_left = list(accumulate((left for _, left, _ in ordered), max))
+        count = 0
+        for arrived, left, admitted in ordered:
+            earlier = bisect_left(arrivals, arrived - FAIRNESS_SLACK_S)
+            if admitted and earlier and latest_left[earlier - 1] > left + ADMITTED_SLACK_S:
+                count += 1
+        return count
 
     def phase_summary(self, phase: str, corrected: bool = True) -> dict[str, float | int]:
         histogram = (self.corrected if corrected else self.uncorrected)[phase]
@@ -363,6 +390,7 @@ class RunStats:
             self.requests.setdefault(endpoint, Counter()).update(outcomes)
         self.retries.update(other.retries)
         self.room.update(other.room)
+        self.queue_spans.extend(other.queue_spans)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -402,6 +430,7 @@ class RunStats:
             "requests": {endpoint: dict(outcomes) for endpoint, outcomes in self.requests.items()},
             "retries": dict(self.retries),
             "room": dict(self.room),
+            "queue_spans": [list(span) for span in self.queue_spans],
         }
 
     @classmethod
@@ -444,6 +473,10 @@ class RunStats:
         stats.requests = {e: Counter(o) for e, o in data.get("requests", {}).items()}
         stats.retries = Counter(data.get("retries", {}))
         stats.room = Counter(data.get("room", {}))
+        stats.queue_spans = [
+            (float(arrived), float(left), bool(admitted))
+            for arrived, left, admitted in data.get("queue_spans", [])
+        ]
         return stats
 
 

@@ -23,6 +23,7 @@ from flashsale.core import keys, orders, store, waiting_room
 from flashsale.errors import ComponentFailed, ConfigError, OutputError
 from flashsale.loadgen import coordinator
 from flashsale.loadgen.report import LoadReport
+from flashsale.loadgen.stats import FAIRNESS_SLACK_S, OVERTOOK
 from flashsale.ops import counters, rehearsal_report
 from flashsale.ops.chaos import FaultRecord, Injector
 from flashsale.ops.counters import Counters
@@ -457,6 +458,16 @@ def judge(result: RehearsalResult) -> list[Check]:
                 "one final result per customer",
                 not problems,
                 f"{problems} customers saw conflicting results" if problems else "yes",
+            )
+        )
+    if report is not None and OVERTOOK in report.room:
+        overtook = report.room[OVERTOOK]
+        checks.append(
+            Check(
+                "no customer admitted ahead of an earlier arrival",
+                overtook == 0,
+                f"{overtook} admitted while someone who came over {FAIRNESS_SLACK_S:g} s "
+                "earlier still waited",
             )
         )
     if report is not None and result.counters is not None:

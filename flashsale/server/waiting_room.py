@@ -68,7 +68,11 @@ class WaitingRoom:
         shown: dict[str, Any] = {"status": ticket.status}
         if ticket.status == waiting_room.QUEUED:
             shown.update(
-                ticket=ticket.ticket, position=ticket.position, eta_s=self.eta(ticket.position)
+                ticket=ticket.ticket,
+                position=ticket.position,
+                eta_s=self.eta(ticket.position),
+                # 'shuffle': the place of everyone queued before the doors is drawn at opening
+                order=self.settings.room_order,
             )
         return shown
 

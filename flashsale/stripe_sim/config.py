@@ -3,67 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flashsale.core.stripe_limits import STRIPE_LIMITS, describe_limit, parse_limit
 from flashsale.errors import ConfigError
-from flashsale.units import format_duration, parse_duration
+from flashsale.units import Spread, parse_spread
 
-# z-score of the 99th percentile of a standard normal: turns (p50, p99) into a lognormal sigma.
-Z_P99 = 2.3263478740408408
 # A sampled delay never exceeds this, so one unlucky draw cannot hang a rehearsal.
 MAX_LATENCY_S = 60.0
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Delay added to each API request: fixed, or lognormal fitted to a p50 and a p99."""
-
-    fixed_s: float = 0.0
-    p50_s: float = 0.0
-    p99_s: float = 0.0
-
-    @property
-    def is_lognormal(self) -> bool:
-        return self.p50_s > 0
-
-    def sample(self) -> float:
-        if not self.is_lognormal:
-            return self.fixed_s
-        sigma = (math.log(self.p99_s) - math.log(self.p50_s)) / Z_P99
-        return min(random.lognormvariate(math.log(self.p50_s), sigma), MAX_LATENCY_S)
-
-    def __str__(self) -> str:
-        if self.is_lognormal:
-            return f"lognormal:p50={format_duration(self.p50_s)},p99={format_duration(self.p99_s)}"
-        return format_duration(self.fixed_s)
+# Delay added to each API request: fixed, or lognormal fitted to a p50 and a p99.
+Latency = Spread
 
 
 def parse_latency(text: object) -> Latency:
     """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms'."""
-    if isinstance(text, bool) or not isinstance(text, str | int | float):
-        raise ConfigError(f"latency must be a string like '200ms', not {text!r}")
-    spec = str(text).strip().lower()
-    if not spec.startswith("lognormal"):
-        return Latency(fixed_s=parse_duration(spec, "latency", maximum_s=MAX_LATENCY_S))
-    usage = "latency must look like 'lognormal:p50=80ms,p99=600ms'"
-    _, _, args = spec.partition(":")
-    given: dict[str, float] = {}
-    for part in filter(None, (piece.strip() for piece in args.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in ("p50", "p99"):
-            raise ConfigError(f"{usage}, not {text!r}")
-        given[name.strip()] = parse_duration(
-            value, f"latency {name.strip()}", maximum_s=MAX_LATENCY_S
-        )
-    if set(given) != {"p50", "p99"}:
-        raise ConfigError(f"{usage} (both p50 and p99), not {text!r}")
-    if not 0 < given["p50"] <= given["p99"]:
-        raise ConfigError(f"latency needs 0 < p50 <= p99, not {text!r}")
-    return Latency(p50_s=given["p50"], p99_s=given["p99"])
+    return parse_spread(text, "latency", maximum_s=MAX_LATENCY_S)
 
 
 def check_fraction(value: object, what: str) -> float:
