@@ -198,7 +198,9 @@ def room_options(command: Any) -> Any:
                 "--admit-rate",
                 default=None,
                 help="Customers admitted a second, all server processes together; 0 = no rate "
-                f"bound [{room.room_rate:g}/s].",
+                "bound; 'auto' = as fast as the Stripe budget (0.95 of --stripe-limit, charges "
+                "per admitted customer measured) and the pipeline's measured finish rate allow, "
+                f"retuned every second [{room.room_rate:g}/s].",
             ),
             click.option(
                 "--admit-cap",

@@ -67,6 +67,7 @@ class Settings:
     # The waiting room (server.waiting_room, core.waiting_room): off, or on with its rules.
     waiting_room: bool = False
     room_rate: float = 150.0  # admissions a second, all server processes together; 0: none
+    room_auto: bool = False  # the rate follows the Stripe budget and the pipeline (auto_admission)
     room_cap: int = 0  # most customers holding a unit at once; 0: no cap
     room_hold_s: float = 120.0  # an admitted customer's unit is theirs this long
     room_retry_s: float = 60.0  # after a decline, this long again to pay with another card
@@ -175,10 +176,10 @@ class Settings:
     def _check_room(self) -> None:
         if self.room_rate < 0 or self.room_cap < 0:
             raise ConfigError("the waiting room's admission rate and cap cannot be negative")
-        if self.room_rate == 0 and self.room_cap == 0:
+        if self.room_rate == 0 and self.room_cap == 0 and not self.room_auto:
             raise ConfigError(
-                "the waiting room needs an admission rate (e.g. --admit-rate 150/s), a cap on "
-                "customers in checkout (--admit-cap 200), or both: with neither it admits "
+                "the waiting room needs an admission rate (e.g. --admit-rate 150/s or auto), a "
+                "cap on customers in checkout (--admit-cap 200), or both: with neither it admits "
                 "everyone at once, which is no waiting room"
             )
         if self.room_hold_s < 5:
@@ -267,9 +268,13 @@ def room_overrides(
 ) -> dict[str, Any]:
     """The Settings changes the waiting room's flags (serve) or keys (a scenario's
     [waiting_room]) ask for; None: left as they are."""
+    auto = admit_rate is not None and admit_rate.strip().lower() == "auto"
     return {
         "waiting_room": None if waiting_room is None else waiting_room == "on",
-        "room_rate": None if admit_rate is None else _rate_or_zero(admit_rate, "--admit-rate"),
+        "room_auto": None if admit_rate is None else auto,
+        "room_rate": None
+        if admit_rate is None or auto
+        else _rate_or_zero(admit_rate, "--admit-rate"),
         "room_cap": admit_cap,
         "room_hold_s": parse_duration(hold, "--hold") if hold else None,
         "room_retry_s": _duration_or_zero(retry_window, "--retry-window"),

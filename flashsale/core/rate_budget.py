@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import redis
 
 from flashsale.core import keys
+from flashsale.core.auto_admission import BUDGET_SHARE
 from flashsale.core.stripe_limits import STRIPE_LIMITS, parse_limit
 from flashsale.errors import ConfigError
+from flashsale.settings import Settings
 
 # 'auto' keeps this share of the limit: against real Stripe the account's other traffic (the
 # Dashboard, refunds, webhooks replays) spends the same budget; the simulator has no other user.
@@ -126,3 +128,18 @@ def auto_rate(stripe_mode: str, stripe_limit: str | None = None) -> float | None
             limit = STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"])
         return None if limit is None else limit * STRIPE_HEADROOM
     return None if limit is None else limit * SIMULATOR_HEADROOM
+
+
+def admission_budget(settings: Settings) -> float | None:
+    """Charges a second the waiting room's `auto` admission may bring about: at most
+    auto_admission.BUDGET_SHARE of the Stripe limit, and no more than the workers' budget;
+    None when neither is known (a simulator started without --stripe-limit)."""
+    mode, limit_text = settings.stripe_mode, settings.stripe_limit
+    if limit_text:
+        limit = parse_limit(limit_text, "--stripe-limit")
+    else:
+        limit = None if mode == "simulator" else STRIPE_LIMITS.get(mode, STRIPE_LIMITS["test"])
+    rate = parse_rate(settings.stripe_rate)
+    workers = auto_rate(mode, limit_text) if isinstance(rate, str) else rate
+    shares = [value for value in (limit and limit * BUDGET_SHARE, workers) if value]
+    return min(shares) if shares else None

@@ -9,7 +9,8 @@ so several processes and machines keep one queue, one rate and one cap::
                                         the hold lapses (ms, Redis's clock); +inf while the
                                         customer's order is with Stripe (core.orders)
     flashsale:room:<sku>:gone     ZSET  customers without a socket, scored by since when (ms)
-    flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms, order),
+    flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms, order,
+                                        auto: the rate is retuned each second),
                                         opens_at_ms ('closed' until the doors are opened), the
                                         token bucket (tokens, at_ms), `over` once sold out, and
                                         counts (admitted, expired, abandoned_queued,
@@ -182,6 +183,7 @@ class Rules:
     grace_s: float
     doors_closed: bool  # customers queue until open_doors()
     shuffle: bool  # at open_doors(), those queued so far get a random order
+    auto: bool = False  # `rate` is retuned every second (core.auto_admission, set_rate)
 
 
 @dataclass(frozen=True)
@@ -230,10 +232,16 @@ def set_rules(redis: Redis, sku: str, rules: Rules) -> None:
             "retry_ms": int(rules.retry_s * 1000),
             "grace_ms": int(rules.grace_s * 1000),
             "order": "shuffle" if rules.shuffle else "fifo",
+            "auto": int(rules.auto),
         },
     )
     pipe.hsetnx(state, "opens_at_ms", "closed" if rules.doors_closed else "0")
     pipe.execute()
+
+
+def set_rate(redis: Redis, sku: str, rate: float) -> None:
+    """The admission rate from now on (every process's next step reads it)."""
+    redis.hset(keys.room_state(sku), "rate", repr(float(rate)))
 
 
 def open_doors(redis: Redis, sku: str, at_s: float | None = None) -> int:

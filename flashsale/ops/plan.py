@@ -43,7 +43,7 @@ PIPELINE_KEYS: dict[str, Check] = {
 # The waiting room (serve's --waiting-room and its rules); durations and rates carry units.
 ROOM_KEYS: dict[str, Check] = {
     "enabled": (bool, lambda v: True, "true or false"),
-    "admit_rate": ((str, int), lambda v: True, "a rate like '150/s', or 0 for none"),
+    "admit_rate": ((str, int), lambda v: True, "a rate like '150/s', 'auto', or 0 for none"),
     "admit_cap": (int, lambda v: v >= 0, "a whole number of customers, 0 for no cap"),
     "hold": (str, lambda v: True, "a duration like '120s'"),
     "retry_window": ((str, int), lambda v: True, "a duration like '60s', or 0 for none"),

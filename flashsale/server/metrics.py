@@ -123,6 +123,12 @@ class ServerMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.room_admit_rate = Gauge(
+            "flashsale_room_admit_rate",
+            "The waiting room's admission rate (customers/s) as this process last set or saw "
+            "it; with --admit-rate auto, what the Stripe budget and the pipeline allow now.",
+            registry=self.registry,
+        )
         self.registry.register(SaleCollector(client, sku))
 
     def render(self) -> bytes:

@@ -15,7 +15,8 @@ from typing import Any
 import redis
 from flask_socketio import SocketIO
 
-from flashsale.core import events, signing, waiting_room
+from flashsale.core import events, orders, rate_budget, signing, waiting_room
+from flashsale.core.auto_admission import AutoAdmission, Reading
 from flashsale.core.waiting_room import Place
 from flashsale.server.metrics import ServerMetrics
 from flashsale.settings import Settings
@@ -25,6 +26,7 @@ log = logging.getLogger("flashsale.server")
 STEP_S = 0.1
 # Queued customers hear where they stand at least this often (the page promises every 5 s).
 UPDATE_S = 4.0
+TUNE_S = 1.0  # --admit-rate auto: the rate is measured and set this often
 # A Redis outage is logged once per this many seconds, not ten times a second.
 OUTAGE_LOG_S = 10.0
 
@@ -43,21 +45,34 @@ class WaitingRoom:
         self.here: dict[str, str] = {}  # sid -> customer id, this process's sockets in the room
         self.admitted_seen: tuple[float, int] | None = None  # (when, the room's admitted count)
         self.admit_rate = 0.0  # admissions a second, measured over the last update
+        self.auto = (
+            AutoAdmission(rate_budget.admission_budget(settings)) if settings.room_auto else None
+        )
 
     def rules(self) -> waiting_room.Rules:
         settings = self.settings
         return waiting_room.Rules(
-            rate=settings.room_rate,
+            rate=self.auto.rate if self.auto else settings.room_rate,
             cap=settings.room_cap,
             hold_s=settings.room_hold_s,
             retry_s=settings.room_retry_s,
             grace_s=settings.room_grace_s,
             doors_closed=settings.room_doors == "closed",
             shuffle=settings.room_order == "shuffle",
+            auto=self.auto is not None,
         )
 
     def start(self) -> None:
-        waiting_room.set_rules(self.redis, self.sku, self.rules())
+        rules = self.rules()
+        waiting_room.set_rules(self.redis, self.sku, rules)
+        self.metrics.room_admit_rate.set(rules.rate)
+        if self.auto is not None:
+            budget = self.auto.budget
+            log.info(
+                "waiting room: admission auto, starting at %.4g/s (Stripe budget %s)",
+                rules.rate,
+                f"{budget:.4g} charges/s" if budget else "unknown: set --stripe-limit",
+            )
         self.socketio.start_background_task(self.run)
 
     # -- what customers ask --------------------------------------------------------------------
@@ -159,9 +174,13 @@ class WaitingRoom:
 
     def run(self) -> None:
         next_update = time.monotonic() + UPDATE_S
+        next_tune = time.monotonic() + TUNE_S
         outage_logged = 0.0
         while True:
             try:
+                if self.auto is not None and time.monotonic() >= next_tune:
+                    next_tune = time.monotonic() + TUNE_S
+                    self.tune(self.auto)
                 self.admit()
                 if time.monotonic() >= next_update:
                     next_update = time.monotonic() + UPDATE_S
@@ -196,6 +215,23 @@ class WaitingRoom:
                 namespace=events.NAMESPACE,
             )
             self.metrics.emits.labels(events.SOLD_OUT).inc()
+
+    def tune(self, auto: AutoAdmission) -> None:
+        """--admit-rate auto: one reading of the sale's counters, the rate it allows, set."""
+        room, by_state = (
+            waiting_room.counts(self.redis, self.sku),
+            orders.count_by_state(self.redis, self.sku),
+        )
+        reading = Reading(
+            at_s=time.monotonic(),
+            admitted=room["admitted"],
+            holding=waiting_room.units_held(self.redis, self.sku),
+            placed=sum(by_state.values()),
+            pending=by_state[orders.PENDING],
+        )
+        rate = auto.update(reading)
+        waiting_room.set_rate(self.redis, self.sku, rate)
+        self.metrics.room_admit_rate.set(rate)
 
     def update(self) -> None:
         """Measure the admission rate, and tell this process's sockets where they stand."""
