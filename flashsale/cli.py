@@ -768,6 +768,13 @@ def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     "(serve's defaults if it has none); off shows the doors-open herd without it "
     "[the scenario's: on for the embedded default].",
 )
+@click.option(
+    "--compare-waiting-room",
+    is_flag=True,
+    help="Rehearse the sale twice, with the waiting room and without it (each its own "
+    "pipeline, in RUN_DIR/room-on and RUN_DIR/room-off), then show the figures side by side "
+    "(also comparison.json and comparison.html in RUN_DIR); exits with the room's verdict.",
+)
 @click.argument("loadgen_args", nargs=-1, type=click.UNPROCESSED)
 def rehearse(
     scenario_path: str | None,
@@ -787,6 +794,7 @@ def rehearse(
     redis_durable: bool | None,
     redis_sentinel: bool | None,
     waiting_room: str | None,
+    compare_waiting_room: bool,
     loadgen_args: tuple[str, ...],
 ) -> None:
     """Run a whole flash-sale rehearsal on this machine and say whether the pipeline held.
@@ -810,8 +818,9 @@ def rehearse(
     from rich.console import Console
 
     from flashsale.ops import plan as plans
-    from flashsale.ops.rehearse import Rehearsal
-    from flashsale.ops.views import verdict_panel
+    from flashsale.ops import room_comparison
+    from flashsale.ops.rehearse import Rehearsal, RehearsalResult
+    from flashsale.ops.views import comparison_table, verdict_panel
 
     settings = load_settings()
     plan = plans.load_plan(Path(scenario_path)) if scenario_path else plans.default_plan()
@@ -822,27 +831,43 @@ def rehearse(
         loadgen={"customers": customers, "slo": list(slos) or None},
         waiting_room=None if waiting_room is None else {"enabled": waiting_room == "on"},
     )
+    if compare_waiting_room and waiting_room is not None:
+        raise ConfigError("--compare-waiting-room runs the room on and off: drop --waiting-room")
     directory = Path(run_dir or Path("flashsale-runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     console = Console()
-    result = Rehearsal(
-        settings,
-        plan,
-        directory,
-        redis_url=redis_url,
-        redis_durable=bool(redis_durable),
-        redis_sentinel=bool(redis_sentinel),
-        chaos=chaos_spec,
-        stripe=stripe,
-        loadgen_options=given_loadgen_options(loadgen_args),
-        dashboard=not no_dashboard,
-        drain_timeout_s=drain_timeout,
-        say=lambda text: console.print(f"[bold]rehearse[/]: {text}"),
-        console=console,
-    ).run()
-    console.print(verdict_panel(result))
-    for line in result.unwritten:
+
+    def say(text: str) -> None:
+        console.print(f"[bold]rehearse[/]: {text}")
+
+    def rehearse_one(plan: plans.RehearsalPlan, directory: Path) -> RehearsalResult:
+        result = Rehearsal(
+            settings,
+            plan,
+            directory,
+            redis_url=redis_url,
+            redis_durable=bool(redis_durable),
+            redis_sentinel=bool(redis_sentinel),
+            chaos=chaos_spec,
+            stripe=stripe,
+            loadgen_options=given_loadgen_options(loadgen_args),
+            dashboard=not no_dashboard,
+            drain_timeout_s=drain_timeout,
+            say=say,
+            console=console,
+        ).run()
+        console.print(verdict_panel(result))
+        for line in result.unwritten:
+            click.echo(f"flashsale rehearse: {line}", err=True)
+        return result
+
+    if not compare_waiting_room:
+        click.get_current_context().exit(rehearse_one(plan, directory).process_exit_code)
+    comparison = room_comparison.run_both(rehearse_one, plan, directory, say)
+    console.print(comparison_table(room_comparison.figures(comparison)))
+    for line in comparison.unwritten:
         click.echo(f"flashsale rehearse: {line}", err=True)
-    click.get_current_context().exit(result.process_exit_code)
+    say(f"side by side: {directory / 'comparison.html'}")
+    click.get_current_context().exit(comparison.exit_code)
 
 
 @cli.command()

@@ -24,6 +24,7 @@ from flashsale.ops.pipeline import WORKER_READY
 from flashsale.ops.plan import as_flags, default_plan, parse_plan
 from flashsale.ops.processes import flashsale_argv
 from flashsale.ops.rehearse import Rehearsal, cross_check
+from flashsale.ops.room_comparison import SIDES
 from flashsale.settings import Settings
 
 TINY = """
@@ -277,6 +278,8 @@ rate = "10/s"
         (VALID, ["--", "--rate", "fast"], "not a rate"),
         (VALID, ["--", "--customers", "0"], "--customers"),
         (VALID, ["--", "--url", "http://127.0.0.1:1"], "rehearse sets url itself"),
+        (VALID, ["--compare-waiting-room", "--waiting-room", "on"], "drop --waiting-room"),
+        ('[waiting_room]\nadmit_rate = "soon"\n' + VALID, [], "--admit-rate"),
     ],
 )
 def test_bad_scenarios_and_options_are_refused_before_anything_starts(
@@ -370,3 +373,35 @@ def test_a_failed_gate_says_what_was_measured_on_the_first_line(tmp_path: Path) 
     first_line = f"FAILED: SLOs met: e2e.p99<1ms (actual {measured:g}ms)"
     assert report["verdict"] == first_line
     assert first_line in done.stdout
+
+
+@pytest.mark.slow
+def test_compare_waiting_room_runs_the_sale_both_ways_side_by_side(tmp_path: Path) -> None:
+    path = scenario(tmp_path, customers=60, rate="60/s")
+    path.write_text(path.read_text() + '[waiting_room]\nadmit_rate = "auto"\n')
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        flashsale_argv(
+            *("rehearse", "--scenario", str(path), "--run-dir", str(run_dir)),
+            *("--no-dashboard", "--compare-waiting-room"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "with and without the waiting room" in done.stdout
+    on, off = (json.loads((run_dir / side / "report.json").read_text()) for side in SIDES)
+    assert on["passed"] is True
+    assert on["loadgen"]["latency_ms"]["queue"]["count"] == 60  # every customer queued
+    assert off["loadgen"]["latency_ms"]["queue"]["count"] == 0  # the herd: nobody did
+    rows = {
+        row["figure"]: row for row in json.loads((run_dir / "comparison.json").read_text())["rows"]
+    }
+    assert rows["paid"]["room_on"] == str(on["loadgen"]["outcomes"]["succeeded"])
+    assert rows["paid"]["room_off"] == str(off["loadgen"]["outcomes"]["succeeded"])
+    assert rows["verdict"]["room_on"].startswith("PASSED")
+    assert rows["queue p50 / p99"]["room_off"] == "-"
+    page = (run_dir / "comparison.html").read_text()
+    assert 'href="room-on/report.html"' in page and 'href="room-off/report.html"' in page
+    assert processes_of(run_dir) == []

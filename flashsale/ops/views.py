@@ -241,3 +241,14 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return f"{value:,}"
+
+
+def comparison_table(rows: list[tuple[str, str, str]]) -> Table:
+    """`rehearse --compare-waiting-room`: each figure with the room and without it."""
+    table = Table(title="The same sale, with and without the waiting room", title_justify="left")
+    table.add_column("figure", style="bold")
+    table.add_column("with the waiting room", overflow="fold")
+    table.add_column("without it", overflow="fold")
+    for name, on, off in rows:
+        table.add_row(name, on, off)
+    return table
