@@ -25,6 +25,7 @@ from flashsale.loadgen.stats import (
     Journey,
     RunStats,
     evaluate,
+    format_actual,
     parse_slo,
     percentile_curve,
 )
@@ -331,3 +332,19 @@ def test_overtaking_counts_admissions_ahead_of_an_arrival_over_a_second_earlier(
     stats.record(queued(5, arrived=106.0, left=120.0))  # overtook 4, who still waited
     shipped = RunStats.from_dict(json.loads(json.dumps(stats.to_dict())))
     assert stats.overtakes() == shipped.overtakes() == 2
+
+
+def test_a_latency_gate_on_a_phase_nobody_went_through_is_not_met() -> None:
+    """checkout.p99<2s in a sale without a waiting room measures nothing: not a pass."""
+    stats = RunStats()
+    stats.record(journey(0))
+    [checkout, count] = evaluate(
+        [parse_slo("checkout.p99<2s"), parse_slo("checkout.count==0")], stats
+    )
+    assert checkout.actual is None and not checkout.passed
+    assert format_actual(checkout.slo.unit, checkout.actual) == "none measured"
+    assert count.actual == 0 and count.passed  # a count of nobody is a measurement
+    stats.record(queued(1, arrived=1.0, left=2.0))
+    stats.corrected["checkout"].record_value(1_500_000)
+    [checkout] = evaluate([parse_slo("checkout.p99<2s")], stats)
+    assert checkout.passed and checkout.actual == pytest.approx(1500, rel=0.01)

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from flashsale.loadgen.stats import (
     ENDPOINT_COLUMNS,
+    NOT_MEASURED,
     OUTCOMES,
     RunStats,
     format_actual,
@@ -221,6 +222,8 @@ def slo_name(result: Any) -> str:
 
 
 def slo_value(result: Any) -> str:
+    if result.actual is None:
+        return NOT_MEASURED
     if result.slo.unit == "ratio":
         return f"{result.actual:.2%}"
     if result.slo.unit == "ms":

@@ -359,7 +359,10 @@ def load_sections(loaded: LoadReport) -> list[str]:
         )
     results = report["slo"]["results"]
     slo_rows = [
-        [r["slo"] + (" (default gate)" if r.get("default") else ""), r["actual"]]
+        [
+            r["slo"] + (" (default gate)" if r.get("default") else ""),
+            format_actual(r["unit"], r["actual"]),
+        ]
         + ["PASS" if r["passed"] else "FAIL"]
         for r in results
     ]

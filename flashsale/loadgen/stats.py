@@ -574,8 +574,13 @@ class Slo:
         return "ms" if self.stat in LATENCY_STATS else "count"
 
 
-def format_actual(unit: str, actual: float) -> str:
+NOT_MEASURED = "none measured"
+
+
+def format_actual(unit: str, actual: float | None) -> str:
     """An SLO's measured value as its gate is written: 0.0500%, 10805.2ms, 3."""
+    if actual is None:
+        return NOT_MEASURED
     if unit == "ratio":
         return f"{actual:.4%}"
     return f"{actual:g}ms" if unit == "ms" else f"{actual:g}"
@@ -633,8 +638,11 @@ def _threshold(text: str, stat: str, value: str) -> float:
 
 @dataclass(frozen=True)
 class SloResult:
+    """An objective against the run. A latency of a phase no customer went through (the
+    waiting room's checkout in a sale without one) has no value: actual None, not met."""
+
     slo: Slo
-    actual: float
+    actual: float | None
     passed: bool
 
     def as_dict(self) -> dict[str, Any]:
@@ -649,10 +657,14 @@ class SloResult:
         }
 
 
-def slo_actual(slo: Slo, stats: RunStats) -> float:
-    """The measured value an SLO is judged on (corrected latencies: what customers felt)."""
+def slo_actual(slo: Slo, stats: RunStats) -> float | None:
+    """The measured value an SLO is judged on (corrected latencies: what customers felt);
+    None for a latency of a phase nobody went through."""
     if slo.metric in PHASES:
-        return float(stats.phase_summary(slo.metric)[slo.stat])
+        summary = stats.phase_summary(slo.metric)
+        if slo.stat != "count" and not summary["count"]:
+            return None
+        return float(summary[slo.stat])
     if slo.metric in OUTCOMES:
         if slo.stat == "ratio":
             return stats.ratio(slo.metric)
@@ -702,5 +714,6 @@ def evaluate(slos: Iterable[Slo], stats: RunStats) -> list[SloResult]:
     results = []
     for slo in slos:
         actual = slo_actual(slo, stats)
-        results.append(SloResult(slo, actual, _OPS[slo.op](actual, slo.threshold)))
+        met = actual is not None and _OPS[slo.op](actual, slo.threshold)
+        results.append(SloResult(slo, actual, met))
     return results
