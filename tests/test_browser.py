@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from pipeline_fixtures import Pipeline
 
+from flashsale.core import keys
 from flashsale.ops.processes import Child, flashsale_argv
 
 pytestmark = pytest.mark.browser
@@ -514,17 +516,18 @@ def test_the_rehearsal_report_opens_offline_with_verdict_reconciliation_and_char
 # --- the waiting room (serve --waiting-room on) -----------------------------------------------
 
 
-def room_sale(pipeline: Pipeline) -> str:
-    """A one-unit sale whose room admits one customer at a time; returns its URL."""
+def room_sale(pipeline: Pipeline) -> tuple[str, str]:
+    """A one-unit sale whose room admits one customer at a time; returns its URL and SKU."""
     sku = f"ROOM-PAGE-{time.monotonic_ns()}"
-    return pipeline.add_server(
+    url = pipeline.add_server(
         *("--sku", sku, "--stock", "1", "--ignore-ledger", "--waiting-room", "on"),
         *("--admit-rate", "0", "--admit-cap", "1"),
     )
+    return url, sku
 
 
 def test_queued_then_admitted_then_paid(pipeline: Pipeline, open_page: Any) -> None:
-    url = room_sale(pipeline)
+    url, _ = room_sale(pipeline)
     first = open_page(url + "/")
     wait_state(first, "admitted")
     assert "It is your turn" in first.locator("#status").inner_text()
@@ -547,7 +550,7 @@ def test_queued_then_admitted_then_paid(pipeline: Pipeline, open_page: Any) -> N
 
 
 def test_a_reload_keeps_the_place_in_line(pipeline: Pipeline, open_page: Any) -> None:
-    url = room_sale(pipeline)
+    url, sku = room_sale(pipeline)
     holder = open_page(url + "/")
     wait_state(holder, "admitted")
     waiting = open_page(url + "/")
@@ -556,8 +559,47 @@ def test_a_reload_keeps_the_place_in_line(pipeline: Pipeline, open_page: Any) ->
     waiting.reload()
     wait_state(waiting, "queued")
     assert stored(waiting)["customer_id"] == customer
+    # The reloaded page was rendered with a new identity and its ticket: the page hands that
+    # spare back, so the line is the one customer again, and nobody counted abandoned (which
+    # a ticket dropped at the end of the grace would be).
+    client = redis.Redis.from_url(pipeline.redis_url, decode_responses=True)
+    deadline = time.monotonic() + 20
+    while client.zrange(keys.room_queue(sku), 0, -1) != [customer]:
+        assert time.monotonic() < deadline, client.zrange(keys.room_queue(sku), 0, -1)
+        time.sleep(0.05)
+    assert int(client.hget(keys.room_state(sku), "abandoned_queued") or 0) == 0
     # Told where it stands as soon as its socket rejoins (not at the next 4 s update).
     assert waiting.locator("#status").get_attribute("data-position") == "1"
     # The customer holding the unit leaves it unpaid: the one who reloaded is next.
     holder.close()
     wait_state(waiting, "admitted", timeout_ms=30_000)
+
+
+def test_a_forged_admission_is_refused_and_the_place_in_line_kept(
+    pipeline: Pipeline, open_page: Any
+) -> None:
+    url, sku = room_sale(pipeline)
+    holder = open_page(url + "/")
+    wait_state(holder, "admitted")
+    queued = open_page(url + "/", tolerate=r"status of 403")  # the refusal, in the console
+    wait_state(queued, "queued")
+    # The customer writes an admission of their own into the tab and reloads: the page takes
+    # it and shows the card form, the server does not.
+    record = {**stored(queued), "admission": "forged.admission.token"}
+    queued.evaluate(
+        "record => sessionStorage.setItem('flashsale.checkout.v1', JSON.stringify(record))",
+        record,
+    )
+    queued.reload()
+    fill_card(queued, SUCCESS_CARD)
+    queued.locator("#pay").click()
+    wait_state(queued, "queued")
+    assert "Your turn has not come yet" in queued.locator("#status").inner_text()
+    assert stored(queued)["admission"] is None
+    client = redis.Redis.from_url(pipeline.redis_url, decode_responses=True)
+    assert int(client.hget(keys.sku_state_counts(sku), "pending") or 0) == 0  # no order
+    assert client.zrange(keys.room_queue(sku), 0, -1) == [stored(queued)["customer_id"]]
+    shot(queued, "room-forged-admission")
+    # Its place was kept: the holder leaves unpaid, and the customer is admitted for real.
+    holder.close()
+    wait_state(queued, "admitted", timeout_ms=30_000)

@@ -20,7 +20,9 @@ ADMITTED = "admitted"  # {"admission_token": ..., "hold_s": s}: a unit is held, 
 SOLD_OUT = "sold_out"  # {"sku": ...} to queue_room(sku): every unit is sold
 HOLD_LAPSED = "hold_lapsed"  # {"sku": ...}: the customer's hold ran out; the unit went back
 # client -> server: the customer leaves the queue, or gives back the unit they hold (a declined
-# customer who will not try another card), at once rather than after the grace.
+# customer who will not try another card), at once rather than after the grace. Data: the
+# leaving customer's room_token, and spare=true for a ticket nobody used (a reloaded page's
+# freshly rendered identity, the tab kept its stored one): not counted as abandoned.
 LEAVE = "leave"
 
 # Final order outcomes as a customer sees them.

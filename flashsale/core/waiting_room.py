@@ -148,10 +148,12 @@ return {admitted, over and 1 or 0, ended, told, #lapsed, abandoned_queued, aband
 )
 
 _LEAVE = """
--- KEYS: queue, holds, gone, state, stock    ARGV: customer id
+-- KEYS: queue, holds, gone, state, stock    ARGV: customer id, '1' to count it abandoned
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[4], 'abandoned_queued', 1)
+  if ARGV[2] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'abandoned_queued', 1)
+  end
   return 'queue'
 end
 local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -304,13 +306,14 @@ def step(redis: Redis, sku: str, most: int = 1000) -> Step:
     )
 
 
-def leave(redis: Redis, sku: str, customer_id: str) -> str:
+def leave(redis: Redis, sku: str, customer_id: str, spare: bool = False) -> str:
     """The customer leaves now: out of the queue ('queue'), or their unit back ('hold') unless
-    an order of theirs is with Stripe ('none')."""
+    an order of theirs is with Stripe ('none'). A `spare` ticket (nobody's: see events.LEAVE)
+    is dropped without counting an abandoned customer."""
     return str(
         redis.register_script(_LEAVE)(
             keys=_room_keys(sku),
-            args=[customer_id],
+            args=[customer_id, "0" if spare else "1"],
         )
     )
 

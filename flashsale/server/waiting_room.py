@@ -128,15 +128,19 @@ class WaitingRoom:
         """The customer's `leave` event: out of the queue, or the unit they hold back.
 
         It names its customer by room token: a customer leaves and hangs up at once, and
-        python-socketio may run this handler after the disconnect that forgot the socket."""
-        self.here.pop(sid, None)
+        python-socketio may run this handler after the disconnect that forgot the socket. A
+        reloaded page names the spare ticket it was rendered with (events.LEAVE): the socket
+        then stays followed as the tab's own customer."""
         token = data.get("room_token") if isinstance(data, dict) else None
+        spare = isinstance(data, dict) and data.get("spare") is True
         customer_id = signing.verify_room_token(
             self.settings.secret, token, self.settings.room_token_ttl_s
         )
+        if self.here.get(sid) == customer_id:
+            self.here.pop(sid, None)
         if customer_id is not None:
             try:
-                waiting_room.leave(self.redis, self.sku, customer_id)
+                waiting_room.leave(self.redis, self.sku, customer_id, spare=spare)
             except redis.RedisError as error:  # the grace after its disconnect does it then
                 log.warning("waiting room: could not let %s leave: %s", customer_id, error)
 

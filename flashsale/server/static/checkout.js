@@ -349,6 +349,15 @@
         announceFinal();
       } else if (error.code === "hold_lapsed" || error.code === "not_admitted") {
         showLapsed();
+      } else if (error.code === "invalid_admission_token") {
+        // Expired or not the shop's: back in line, where the server still has this tab's place.
+        tab.admission = null;
+        writeStore();
+        phase = "queued";
+        setStatus("queued", "Your turn has not come yet",
+          "The shop did not accept this page's admission; nothing was charged. You keep your " +
+          "place in line and this page updates by itself.");
+        refreshButton();
       } else if (error.code === "invalid_room_token" || error.code === "forbidden") {
         renewIdentity().then(function () { socket.disconnect().connect(); });
         showFailed("Your session expired", "Nothing was charged. Please pay again.");
@@ -396,7 +405,16 @@
     // A function, so every reconnect presents the tab's current room token.
     auth: function (callback) { callback({ room_token: tab.room_token, watch_stock: true }); }
   });
-  socket.on("joined", function () { connection.hidden = true; });
+  // A reload keeps the stored identity: the one this page was rendered with got a ticket in
+  // line that nobody will use. Hand it back at once, or it holds a place until the grace ends.
+  var spareTicket = room && embedded.customer_id !== tab.customer_id ? embedded.room_token : null;
+  socket.on("joined", function () {
+    connection.hidden = true;
+    if (spareTicket) {
+      socket.emit("leave", { room_token: spareTicket, spare: true });
+      spareTicket = null;
+    }
+  });
   socket.on("disconnect", function (reason) {
     connection.hidden = false;
     if (reason === "io server disconnect") socket.connect();
