@@ -915,6 +915,43 @@ def reconcile(
     click.get_current_context().exit(0 if result.ok() else 1)
 
 
+@cli.command("open-doors")
+@click.option("--redis-url", help="Redis of the sale (env FLASHSALE_REDIS_URL).")
+@click.option("--sku", help="SKU of the sale.")
+@click.option(
+    "--after",
+    default="0",
+    show_default=True,
+    help="Open them this long from now, e.g. 30s (every server admits from that instant on).",
+)
+def open_doors(redis_url: str | None, sku: str | None, after: str) -> None:
+    """Open the doors of a sale served with --room-doors closed.
+
+    Customers who came early wait in line; from the opening on, the servers admit them by the
+    room's rules, in a random order when it shuffles (--room-order shuffle: nobody gains by
+    arriving first). Opening open doors changes nothing. Exit 1 when the sale has no room.
+    """
+    import time
+
+    from flashsale.core import store, waiting_room
+
+    settings = load_settings(redis_url=redis_url, sale_sku=sku)
+    delay_s = parse_duration(after, "--after")
+    client = store.connect(settings.redis_url)
+    state = waiting_room.doors(client, settings.sale_sku)
+    if state is None:
+        raise click.ClickException(
+            f"no waiting room for sale {settings.sale_sku!r} on this Redis: start "
+            "`flashsale serve --waiting-room on --room-doors closed` first"
+        )
+    if state != "closed":
+        click.echo(f"the doors of {settings.sale_sku} are open or opening already: no change")
+        return
+    queued = waiting_room.open_doors(client, settings.sale_sku, at_s=time.time() + delay_s)
+    when = "now" if delay_s == 0 else f"in {after}"
+    click.echo(f"the doors of {settings.sale_sku} open {when}: {queued} customers in line")
+
+
 @cli.command()
 @click.option("--redis-url", help="Redis of the sale (env FLASHSALE_REDIS_URL).")
 @click.option("--server-url", help="A server to read sockets connected from (its /metrics).")

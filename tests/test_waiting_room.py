@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from flashsale.loadgen.coordinator import Coordinator
 from flashsale.loadgen.fleet.inprocess import InProcess
 from flashsale.loadgen.scenario import LoadConfig, build_schedule, parse_cards, parse_patience
 from flashsale.loadgen.stats import OVERTOOK
+from flashsale.ops.processes import flashsale_argv
 
 _skus = itertools.count(1)
 DECLINED_CARD = "4000000000000002"
@@ -492,3 +494,28 @@ def test_impatient_customers_leave_the_queue_and_the_room_counts_them(pipeline: 
     # Each told the room it left: out of the queue at once, not after the socket's grace.
     counts = room.counts(redis_of(pipeline), sku)
     assert counts["abandoned_queued"] == left and counts["queued"] == 0
+
+
+def test_open_doors_command_opens_a_closed_room_once(pipeline: Pipeline) -> None:
+    url, sku = open_sale(pipeline, 3, "--admit-rate", "50/s", "--room-doors", "closed")
+    early = [Shopper(pipeline, url).connect() for _ in range(3)]
+
+    def open_doors(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            flashsale_argv("open-doors", "--redis-url", pipeline.redis_url, *flags),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    opened = open_doors("--sku", sku)
+    assert opened.returncode == 0, opened.stderr
+    assert f"the doors of {sku} open now: 3 customers in line" in opened.stdout
+    for shopper in early:
+        shopper.admitted()
+    again = open_doors("--sku", sku)
+    assert again.returncode == 0 and "no change" in again.stdout
+    nowhere = open_doors("--sku", "NO-SUCH-SALE")
+    assert nowhere.returncode == 1 and "no waiting room for sale 'NO-SUCH-SALE'" in nowhere.stderr
+    for shopper in early:
+        shopper.close()

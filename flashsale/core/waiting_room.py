@@ -246,6 +246,16 @@ def set_rate(redis: Redis, sku: str, rate: float) -> None:
     redis.hset(keys.room_state(sku), "rate", repr(float(rate)))
 
 
+def doors(redis: Redis, sku: str) -> str | None:
+    """'closed', 'open', or the unix time (ms) they open at; None: the sale has no room."""
+    opens_at = redis.hget(keys.room_state(sku), "opens_at_ms")
+    if opens_at is None:
+        return None
+    if opens_at == "closed":
+        return "closed"
+    return "open" if int(opens_at) <= _redis_ms(redis) else str(opens_at)
+
+
 def open_doors(redis: Redis, sku: str, at_s: float | None = None) -> int:
     """Open the doors now, or at unix time `at_s`; in a room whose order is 'shuffle', the
     customers queued so far are put in a random order first (their ticket numbers dealt
