@@ -18,6 +18,7 @@ from rich.console import Console
 
 from flashsale.core import keys
 from flashsale.core.auto_admission import (
+    BACKOFF,
     GROWTH,
     MAX_RATE,
     MIN_RATE,
@@ -58,13 +59,20 @@ def test_the_rate_starts_at_the_budget_and_drops_to_what_the_pipeline_finishes()
     assert auto.rate == 50.0
     assert auto.update(reading(0.0, admitted=0, placed=0, pending=0)) == 50.0  # capped
     # A second later 50 were admitted and placed, 30 answered: 20 waiting, over 1 s of work.
+    # The rate falls towards the 15/s finished (smoothed), by at most BACKOFF in one second.
     rate = auto.update(reading(1.0, admitted=50, placed=50, pending=20))
-    assert rate == pytest.approx(auto.finish_rate) and rate < 30
+    assert auto.finish_rate == pytest.approx(15.0)
+    assert rate == pytest.approx(50.0 * BACKOFF)
+    # Still behind: it reaches what the pipeline finishes.
+    for second in range(2, 12):
+        done = 30 + 15 * (second - 1)
+        rate = auto.update(reading(float(second), admitted=done + 20, placed=done + 20, pending=20))
+    assert rate == pytest.approx(15.0, rel=0.01)
     # The pipeline catches up: the rate grows by GROWTH a second, never past the budget.
-    grown = auto.update(reading(2.0, admitted=70, placed=70, pending=0))
+    grown = auto.update(reading(12.0, admitted=200, placed=200, pending=0))
     assert grown == pytest.approx(rate * GROWTH)
-    for second in range(3, 30):
-        auto.update(reading(float(second), admitted=70, placed=70, pending=0))
+    for second in range(13, 40):
+        auto.update(reading(float(second), admitted=200, placed=200, pending=0))
     assert auto.rate == 50.0
 
 
@@ -78,8 +86,9 @@ def test_charges_per_admitted_customer_scale_the_ceiling() -> None:
         unknown.update(reading(float(second), admitted=0, placed=0, pending=0))
     assert unknown.rate == MAX_RATE
     stalled = AutoAdmission(stripe_budget=40.0)
-    stalled.update(reading(0.0, admitted=40, placed=40, pending=40))
-    assert stalled.update(reading(1.0, admitted=40, placed=40, pending=40)) == MIN_RATE
+    for second in range(30):
+        stalled.update(reading(float(second), admitted=40, placed=40, pending=40))
+    assert stalled.rate == MIN_RATE
 
 
 LIMIT = 20

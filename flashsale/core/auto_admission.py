@@ -9,8 +9,8 @@ room's counts):
   than one when declined customers retry, fewer when admitted customers leave);
 - the pipeline: while more orders wait for an answer than it finishes in BACKLOG_S, admission
   drops to what it finishes (the queue then stays in the waiting room, where customers see
-  their place, not in the broker, where they see a spinner); otherwise it grows by GROWTH a
-  second back towards the budget.
+  their place, not in the broker, where they see a spinner), less by at most BACKOFF a second;
+  otherwise it grows by GROWTH a second back towards the budget.
 
 Pure: the caller reads the counts and writes the rate (server.waiting_room).
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 BUDGET_SHARE = 0.95
 BACKLOG_S = 1.0  # orders waiting longer than this means the pipeline is behind
 GROWTH = 1.25  # per second, while the pipeline keeps up
+BACKOFF = 0.8  # the most one second behind takes off the rate
 MIN_RATE = 1.0  # never stop: a stalled pipeline still finishes something
 START_RATE = 20.0  # without a Stripe limit to start from
 MAX_RATE = 1000.0  # without a Stripe limit to stop at
@@ -66,7 +67,9 @@ class AutoAdmission:
         per_admission = self.charges_per_admission(reading)
         ceiling = self.budget / per_admission if self.budget else MAX_RATE
         if last is not None and reading.pending > max(self.finish_rate, 1.0) * BACKLOG_S:
-            self.rate = self.finish_rate / per_admission
+            # Behind: back to what the pipeline finishes, but a burst of orders (customers do
+            # not pay at the pace they were admitted) costs at most BACKOFF of the rate.
+            self.rate = max(self.finish_rate / per_admission, self.rate * BACKOFF)
         else:
             self.rate *= GROWTH
         self.rate = min(ceiling, max(MIN_RATE, self.rate))
