@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import redis
-from provenance import print_provenance
+from provenance import fmt, print_provenance
 
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.processes import Child, flashsale_argv
@@ -178,10 +178,6 @@ def imported_from(tree: str | None) -> str:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     return found.stdout.strip()
-
-
-def fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def describe(row: dict[str, Any]) -> str:

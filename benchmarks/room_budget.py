@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 import redis
-from provenance import print_provenance
+from provenance import fmt, print_provenance
 
 from flashsale.core import keys, orders
 from flashsale.ops.pipeline import LocalPipeline
@@ -145,10 +145,6 @@ def run_sale(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "room_rate_min": rates[0] if rates else None,
         "room_rate_median": rates[1] if rates else None,
     }
-
-
-def fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def describe(row: dict[str, Any]) -> str:
