@@ -22,7 +22,6 @@ medians, the load average and the command that reproduces it. Never asserts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -34,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import redis
+from probes import HealthProber
 from provenance import fmt, print_provenance
 
 from flashsale.ops.pipeline import LocalPipeline
@@ -71,36 +70,6 @@ class Sampler:
             return None
         (t0, cpu0, _), (t1, cpu1, _) = inside[0], inside[-1]
         return (cpu1 - cpu0) / (t1 - t0) * 100
-
-
-class Prober:
-    """/healthz every 0.1 s; the slowest answer (or a failure, as its wait) after `since`."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.waits: list[tuple[float, float]] = []  # (unix time sent, seconds to answer)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self.stopping.wait(0.1):
-                sent, start = time.time(), time.monotonic()
-                with contextlib.suppress(httpx.HTTPError):
-                    client.get(f"{self.url}/healthz")
-                self.waits.append((sent, time.monotonic() - start))
-
-    def __enter__(self) -> Prober:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join()
-
-    def worst_after(self, since: float) -> float | None:
-        waits = [wait for sent, wait in self.waits if sent >= since]
-        return max(waits) if waits else None
 
 
 def tree_env(tree: str | None) -> dict[str, str]:
@@ -146,7 +115,7 @@ def run_herd(
                 pipeline.log_dir / "loadgen.log",
                 env=env,
             )
-            with Sampler(pipeline) as sampler, Prober(pipeline.server_url) as prober:
+            with Sampler(pipeline) as sampler, HealthProber(pipeline.server_url) as prober:
                 loadgen.run_measured(customers / 10 + 300)
             report = json.loads(report_path.read_text())
     run, outcomes = report["run"], report["outcomes"]

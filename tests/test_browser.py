@@ -516,12 +516,12 @@ def test_the_rehearsal_report_opens_offline_with_verdict_reconciliation_and_char
 # --- the waiting room (serve --waiting-room on) -----------------------------------------------
 
 
-def room_sale(pipeline: Pipeline) -> tuple[str, str]:
+def room_sale(pipeline: Pipeline, *flags: str) -> tuple[str, str]:
     """A one-unit sale whose room admits one customer at a time; returns its URL and SKU."""
     sku = f"ROOM-PAGE-{time.monotonic_ns()}"
     url = pipeline.add_server(
         *("--sku", sku, "--stock", "1", "--ignore-ledger", "--waiting-room", "on"),
-        *("--admit-rate", "0", "--admit-cap", "1"),
+        *("--admit-rate", "0", "--admit-cap", "1", *flags),
     )
     return url, sku
 
@@ -603,3 +603,16 @@ def test_a_forged_admission_is_refused_and_the_place_in_line_kept(
     # Its place was kept: the holder leaves unpaid, and the customer is admitted for real.
     holder.close()
     wait_state(queued, "admitted", timeout_ms=30_000)
+
+
+def test_after_the_turn_passed_a_reload_queues_again(pipeline: Pipeline, open_page: Any) -> None:
+    url, _ = room_sale(pipeline, "--hold", "5s")
+    page = open_page(url + "/")
+    wait_state(page, "admitted")
+    lapsed = stored(page)["customer_id"]
+    wait_state(page, "failed", timeout_ms=30_000)  # the customer did not pay within the hold
+    assert "Your turn has passed" in page.locator("#status").inner_text()
+    page.reload()
+    # A new place in line (the unit came back, so at once a new turn), not the lapsed customer.
+    wait_state(page, "admitted")
+    assert stored(page)["customer_id"] != lapsed

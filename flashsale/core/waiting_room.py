@@ -47,7 +47,7 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 _JOIN = (
     _NOW_MS
     + """
--- KEYS: queue, tickets, holds, state, gone    ARGV: customer id
+-- KEYS: queue, tickets, holds, state, gone    ARGV: customer id, first connect allowance ms
 if redis.call('HGET', KEYS[4], 'over') == '1' then
   return {'sold_out', '0', 0}
 end
@@ -58,8 +58,9 @@ local ticket = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not ticket then
   ticket = redis.call('INCR', KEYS[2])
   redis.call('ZADD', KEYS[1], ticket, ARGV[1])
-  -- Gone until its socket connects: a ticket whose page never connects is let go.
-  redis.call('ZADD', KEYS[5], 'NX', now, ARGV[1])
+  -- Gone until its socket connects: a ticket whose page never connects is let go, after
+  -- the grace and the allowance for a first connect to a server busy with the crowd.
+  redis.call('ZADD', KEYS[5], 'NX', now + tonumber(ARGV[2]), ARGV[1])
 end
 return {'queued', tostring(ticket), redis.call('ZRANK', KEYS[1], ARGV[1]) + 1}
 """
@@ -165,6 +166,11 @@ if until_ms and until_ms ~= 'inf' then
 end
 return 'none'
 """
+
+# A new ticket's page may take this much longer than the grace to connect its socket: under a
+# crowd the server answers connects late, and a ticket dropped before its socket arrived is a
+# customer who lost their place through no fault of theirs.
+FIRST_CONNECT_S = 20.0
 
 COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
 
@@ -293,7 +299,7 @@ def join(redis: Redis, sku: str, customer_id: str) -> Ticket:
             keys.room_state(sku),
             keys.room_gone(sku),
         ],
-        args=[customer_id],
+        args=[customer_id, int(FIRST_CONNECT_S * 1000)],
     )
     return Ticket(str(status), int(float(ticket)), int(position))
 

@@ -2,14 +2,16 @@
 
 The state is in Redis (core.waiting_room), so any number of server processes share one queue.
 Each process runs the same admission step ten times a second and tells the admitted through
-the message queue (their socket may be on another process); every UPDATE_S it also tells its
-own queued sockets where they stand, which repairs any emit the message queue dropped.
+the message queue (their socket may be on another process); every UPDATE_S another loop tells
+its own queued sockets where they stand, which repairs any emit the message queue dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -45,6 +47,7 @@ class WaitingRoom:
         self.here: dict[str, str] = {}  # sid -> customer id, this process's sockets in the room
         self.admitted_seen: tuple[float, int] | None = None  # (when, the room's admitted count)
         self.admit_rate = 0.0  # admissions a second, measured over the last update
+        self.outage_logged = 0.0  # when a Redis outage was last logged
         self.auto = (
             AutoAdmission(rate_budget.admission_budget(settings)) if settings.room_auto else None
         )
@@ -73,7 +76,8 @@ class WaitingRoom:
                 rules.rate,
                 f"{budget:.4g} charges/s" if budget else "unknown: set --stripe-limit",
             )
-        self.socketio.start_background_task(self.run)
+        self.socketio.start_background_task(self.run_admission)
+        self.socketio.start_background_task(self.run_updates)
 
     # -- what customers ask --------------------------------------------------------------------
 
@@ -176,26 +180,37 @@ class WaitingRoom:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        next_update = time.monotonic() + UPDATE_S
+    def run_admission(self) -> None:
+        """Admit every STEP_S (and retune an auto rate every TUNE_S), whatever else is busy."""
         next_tune = time.monotonic() + TUNE_S
-        outage_logged = 0.0
         while True:
-            try:
+            with self.guarded("admission"):
                 if self.auto is not None and time.monotonic() >= next_tune:
                     next_tune = time.monotonic() + TUNE_S
                     self.tune(self.auto)
                 self.admit()
-                if time.monotonic() >= next_update:
-                    next_update = time.monotonic() + UPDATE_S
-                    self.update()
-            except redis.RedisError as error:
-                if time.monotonic() - outage_logged > OUTAGE_LOG_S:
-                    outage_logged = time.monotonic()
-                    log.warning("waiting room: Redis unavailable, admission paused: %s", error)
-            except Exception:
-                log.exception("waiting room: admission step failed")
             self.socketio.sleep(STEP_S)
+
+    def run_updates(self) -> None:
+        """Tell queued sockets where they stand every UPDATE_S: its own loop, because telling
+        10,000 sockets takes about a second and admission must not wait for it."""
+        while True:
+            self.socketio.sleep(UPDATE_S)
+            with self.guarded("queue updates"):
+                self.update()
+
+    @contextlib.contextmanager
+    def guarded(self, what: str) -> Iterator[None]:
+        """A loop's round that failed is logged (a Redis outage once per OUTAGE_LOG_S) and the
+        loop goes on."""
+        try:
+            yield
+        except redis.RedisError as error:
+            if time.monotonic() - self.outage_logged > OUTAGE_LOG_S:
+                self.outage_logged = time.monotonic()
+                log.warning("waiting room: Redis unavailable, %s paused: %s", what, error)
+        except Exception:
+            log.exception("waiting room: %s failed", what)
 
     def admit(self) -> None:
         step = waiting_room.step(self.redis, self.sku)

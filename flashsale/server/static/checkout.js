@@ -63,9 +63,10 @@
   }
 
   // A stored identity wins over the one this page was rendered with: same customer, same room.
+  // Not once its turn passed: then a reload is a new place in line, the rendered identity's.
   var saved = readStore();
-  var tab = saved && saved.sku === sale.sku && saved.customer_id && saved.room_token
-    ? saved : freshTab(embedded);
+  var tab = saved && saved.sku === sale.sku && saved.customer_id && saved.room_token &&
+    !saved.lapsed ? saved : freshTab(embedded);
   writeStore();
 
   // The look-up of a result the socket should have brought (see the top of this file).
@@ -274,6 +275,7 @@
     if (busy() || phase === "paid" || phase === "sold-out") return;
     phase = "lapsed";
     tab.admission = null;
+    tab.lapsed = true;  // the server let this customer go: a reload queues as a new one
     writeStore();
     setStatus("failed", "Your turn has passed",
       "The unit held for you went to the next customer in line. Reload to queue again.");
