@@ -150,8 +150,8 @@ def run_sale(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 def describe(row: dict[str, Any]) -> str:
     return (
         f"{row['mode']:>7}  charges {fmt(row['charges_per_s'], '6.1f')}/s  "
-        f"budget used {fmt(row['budget_used'], '.3f')}  429s {row['rate_limited']}  "
-        f"failed {row['failed_orders']}  not paid {row['not_paid']}  "
+        f"budget used {fmt(row['budget_used'], '.3f')}  429s {row['rate_limited']:g}  "
+        f"failed {row['failed_orders']:g}  not paid {row['not_paid']:g}  "
         f"checkout p99 {row['checkout_p99_s']:.2f}s  queue p50 {row['queue_p50_s']:.1f}s  "
         f"room rate min {fmt(row['room_rate_min'], '.1f')}/s "
         f"median {fmt(row['room_rate_median'], '.1f')}/s"

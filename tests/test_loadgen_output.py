@@ -209,12 +209,13 @@ def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int
             }
             for i in range(2)
         ],
-        # The embedded scenario's five objectives.
+        # The embedded scenario's six objectives.
         slo_results=evaluate(
             [
                 parse_slo(text)
                 for text in (
                     "e2e.p99<9s",
+                    "checkout.p99<2s",
                     "timeout.ratio<0.1%",
                     "error.ratio<0.1%",
                     "server_errors.count==0",
@@ -234,7 +235,8 @@ def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int
     assert max(len(line) for line in lines) <= width
     # The compact view leaves out an optional outcome that did not happen (no one abandoned).
     outcomes = [o for o in OUTCOMES if o not in OPTIONAL_OUTCOMES]
-    for name in (*outcomes, *PHASES, "e2e.p99<9s", "server_errors.count==0", "retries.ratio<1%"):
+    gates = ("e2e.p99<9s", "checkout.p99<2s", "server_errors.count==0", "retries.ratio<1%")
+    for name in (*outcomes, *PHASES, *gates):
         assert re.search(rf"(^|[\s│]){re.escape(name)}($|[\s│])", text), (name, size, text)
     assert "…" not in text, text
     assert "process 1 CPU 95%" in text

@@ -223,6 +223,7 @@ def test_default_scenario_is_a_real_flash_sale() -> None:
     assert plan.loadgen["doors_open"] is True
     assert plan.sale["stock"] < plan.loadgen["customers"]
     assert plan.stripe_sim["rate_limit"] == "live"
+    assert plan.room_on and "checkout.p99<2s" in plan.loadgen["slo"]  # the room's promise
 
 
 def test_scenario_mistakes_name_the_key() -> None:
