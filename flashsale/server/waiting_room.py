@@ -194,8 +194,10 @@ class WaitingRoom:
     def run_updates(self) -> None:
         """Tell queued sockets where they stand every UPDATE_S: its own loop, because telling
         10,000 sockets takes about a second and admission must not wait for it."""
+        due = time.monotonic() + UPDATE_S
         while True:
-            self.socketio.sleep(UPDATE_S)
+            self.socketio.sleep(max(0.0, due - time.monotonic()))
+            due = time.monotonic() + UPDATE_S  # every UPDATE_S from start to start
             with self.guarded("queue updates"):
                 self.update()
 
