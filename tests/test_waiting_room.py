@@ -519,3 +519,40 @@ def test_open_doors_command_opens_a_closed_room_once(pipeline: Pipeline) -> None
     assert nowhere.returncode == 1 and "no waiting room for sale 'NO-SUCH-SALE'" in nowhere.stderr
     for shopper in early:
         shopper.close()
+
+
+def sockets_connected(url: str) -> int:
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    line = next(x for x in metrics.splitlines() if x.startswith("flashsale_sockets_connected"))
+    return int(float(line.split()[-1]))
+
+
+def test_a_reload_whose_old_socket_goes_last_is_not_gone(pipeline: Pipeline) -> None:
+    """A reloaded page's new socket can arrive before the old one is forgotten: the customer
+    is not marked gone while a socket of theirs is here, and a mark another process left
+    late is cleared by the next update, long before the grace would drop them."""
+    url, sku = open_sale(pipeline, 1, "--admit-rate", "0", "--admit-cap", "1")
+    holder = Shopper(pipeline, url).connect()
+    holder.admitted()
+    old_tab = Shopper(pipeline, url).connect()
+    new_tab = Shopper(pipeline, url)
+    new_tab.session = old_tab.session  # the same customer, from the reloaded page
+    new_tab.connect()
+    client = redis_of(pipeline)
+    before = sockets_connected(url)
+    old_tab.close()
+    deadline = time.monotonic() + 10
+    while sockets_connected(url) != before - 1:
+        assert time.monotonic() < deadline, "the old socket's disconnect was never seen"
+        time.sleep(0.05)
+    assert client.zscore(keys.room_gone(sku), new_tab.customer_id) is None
+    # As another server process would leave it: marked gone after the new socket arrived.
+    seconds, micros = client.time()
+    client.zadd(keys.room_gone(sku), {new_tab.customer_id: seconds * 1000 + micros // 1000})
+    deadline = time.monotonic() + 10
+    while client.zscore(keys.room_gone(sku), new_tab.customer_id) is not None:
+        assert time.monotonic() < deadline, "the stale mark outlived the next update"
+        time.sleep(0.05)
+    assert client.zscore(keys.room_queue(sku), new_tab.customer_id) is not None
+    holder.close()
+    new_tab.close()

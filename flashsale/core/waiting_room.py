@@ -343,14 +343,19 @@ def socket_gone(redis: Redis, sku: str, customer_id: str) -> None:
 
 
 def places(redis: Redis, sku: str, customer_ids: Sequence[str]) -> list[Place]:
-    """Where each customer stands, in one round trip."""
+    """Where each customer stands, in one round trip. They are asked about because a socket
+    of theirs is connected: any mark of them as gone is stale (a reloaded page's old socket
+    can be forgotten after its new one arrived) and is removed, in one ZREM."""
     pipe = redis.pipeline(transaction=False)
     pipe.hget(keys.room_state(sku), "over")
     pipe.time()
+    if customer_ids:
+        pipe.zrem(keys.room_gone(sku), *customer_ids)
     for customer_id in customer_ids:
         pipe.zrank(keys.room_queue(sku), customer_id)
         pipe.zscore(keys.room_holds(sku), customer_id)
     over, (seconds, micros), *answers = pipe.execute()
+    answers = answers[1:] if customer_ids else answers
     now_ms = seconds * 1000 + micros // 1000
     found = []
     for rank, hold in zip(answers[::2], answers[1::2], strict=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,7 @@ class WaitingRoom:
         self.socketio = socketio
         self.metrics = metrics
         self.here: dict[str, str] = {}  # sid -> customer id, this process's sockets in the room
+        self.sockets_of: Counter[str] = Counter()  # customer id -> their sockets in `here`
         self.admitted_seen: tuple[float, int] | None = None  # (when, the room's admitted count)
         self.admit_rate = 0.0  # admissions a second, measured over the last update
         self.outage_logged = 0.0  # when a Redis outage was last logged
@@ -118,7 +120,7 @@ class WaitingRoom:
     def on_connect(self, sid: str, customer_id: str) -> None:
         """A socket of a customer with a ticket or a hold is followed until it leaves."""
         waiting_room.socket_back(self.redis, self.sku, customer_id)
-        self.here[sid] = customer_id
+        self.follow(sid, customer_id)
         self.socketio.server.enter_room(
             sid, events.queue_room(self.sku), namespace=events.NAMESPACE
         )
@@ -141,7 +143,7 @@ class WaitingRoom:
             self.settings.secret, token, self.settings.room_token_ttl_s
         )
         if self.here.get(sid) == customer_id:
-            self.here.pop(sid, None)
+            self.unfollow(sid)
         if customer_id is not None:
             try:
                 waiting_room.leave(self.redis, self.sku, customer_id, spare=spare)
@@ -149,20 +151,37 @@ class WaitingRoom:
                 log.warning("waiting room: could not let %s leave: %s", customer_id, error)
 
     def on_disconnect(self, sid: str) -> None:
-        """Gone, not left: the customer may be reloading the page; the grace decides."""
-        customer_id = self.here.pop(sid, None)
-        if customer_id is not None:
+        """Gone, not left: the customer may be reloading the page; the grace decides. A
+        customer with another socket here (the reloaded page's, connected first) is not gone;
+        one whose other socket is on another process is put right by that process's next
+        update (places() clears the mark), well within the grace."""
+        customer_id = self.unfollow(sid)
+        if customer_id is not None and not self.sockets_of[customer_id]:
             try:
                 waiting_room.socket_gone(self.redis, self.sku, customer_id)
             except redis.RedisError as error:  # the hold then lapses on its own time
                 log.warning("waiting room: could not mark %s gone: %s", customer_id, error)
+
+    def follow(self, sid: str, customer_id: str) -> None:
+        if self.here.get(sid) != customer_id:
+            self.unfollow(sid)
+            self.here[sid] = customer_id
+            self.sockets_of[customer_id] += 1
+
+    def unfollow(self, sid: str) -> str | None:
+        customer_id = self.here.pop(sid, None)
+        if customer_id is not None:
+            self.sockets_of[customer_id] -= 1
+            if self.sockets_of[customer_id] <= 0:
+                del self.sockets_of[customer_id]
+        return customer_id
 
     def tell(self, sid: str, customer_id: str, place: Place) -> None:
         name, payload = self.news(customer_id, place)
         if name is None:
             return
         if name in (events.SOLD_OUT, events.HOLD_LAPSED):
-            self.here.pop(sid, None)  # nothing more will happen to this customer here
+            self.unfollow(sid)  # nothing more will happen to this customer here
         self.socketio.emit(name, payload, to=sid, namespace=events.NAMESPACE, ignore_queue=True)
         self.metrics.emits.labels(name).inc()
 
