@@ -115,31 +115,33 @@ def parse_rate(text: str) -> float | None | str:
         ) from None
 
 
-def auto_rate(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
-    """The default budget: a share of the limit of the Stripe the workers talk to.
+def stripe_limit_of(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
+    """The request limit of the Stripe the workers talk to: given (`--stripe-limit`: 'test',
+    'live', 'off' or a number), or following the key's mode against Stripe; a simulator's is
+    whatever it was started with, so without one given it is unknown (None)."""
+    if stripe_limit:
+        return parse_limit(stripe_limit, "--stripe-limit")
+    if stripe_mode == "simulator":
+        return None
+    return STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"])
 
-    That limit is given (`--stripe-limit`: 'test', 'live', 'off' or a number), or follows the
-    key's mode against Stripe; a simulator's limit is whatever it was started with, so without
-    one given there is no budget.
-    """
-    limit = parse_limit(stripe_limit, "--stripe-limit") if stripe_limit else None
-    if stripe_mode != "simulator":
-        if not stripe_limit:
-            limit = STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"])
-        return None if limit is None else limit * STRIPE_HEADROOM
-    return None if limit is None else limit * SIMULATOR_HEADROOM
+
+def auto_rate(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
+    """The default budget: a share of the limit of the Stripe the workers talk to (none when
+    that limit is unknown or off)."""
+    limit = stripe_limit_of(stripe_mode, stripe_limit)
+    share = SIMULATOR_HEADROOM if stripe_mode == "simulator" else STRIPE_HEADROOM
+    return None if limit is None else limit * share
 
 
 def admission_budget(settings: Settings) -> float | None:
     """Charges a second the waiting room's `auto` admission may bring about: at most
     auto_admission.BUDGET_SHARE of the Stripe limit, and no more than the workers' budget;
     None when neither is known (a simulator started without --stripe-limit)."""
-    mode, limit_text = settings.stripe_mode, settings.stripe_limit
-    if limit_text:
-        limit = parse_limit(limit_text, "--stripe-limit")
-    else:
-        limit = None if mode == "simulator" else STRIPE_LIMITS.get(mode, STRIPE_LIMITS["test"])
+    limit = stripe_limit_of(settings.stripe_mode, settings.stripe_limit)
     rate = parse_rate(settings.stripe_rate)
-    workers = auto_rate(mode, limit_text) if isinstance(rate, str) else rate
+    workers = (
+        auto_rate(settings.stripe_mode, settings.stripe_limit) if isinstance(rate, str) else rate
+    )
     shares = [value for value in (limit and limit * BUDGET_SHARE, workers) if value]
     return min(shares) if shares else None
