@@ -10,9 +10,9 @@ import datetime
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 from flashsale.stripe_sim.api_errors import StripeApiError, invalid, no_such
+from flashsale.stripe_sim.auth import Caller
 from flashsale.stripe_sim.cards import (
     TEST_CARDS,
     TOKEN_ALIASES,
@@ -148,14 +148,6 @@ def money(amount: int, currency: str) -> str:
     """Stripe's way of naming an amount in messages: $0.50 usd."""
     value = f"{amount}" if currency in ZERO_DECIMAL else f"{amount / 100:,.2f}"
     return f"{SYMBOLS.get(currency, '')}{value} {currency}"
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is asking: the key's kind and the client address (tokens record it)."""
-
-    publishable: bool
-    client_ip: str | None
 
 
 class Endpoints:

@@ -7,11 +7,18 @@ swept a few per request so no request pays for a scan of the whole store.
 
 from __future__ import annotations
 
-from collections import deque
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+
+from flashsale.stripe_sim.api_errors import StripeApiError, invalid
 
 IN_FLIGHT = 0
 MAX_KEY_LENGTH = 255
 SWEEP_PER_CALL = 8
+
+
+Work = Callable[[], Awaitable[tuple[int, object]]]
 
 
 class Entry:
@@ -64,3 +71,69 @@ class IdempotencyStore:
         """Stripe saves no result when a request failed validation: the key stays usable."""
         if self.entries.get(key) is entry:
             del self.entries[key]
+
+
+class Idempotency:
+    """Stripe's rules over the store: replay a finished key, 400 on other params, 409 while the
+    first request is in flight; counts each case for /_sim/stats."""
+
+    def __init__(self) -> None:
+        self.store = IdempotencyStore()
+        self.counts: Counter[str] = Counter()
+
+    async def run(
+        self, key: str, path: str, params: object, ttl_s: float, work: Work
+    ) -> tuple[int, object, bool]:
+        """(status, payload, replayed): the saved result of `key`, or `work` run once under it."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            raise invalid(
+                "Invalid Idempotency-Key: it must be between 1 and 255 characters long.",
+                "Idempotency-Key",
+            )
+        now = time.monotonic()
+        store = self.store
+        store.sweep(now, ttl_s)
+        fingerprint = hash((path, freeze(params)))
+        entry = store.lookup(key, now, ttl_s)
+        if entry is not None:
+            if entry.status == IN_FLIGHT:
+                self.counts["idempotency_conflicts"] += 1
+                raise StripeApiError(
+                    409,
+                    "There is currently another in-progress request using this Idempotent Key "
+                    "(that probably means you submitted twice, and the other request is still "
+                    f"going through): {key}. Please try again later.",
+                    type="idempotency_error",
+                    code="idempotency_key_in_use",
+                )
+            if entry.fingerprint != fingerprint:
+                self.counts["idempotency_mismatches"] += 1
+                raise StripeApiError(
+                    400,
+                    "Keys for idempotent requests can only be used with the same parameters they "
+                    f"were first used with. Try using a key other than '{key}' if you meant to "
+                    "execute a different request.",
+                    type="idempotency_error",
+                )
+            self.counts["idempotent_replays"] += 1
+            return entry.status, entry.payload, True
+        entry = store.begin(key, fingerprint, now)
+        saved = False
+        try:
+            status, payload = await work()
+            # Stripe saves a result once the endpoint ran: successes and card declines alike.
+            store.finish(key, entry, status, payload)
+            saved = True
+        finally:
+            if not saved:
+                store.abandon(key, entry)
+        return status, payload, False
+
+
+def freeze(value: object) -> object:
+    """A hashable, order-free form of parsed params: equal params, equal fingerprint."""
+    if isinstance(value, dict):
+        return frozenset((name, freeze(item)) for name, item in value.items())
+    if isinstance(value, list):
+        return tuple(freeze(item) for item in value)
+    return value

@@ -1,0 +1,63 @@
+"""How the simulator answers: Stripe's JSON, headers and CORS, and the 404 for unknown URLs."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from flashsale.stripe_sim.api_errors import StripeApiError
+
+SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": "Request-Id, Idempotent-Replayed, Stripe-Should-Retry, "
+    "Stripe-Rate-Limited-Reason",
+}
+
+
+def json_response(status: int, body: object, request_id: str) -> web.Response:
+    headers = {"Content-Type": "application/json", "Request-Id": request_id, **CORS_HEADERS}
+    return web.Response(body=json.dumps(body).encode(), status=status, headers=headers)
+
+
+def error_response(error: StripeApiError, request_id: str) -> web.Response:
+    response = json_response(error.status, error.body(), request_id)
+    response.headers.update(error.headers)
+    return response
+
+
+def script_response(body: bytes, request_id: str) -> web.Response:
+    headers = {
+        "Content-Type": "application/javascript; charset=utf-8",
+        "Request-Id": request_id,
+        "Cache-Control": "no-cache",
+        **CORS_HEADERS,
+    }
+    return web.Response(body=body, headers=headers)
+
+
+def preflight(request: web.BaseRequest, request_id: str) -> web.Response:
+    """Browsers ask before Stripe.js posts card data cross-origin from the checkout page."""
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    headers = {
+        **CORS_HEADERS,
+        "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": asked or "Authorization, Content-Type, Idempotency-Key",
+        "Access-Control-Max-Age": "600",
+        # Chrome's private-network preflight, for a checkout page not itself on loopback.
+        "Access-Control-Allow-Private-Network": "true",
+        "Request-Id": request_id,
+    }
+    return web.Response(status=204, headers=headers)
+
+
+def unrecognized(method: str, path: str) -> StripeApiError:
+    return StripeApiError(404, f"Unrecognized request URL ({method}: {path}). {SUPPORT}")
+
+
+async def read_body(request: web.BaseRequest) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise StripeApiError(413, "Request body too large (the limit is 1 MiB).") from None
