@@ -785,7 +785,14 @@ def test_sim_stats_count_by_endpoint_status_and_outcome(stripe_sim: str) -> None
         "insufficient_funds": 1,
         "stolen_card": 1,
     }
-    assert counted["ledger"] == {"charges": 4, "tokens": 1, "refunds": 0, "idempotency_keys": 5}
+    assert counted["ledger"] == {
+        "charges": 4,
+        "tokens": 1,
+        "refunds": 0,
+        "payment_methods": 0,
+        "payment_intents": 0,
+        "idempotency_keys": 5,
+    }
     assert counted["rate_limited"]["total"] == 0
 
 

@@ -68,6 +68,12 @@ DECLINES = {
     "incorrect_cvc": Decline(
         "incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect.", "cvc"
     ),
+    # What the Charges API (and off-session confirmation) answers for a card demanding 3DS.
+    "authentication_required": Decline(
+        "card_declined",
+        "authentication_required",
+        "Your card was declined. This transaction requires authentication.",
+    ),
     "processing_error": Decline(
         "processing_error",
         "processing_error",
@@ -83,7 +89,15 @@ class CardProfile:
     brand: str
     funding: str = "credit"
     country: str = "US"
+    # The outcome once the payment is authorized (after 3D Secure, when the card demands it).
     decline: Decline | None = None
+    # 3D Secure: "required" (a challenge on every payment), "supported" (none asked for),
+    # "not_supported" (cannot be invoked; the payment proceeds without it).
+    three_d_secure: str = "supported"
+
+    @property
+    def needs_3ds(self) -> bool:
+        return self.three_d_secure == "required"
 
 
 TEST_CARDS: dict[str, CardProfile] = {
@@ -91,7 +105,7 @@ TEST_CARDS: dict[str, CardProfile] = {
     "4000056655665556": CardProfile("Visa", "debit"),
     "5555555555554444": CardProfile("MasterCard"),
     "5200828282828210": CardProfile("MasterCard", "debit"),
-    "378282246310005": CardProfile("American Express"),
+    "378282246310005": CardProfile("American Express", three_d_secure="not_supported"),
     "6011111111111117": CardProfile("Discover"),
     "4000000000000002": CardProfile("Visa", decline=DECLINES["generic_decline"]),
     "4000000000009995": CardProfile("Visa", decline=DECLINES["insufficient_funds"]),
@@ -101,6 +115,18 @@ TEST_CARDS: dict[str, CardProfile] = {
     "4000000000000069": CardProfile("Visa", decline=DECLINES["expired_card"]),
     "4000000000000127": CardProfile("Visa", decline=DECLINES["incorrect_cvc"]),
     "4000000000000119": CardProfile("Visa", decline=DECLINES["processing_error"]),
+    # 3D Secure (docs.stripe.com/testing#authentication-and-setup and #three-ds-cards).
+    "4000002500003155": CardProfile("Visa", three_d_secure="required"),
+    "4000002760003184": CardProfile("Visa", three_d_secure="required"),
+    "4000008260003178": CardProfile(
+        "Visa", decline=DECLINES["insufficient_funds"], three_d_secure="required"
+    ),
+    "4000000000003220": CardProfile("Visa", three_d_secure="required"),
+    "4000000000003063": CardProfile("Visa", three_d_secure="required"),
+    "4000008400001629": CardProfile(
+        "Visa", decline=DECLINES["generic_decline"], three_d_secure="required"
+    ),
+    "4000000000003055": CardProfile("Visa"),
 }
 
 # The tokens real test mode accepts in place of raw numbers (accounts refuse raw card data).
@@ -119,6 +145,20 @@ TOKEN_ALIASES: dict[str, str] = {
     "tok_chargeDeclinedIncorrectCvc": "4000000000000127",
     "tok_chargeDeclinedProcessingError": "4000000000000119",
     "tok_chargeDeclinedFraudulent": "4100000000000019",
+}
+
+# The PaymentMethods real test mode accepts in place of raw numbers: pm_card_<the tok_ name>,
+# and the 3D Secure cards, which have no tok_ alias.
+PAYMENT_METHOD_ALIASES: dict[str, str] = {
+    **{"pm_card_" + alias[4:]: number for alias, number in TOKEN_ALIASES.items()},
+    "pm_card_authenticationRequiredOnSetup": "4000002500003155",
+    "pm_card_authenticationRequired": "4000002760003184",
+    "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": "4000008260003178",
+    "pm_card_threeDSecure2Required": "4000000000003220",
+    "pm_card_threeDSecureRequired": "4000000000003063",
+    "pm_card_threeDSecureRequiredChargeDeclined": "4000008400001629",
+    "pm_card_threeDSecureOptional": "4000000000003055",
+    "pm_card_amex_threeDSecureNotSupported": "378282246310005",
 }
 
 BRAND_PREFIXES = (

@@ -61,10 +61,13 @@ def stats(sim: Simulator) -> dict[str, object]:
             "total": len(ledger.charges),
             "by_outcome": dict(sorted(sim.endpoints.outcomes.items())),
         },
+        "payment_intents": sim.intents.stats(),
         "ledger": {
             "charges": len(ledger.charges),
             "tokens": len(ledger.tokens),
             "refunds": len(ledger.refunds),
+            "payment_methods": len(ledger.payment_methods),
+            "payment_intents": len(ledger.payment_intents),
             "idempotency_keys": len(sim.idempotency.store),
         },
         "injected_errors": sim.faults.injected["injected_errors"],

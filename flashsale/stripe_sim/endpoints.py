@@ -14,12 +14,14 @@ from collections import Counter
 from flashsale.stripe_sim.api_errors import StripeApiError, invalid, no_such
 from flashsale.stripe_sim.auth import Caller
 from flashsale.stripe_sim.cards import (
+    DECLINES,
     TEST_CARDS,
     TOKEN_ALIASES,
     check_card,
     fingerprint,
     profile_for,
 )
+from flashsale.stripe_sim.intent_records import PaymentMethod, render_payment_method
 from flashsale.stripe_sim.ledger import (
     Charge,
     Ledger,
@@ -169,22 +171,26 @@ class Endpoints:
                 "legal entity to create a token.",
                 "card",
             )
+        token = self.read_card(card, caller)
+        self.ledger.tokens[token.id] = token
+        return 200, token
+
+    def read_card(self, card: object, caller: Caller, prefix: str = "card") -> Token:
+        """A card record from raw card details, checked as Stripe checks them at tokenization."""
         if not isinstance(card, dict):
-            raise invalid("Invalid object", "card")
-        refuse_unknown(card, CARD_PARAMS, "card")
-        number = get_str(card, "number", True, "card[number]")
-        exp_month = get_str(card, "exp_month", True, "card[exp_month]")
-        exp_year = get_str(card, "exp_year", True, "card[exp_year]")
-        cvc = get_str(card, "cvc", False, "card[cvc]")
+            raise invalid("Invalid object", prefix)
+        refuse_unknown(card, CARD_PARAMS, prefix)
+        number = get_str(card, "number", True, f"{prefix}[number]")
+        exp_month = get_str(card, "exp_month", True, f"{prefix}[exp_month]")
+        exp_year = get_str(card, "exp_year", True, f"{prefix}[exp_year]")
+        cvc = get_str(card, "cvc", False, f"{prefix}[cvc]")
         for name in CARD_EXTRA:
-            get_str(card, name, False, f"card[{name}]")
+            get_str(card, name, False, f"{prefix}[{name}]")
         assert number is not None and exp_month is not None and exp_year is not None
         month, year = check_card(number, exp_month, exp_year, cvc, datetime.date.today())
         digits = number.replace(" ", "").replace("-", "")
         extra = {name: card[name] for name in CARD_EXTRA if card.get(name)}
-        token = self._new_token(digits, month, year, cvc is not None, caller.client_ip, extra)
-        self.ledger.tokens[token.id] = token
-        return 200, token
+        return self._new_token(digits, month, year, cvc is not None, caller.client_ip, extra)
 
     def _new_token(
         self,
@@ -210,8 +216,12 @@ class Endpoints:
 
     def alias_token(self, alias: str, client_ip: str | None) -> Token:
         """A fresh card behind a test alias, as Stripe mints one per use of tok_visa and co."""
+        return self.card_for_number(TOKEN_ALIASES[alias], client_ip)
+
+    def card_for_number(self, number: str, client_ip: str | None = None) -> Token:
+        """A fresh test card (expiring next December, CVC checked) behind a test alias."""
         next_year = datetime.date.today().year + 1
-        return self._new_token(TOKEN_ALIASES[alias], 12, next_year, True, client_ip)
+        return self._new_token(number, 12, next_year, True, client_ip)
 
     def get_token(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, GET_PARAMS)
@@ -227,33 +237,7 @@ class Endpoints:
 
     def create_charge(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, CHARGE_PARAMS)
-        amount = get_int(params, "amount", required=True)
-        assert amount is not None
-        currency = get_str(params, "currency", required=True)
-        assert currency is not None
-        currency = currency.lower()
-        if currency not in CURRENCIES:
-            raise invalid(
-                f"Invalid currency: {currency}. Stripe currently supports these currencies: "
-                + ", ".join(sorted(CURRENCIES)),
-                "currency",
-            )
-        if amount < 1:
-            raise invalid("This value must be greater than or equal to 1.", "amount")
-        if amount < MIN_AMOUNT:
-            raise StripeApiError(
-                400,
-                f"Amount must be at least {money(MIN_AMOUNT, currency)}",
-                param="amount",
-                code="amount_too_small",
-            )
-        if amount > MAX_AMOUNT:
-            raise StripeApiError(
-                400,
-                f"Amount must be no more than {money(MAX_AMOUNT, currency)}",
-                param="amount",
-                code="amount_too_large",
-            )
+        amount, currency = read_amount(params)
         description = get_str(params, "description")
         metadata = get_metadata(params)
         capture = get_bool(params, "capture")
@@ -262,6 +246,9 @@ class Endpoints:
         if customer is not None:
             raise no_such("customer", customer, "customer", 400)
         token = self._take_source(params, caller)
+        profile = token.profile
+        # The Charges API cannot run 3D Secure: a card that demands it is declined.
+        decline = DECLINES["authentication_required"] if profile.needs_3ds else profile.decline
         charge = Charge(
             new_id("ch_"),
             amount,
@@ -270,13 +257,16 @@ class Endpoints:
             token,
             description,
             metadata,
-            token.profile.decline,
+            decline,
             capture is not False,
             extra or None,
         )
+        self.record_charge(charge)
+        return (200 if charge.decline is None else 402), charge
+
+    def record_charge(self, charge: Charge) -> None:
         self.ledger.add_charge(charge)
         self.outcomes[charge.outcome_name] += 1
-        return (200 if charge.decline is None else 402), charge
 
     def _take_source(self, params: Params, caller: Caller) -> Token:
         """The token to charge, marked used; test aliases mint a fresh card each time."""
@@ -332,9 +322,9 @@ class Endpoints:
                 "ending_before",
             )
         for name, cursor in (("starting_after", after), ("ending_before", before)):
-            if cursor is not None and cursor not in self.ledger.charge_index:
+            if cursor is not None and cursor not in self.ledger.charges:
                 raise no_such("charge", cursor, name, 400)
-        charges, has_more = self.ledger.page(limit, after, before)
+        charges, has_more = self.ledger.charges.page(limit, after, before)
         return 200, {
             "object": "list",
             "data": [render_charge(charge) for charge in charges],
@@ -400,6 +390,38 @@ class Endpoints:
         return 200, refund
 
 
+def read_amount(params: Params) -> tuple[int, str]:
+    """The amount and currency of a payment, refused as Stripe refuses them."""
+    amount = get_int(params, "amount", required=True)
+    assert amount is not None
+    currency = get_str(params, "currency", required=True)
+    assert currency is not None
+    currency = currency.lower()
+    if currency not in CURRENCIES:
+        raise invalid(
+            f"Invalid currency: {currency}. Stripe currently supports these currencies: "
+            + ", ".join(sorted(CURRENCIES)),
+            "currency",
+        )
+    if amount < 1:
+        raise invalid("This value must be greater than or equal to 1.", "amount")
+    if amount < MIN_AMOUNT:
+        raise StripeApiError(
+            400,
+            f"Amount must be at least {money(MIN_AMOUNT, currency)}",
+            param="amount",
+            code="amount_too_small",
+        )
+    if amount > MAX_AMOUNT:
+        raise StripeApiError(
+            400,
+            f"Amount must be no more than {money(MAX_AMOUNT, currency)}",
+            param="amount",
+            code="amount_too_large",
+        )
+    return amount, currency
+
+
 _test_fingerprints = {number: fingerprint(number) for number in TEST_CARDS}
 
 
@@ -421,5 +443,11 @@ def render(status: int, payload: object) -> dict[str, object]:
         return render_refund(payload)
     if isinstance(payload, StripeApiError):
         return payload.body()
-    assert isinstance(payload, dict)
-    return payload
+    if isinstance(payload, PaymentMethod):
+        return render_payment_method(payload)
+    if isinstance(payload, dict):
+        return payload
+    # Resources of other modules (a PaymentIntent's view) render themselves.
+    rendered = payload.render()  # type: ignore[attr-defined]
+    assert isinstance(rendered, dict)
+    return rendered

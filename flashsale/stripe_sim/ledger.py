@@ -9,8 +9,14 @@ from __future__ import annotations
 import itertools
 import secrets
 import string
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from flashsale.stripe_sim.cards import CardProfile, Decline
+
+if TYPE_CHECKING:
+    from flashsale.stripe_sim.intent_records import PaymentIntent, PaymentMethod
+
+Record = TypeVar("Record")
 
 ALPHABET = string.digits + string.ascii_letters
 BRAND_NETWORK = {
@@ -93,6 +99,8 @@ class Token:
 
 class Charge:
     __slots__ = (
+        "payment_intent",  # the PaymentIntent's id, when one made this charge
+        "payment_method",  # the PaymentMethod's id, when one paid it
         "id",
         "amount",
         "currency",
@@ -119,7 +127,11 @@ class Charge:
         decline: Decline | None,
         captured: bool,
         extra: dict[str, str] | None = None,
+        payment_intent: str | None = None,
+        payment_method: str | None = None,
     ) -> None:
+        self.payment_intent = payment_intent
+        self.payment_method = payment_method
         self.id = id
         self.amount = amount
         self.currency = currency
@@ -162,38 +174,59 @@ class Refund:
         self.metadata = metadata
 
 
-class Ledger:
-    """Every token, charge and refund; charges kept in creation order for constant-time paging."""
+class Timeline(Generic[Record]):
+    """Records of one kind in creation order, by id, for constant-time paging at any size."""
 
     def __init__(self) -> None:
-        self.tokens: dict[str, Token] = {}
-        self.charges: list[Charge] = []  # oldest first; lists are served newest first
-        self.charge_index: dict[str, int] = {}
-        self.refunds: dict[str, Refund] = {}
+        self.records: list[Record] = []  # oldest first; lists are served newest first
+        self.index: dict[str, int] = {}
 
-    def add_charge(self, charge: Charge) -> None:
-        self.charge_index[charge.id] = len(self.charges)
-        self.charges.append(charge)
+    def __len__(self) -> int:
+        return len(self.records)
 
-    def charge(self, charge_id: str) -> Charge | None:
-        index = self.charge_index.get(charge_id)
-        return None if index is None else self.charges[index]
+    def __contains__(self, ident: object) -> bool:
+        return ident in self.index
+
+    def add(self, ident: str, record: Record) -> None:
+        self.index[ident] = len(self.records)
+        self.records.append(record)
+
+    def get(self, ident: str) -> Record | None:
+        position = self.index.get(ident)
+        return None if position is None else self.records[position]
 
     def page(
         self, limit: int, starting_after: str | None, ending_before: str | None
-    ) -> tuple[list[Charge], bool]:
+    ) -> tuple[list[Record], bool]:
         """One page, newest first, like Stripe's list endpoints; O(limit) at any ledger size."""
-        charges = self.charges
+        records = self.records
         if starting_after is not None:
-            end = self.charge_index[starting_after]
+            end = self.index[starting_after]
             start = max(0, end - limit)
-            return charges[start:end][::-1], start > 0
+            return records[start:end][::-1], start > 0
         if ending_before is not None:
-            start = self.charge_index[ending_before] + 1
-            end = min(len(charges), start + limit)
-            return charges[start:end][::-1], end < len(charges)
-        start = max(0, len(charges) - limit)
-        return charges[start:][::-1], start > 0
+            start = self.index[ending_before] + 1
+            end = min(len(records), start + limit)
+            return records[start:end][::-1], end < len(records)
+        start = max(0, len(records) - limit)
+        return records[start:][::-1], start > 0
+
+
+class Ledger:
+    """Every token, charge, refund, PaymentMethod and PaymentIntent of the simulated account."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Token] = {}
+        self.charges: Timeline[Charge] = Timeline()
+        self.refunds: dict[str, Refund] = {}
+        self.payment_methods: dict[str, PaymentMethod] = {}
+        self.payment_intents: Timeline[PaymentIntent] = Timeline()
+
+    def add_charge(self, charge: Charge) -> None:
+        self.charges.add(charge.id, charge)
+
+    def charge(self, charge_id: str) -> Charge | None:
+        return self.charges.get(charge_id)
 
 
 def render_card(token: Token) -> dict[str, object]:
@@ -321,8 +354,8 @@ def render_charge(charge: Charge) -> dict[str, object]:
         "on_behalf_of": None,
         "outcome": outcome,
         "paid": succeeded,
-        "payment_intent": None,
-        "payment_method": card.card_id,
+        "payment_intent": charge.payment_intent,
+        "payment_method": charge.payment_method or card.card_id,
         "payment_method_details": {
             "card": {
                 "amount_authorized": charge.amount if succeeded else None,
@@ -337,7 +370,7 @@ def render_charge(charge: Charge) -> dict[str, object]:
                 "last4": card.last4,
                 "mandate": None,
                 "network": network,
-                "three_d_secure": None,
+                "three_d_secure": three_d_secure(extra.get("three_d_secure")),
                 "wallet": None,
             },
             "type": "card",
@@ -355,11 +388,26 @@ def render_charge(charge: Charge) -> dict[str, object]:
         },
         "review": None,
         "shipping": None,
-        "source": render_card(card),
+        "source": None if charge.payment_method else render_card(card),
         "source_transfer": None,
         "statement_descriptor": extra.get("statement_descriptor"),
         "statement_descriptor_suffix": extra.get("statement_descriptor_suffix"),
         "status": charge.status,
         "transfer_data": None,
         "transfer_group": None,
+    }
+
+
+def three_d_secure(result: str | None) -> dict[str, object] | None:
+    """The charge's 3D Secure details once a challenge ran (authenticated or not)."""
+    if result is None:
+        return None
+    return {
+        "authentication_flow": "challenge",
+        "electronic_commerce_indicator": "05" if result == "authenticated" else "07",
+        "exemption_indicator": None,
+        "result": result,
+        "result_reason": None,
+        "transaction_id": None,
+        "version": "2.2.0",
     }

@@ -30,10 +30,12 @@ from flashsale.stripe_sim.control import control
 from flashsale.stripe_sim.endpoints import Endpoints, Result, render
 from flashsale.stripe_sim.faults import Dropped, Faults
 from flashsale.stripe_sim.idempotency import Idempotency
+from flashsale.stripe_sim.intents import CHALLENGE_PATH, IntentEndpoints
 from flashsale.stripe_sim.ledger import ALPHABET, Ledger
 from flashsale.stripe_sim.limits import Limits
 from flashsale.stripe_sim.params import Params, parse_form
 from flashsale.stripe_sim.responses import (
+    CORS_HEADERS,
     error_response,
     json_response,
     preflight,
@@ -46,6 +48,13 @@ log = logging.getLogger("flashsale.stripe_sim")
 
 STATIC = Path(__file__).parent / "static"
 FREEZE_EVERY = 8192  # requests between gc.freeze() calls
+# What the challenge frame shows once answered; the Stripe.js look-alike waits for its message.
+CHALLENGE_DONE = (
+    '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Done</title></head>'
+    "<body><p>Authentication answered. You can close this window.</p><script>"
+    'if (window.parent !== window) window.parent.postMessage("stripe-sim-3ds-done", "*");'
+    "</script></body></html>"
+)
 
 Handler = Callable[[Params, str | None, Caller], Result]
 
@@ -73,15 +82,49 @@ class Simulator:
         self._request_prefix = "req_" + "".join(secrets.choice(ALPHABET) for _ in range(6))
         stripe_js = STATIC / "stripe.js"
         self.stripe_js = stripe_js.read_bytes() if stripe_js.exists() else None
-        e = self.endpoints
-        self.routes: dict[tuple[str, str, bool], Route] = {
-            ("POST", "tokens", False): Route("POST /v1/tokens", e.create_token, True, False),
-            ("GET", "tokens", True): Route("GET /v1/tokens/:id", e.get_token, False, False),
-            ("POST", "charges", False): Route("POST /v1/charges", e.create_charge, False, True),
-            ("GET", "charges", False): Route("GET /v1/charges", e.list_charges, False, False),
-            ("GET", "charges", True): Route("GET /v1/charges/:id", e.get_charge, False, False),
-            ("POST", "refunds", False): Route("POST /v1/refunds", e.create_refund, False, False),
-            ("GET", "refunds", True): Route("GET /v1/refunds/:id", e.get_refund, False, False),
+        self.intents = IntentEndpoints(self.ledger, self.endpoints)
+        e, i = self.endpoints, self.intents
+        # (method, resource, with an id, action after the id) -> route
+        self.routes: dict[tuple[str, str, bool, str | None], Route] = {
+            ("POST", "tokens", False, None): Route("POST /v1/tokens", e.create_token, True, False),
+            ("GET", "tokens", True, None): Route("GET /v1/tokens/:id", e.get_token, False, False),
+            ("POST", "charges", False, None): Route(
+                "POST /v1/charges", e.create_charge, False, True
+            ),
+            ("GET", "charges", False, None): Route("GET /v1/charges", e.list_charges, False, False),
+            ("GET", "charges", True, None): Route(
+                "GET /v1/charges/:id", e.get_charge, False, False
+            ),
+            ("POST", "refunds", False, None): Route(
+                "POST /v1/refunds", e.create_refund, False, False
+            ),
+            ("GET", "refunds", True, None): Route(
+                "GET /v1/refunds/:id", e.get_refund, False, False
+            ),
+            ("POST", "payment_methods", False, None): Route(
+                "POST /v1/payment_methods", i.create_payment_method, True, False
+            ),
+            ("GET", "payment_methods", True, None): Route(
+                "GET /v1/payment_methods/:id", i.get_payment_method, False, False
+            ),
+            ("POST", "payment_intents", False, None): Route(
+                "POST /v1/payment_intents", i.create_intent, False, True
+            ),
+            ("GET", "payment_intents", False, None): Route(
+                "GET /v1/payment_intents", i.list_intents, False, False
+            ),
+            ("GET", "payment_intents", True, None): Route(
+                "GET /v1/payment_intents/:id", i.get_intent, True, False
+            ),
+            ("POST", "payment_intents", True, "confirm"): Route(
+                "POST /v1/payment_intents/:id/confirm", i.confirm_intent, True, True
+            ),
+            ("POST", "payment_intents", True, "cancel"): Route(
+                "POST /v1/payment_intents/:id/cancel", i.cancel_intent, False, False
+            ),
+            ("POST", "payment_intents", True, "capture"): Route(
+                "POST /v1/payment_intents/:id/capture", i.capture_intent, False, False
+            ),
         }
 
     def set_config(self, config: SimConfig) -> None:
@@ -99,23 +142,28 @@ class Simulator:
             # full collection would walk the whole ledger and p99 would grow with its size.
             gc.freeze()
         label = "other"
+        response: web.StreamResponse
         try:
             path = request.path
             if path.startswith("/v1/"):
                 method = request.method
                 parts = path[4:].split("/")
-                if len(parts) > 2 or not parts[0] or (len(parts) == 2 and not parts[1]):
+                if len(parts) > 3 or not all(parts):
                     raise unrecognized(method, path)
                 if method == "OPTIONS":
                     label = "OPTIONS /v1/*"
                     response = preflight(request, request_id)
                 else:
-                    route = self.routes.get((method, parts[0], len(parts) == 2))
+                    action = parts[2] if len(parts) == 3 else None
+                    route = self.routes.get((method, parts[0], len(parts) >= 2, action))
                     if route is None:
                         raise unrecognized(method, path)
                     label = route.label
-                    ident = parts[1] if len(parts) == 2 else None
+                    ident = parts[1] if len(parts) >= 2 else None
                     response = await self.api(request, route, ident, path, request_id)
+            elif path.startswith(CHALLENGE_PATH):
+                label = f"{request.method} {CHALLENGE_PATH}:id"
+                response = await self.challenge(request, path[len(CHALLENGE_PATH) :], request_id)
             elif path.startswith("/_sim/"):
                 label = f"{request.method} {path}"
                 response = await control(self, request, path, request_id)
@@ -139,6 +187,32 @@ class Simulator:
             )
         self.counts[label, str(response.status)] += 1
         return response
+
+    async def challenge(
+        self, request: web.BaseRequest, rest: str, request_id: str
+    ) -> web.StreamResponse:
+        """The hosted 3D Secure page (GET) and its two answers (POST .../complete or .../fail).
+
+        A browser gets HTML or its redirect back to the shop; a caller that accepts JSON (the
+        load generator) gets the PaymentIntent as it stands after the answer.
+        """
+        ident, _, verdict = rest.partition("/")
+        if request.method == "GET" and not verdict:
+            page = self.intents.challenge_page(ident, request.query.get("client_secret"))
+            return web.Response(text=page, content_type="text/html", headers=CORS_HEADERS)
+        if request.method != "POST" or verdict not in ("complete", "fail"):
+            raise unrecognized(request.method, request.path)
+        form = parse_form(await read_body(request))
+        secret = form.get("client_secret")
+        status, payload = self.intents.finish_challenge(
+            ident, secret if isinstance(secret, str) else None, verdict == "complete"
+        )
+        if "application/json" in request.headers.get("Accept", ""):
+            return json_response(200, render(status, payload), request_id)
+        back = self.intents.after_challenge_url(ident)
+        if back is not None:
+            return web.Response(status=303, headers={"Location": back, **CORS_HEADERS})
+        return web.Response(text=CHALLENGE_DONE, content_type="text/html", headers=CORS_HEADERS)
 
     async def api(
         self, request: web.BaseRequest, route: Route, ident: str | None, path: str, request_id: str
@@ -199,6 +273,7 @@ async def serve(host: str, port: int, config: SimConfig) -> None:
             f"stripe-sim cannot listen on {host}:{port}: {error.strerror or error}"
         ) from None
     bound = listener.sockets[0].getsockname()[1]
+    simulator.intents.public_url = f"http://{host}:{bound}"
     print(f"stripe-sim listening on http://{host}:{bound} ({config.describe()})", flush=True)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,356 @@
+"""PaymentMethods and PaymentIntents in the simulator, driven by the real stripe library.
+
+3D Secure challenges are answered over HTTP as the load generator answers them; the browser
+path is in test_stripe_sim_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import stripe
+from conftest import start_sim
+
+from flashsale.settings import SIM_PUBLISHABLE_KEY, SIM_SECRET_KEY
+
+NEXT_YEAR = str(time.gmtime().tm_year + 1)
+FIXTURES = Path(__file__).parent / "data" / "stripe_fixtures.json"
+
+# pm_card alias -> (status after confirm, decline_code or None)
+PLAIN = {
+    "pm_card_visa": ("succeeded", None),
+    "pm_card_mastercard": ("succeeded", None),
+    "pm_card_amex_threeDSecureNotSupported": ("succeeded", None),
+    "pm_card_threeDSecureOptional": ("succeeded", None),
+    "pm_card_chargeDeclined": ("requires_payment_method", "generic_decline"),
+    "pm_card_chargeDeclinedInsufficientFunds": ("requires_payment_method", "insufficient_funds"),
+    "pm_card_chargeDeclinedFraudulent": ("requires_payment_method", "fraudulent"),
+}
+THREE_DS = (
+    "pm_card_authenticationRequired",
+    "pm_card_authenticationRequiredOnSetup",
+    "pm_card_threeDSecure2Required",
+    "pm_card_threeDSecureRequired",
+)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    child, url = start_sim(tmp_path_factory.mktemp("sim"))
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def client(sim: str) -> stripe.StripeClient:
+    return stripe.StripeClient(SIM_SECRET_KEY, base_addresses={"api": sim}, max_network_retries=0)
+
+
+def intent_params(method: str, order: str, **extra: object) -> dict[str, object]:
+    return {
+        "amount": 4999,
+        "currency": "usd",
+        "payment_method": method,
+        "confirm": True,
+        "metadata": {"order_id": order},
+        **extra,
+    }
+
+
+def answer_challenge(sim: str, intent: stripe.PaymentIntent, verdict: str) -> dict:
+    """Open the challenge the PaymentIntent points at and press one of its buttons."""
+    action = intent.next_action
+    assert action is not None
+    url = (
+        action.redirect_to_url.url
+        if action.type == "redirect_to_url"
+        else action.use_stripe_sdk["stripe_js"]
+    )
+    assert url.startswith(sim + "/3d_secure/")
+    page = httpx.get(url)
+    assert page.status_code == 200 and "Complete authentication" in page.text
+    answered = httpx.post(
+        f"{sim}/3d_secure/{intent.id}/{verdict}",
+        data={"client_secret": intent.client_secret},
+        headers={"Accept": "application/json"},
+    )
+    assert answered.status_code == 200, answered.text
+    return answered.json()
+
+
+@pytest.mark.parametrize("alias", sorted(PLAIN))
+def test_a_payment_intent_confirmed_at_creation_ends_as_the_card_says(
+    client: stripe.StripeClient, alias: str
+) -> None:
+    status, decline_code = PLAIN[alias]
+    if decline_code is None:
+        intent = client.v1.payment_intents.create(params=intent_params(alias, f"ok-{alias}"))
+        assert intent.status == status == "succeeded"
+        assert intent.amount_received == 4999
+        charge = client.v1.charges.retrieve(intent.latest_charge)
+        assert charge.paid and charge.payment_intent == intent.id
+        assert charge.payment_method == intent.payment_method
+        assert charge.metadata["order_id"] == f"ok-{alias}"
+        return
+    with pytest.raises(stripe.CardError) as caught:
+        client.v1.payment_intents.create(params=intent_params(alias, f"no-{alias}"))
+    error = caught.value.error
+    assert error.decline_code == decline_code
+    assert error.payment_intent is not None
+    assert error.payment_intent["status"] == status
+    assert error.payment_method["id"].startswith("pm_")
+    intent = client.v1.payment_intents.retrieve(error.payment_intent["id"])
+    assert intent.status == "requires_payment_method"
+    assert intent.payment_method is None
+    assert intent.last_payment_error.decline_code == decline_code
+    failed = client.v1.charges.retrieve(intent.latest_charge)
+    assert failed.status == "failed" and failed.payment_intent == intent.id
+
+
+def test_a_declined_customer_pays_the_same_payment_intent_with_another_card(
+    client: stripe.StripeClient,
+) -> None:
+    with pytest.raises(stripe.CardError) as caught:
+        client.v1.payment_intents.create(
+            params=intent_params("pm_card_chargeDeclinedInsufficientFunds", "retry-1")
+        )
+    intent_id = caught.value.error.payment_intent["id"]
+    paid = client.v1.payment_intents.confirm(intent_id, params={"payment_method": "pm_card_visa"})
+    assert paid.status == "succeeded"
+    charges = client.v1.charges.list(params={"limit": 5}).data
+    mine = [c for c in charges if c.payment_intent == intent_id]
+    assert [c.status for c in mine] == ["succeeded", "failed"]  # newest first
+
+
+@pytest.mark.parametrize("alias", THREE_DS)
+def test_a_3ds_card_waits_for_the_challenge_and_pays_once_authenticated(
+    sim: str, client: stripe.StripeClient, alias: str
+) -> None:
+    intent = client.v1.payment_intents.create(params=intent_params(alias, f"3ds-{alias}"))
+    assert intent.status == "requires_action"
+    assert intent.next_action.type == "use_stripe_sdk"
+    assert intent.latest_charge is None
+    answered = answer_challenge(sim, intent, "complete")
+    assert answered["status"] == "succeeded"
+    final = client.v1.payment_intents.retrieve(intent.id, params={"expand": ["latest_charge"]})
+    assert final.status == "succeeded" and final.next_action is None
+    three_ds = final.latest_charge.payment_method_details.card.three_d_secure
+    assert three_ds.result == "authenticated"
+
+
+def test_a_failed_challenge_returns_the_intent_to_requires_payment_method(
+    sim: str, client: stripe.StripeClient
+) -> None:
+    intent = client.v1.payment_intents.create(
+        params=intent_params("pm_card_authenticationRequired", "3ds-fail")
+    )
+    answered = answer_challenge(sim, intent, "fail")
+    assert answered["status"] == "requires_payment_method"
+    final = client.v1.payment_intents.retrieve(intent.id)
+    assert final.last_payment_error.code == "payment_intent_authentication_failure"
+    assert final.payment_method is None and final.latest_charge is None
+    # Answering again changes nothing: the challenge is over.
+    again = httpx.post(
+        f"{sim}/3d_secure/{intent.id}/complete",
+        data={"client_secret": intent.client_secret},
+        headers={"Accept": "application/json"},
+    )
+    assert again.json()["status"] == "requires_payment_method"
+
+
+def test_3178_authenticates_then_declines_with_insufficient_funds(
+    sim: str, client: stripe.StripeClient
+) -> None:
+    intent = client.v1.payment_intents.create(
+        params=intent_params(
+            "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds", "3178"
+        )
+    )
+    assert intent.status == "requires_action"
+    answered = answer_challenge(sim, intent, "complete")
+    assert answered["status"] == "requires_payment_method"
+    assert answered["last_payment_error"]["decline_code"] == "insufficient_funds"
+    final = client.v1.payment_intents.retrieve(intent.id, params={"expand": ["latest_charge"]})
+    assert final.latest_charge.status == "failed"
+    assert final.latest_charge.payment_method_details.card.three_d_secure.result == (
+        "authenticated"
+    )
+
+
+def test_a_redirect_challenge_sends_the_customer_back_with_stripes_params(
+    sim: str, client: stripe.StripeClient
+) -> None:
+    intent = client.v1.payment_intents.create(
+        params=intent_params(
+            "pm_card_threeDSecure2Required", "redirect", return_url="http://127.0.0.1:1/done"
+        )
+    )
+    assert intent.next_action.type == "redirect_to_url"
+    assert intent.next_action.redirect_to_url.return_url == "http://127.0.0.1:1/done"
+    back = httpx.post(
+        f"{sim}/3d_secure/{intent.id}/complete", data={"client_secret": intent.client_secret}
+    )
+    assert back.status_code == 303
+    location = back.headers["Location"]
+    assert location.startswith("http://127.0.0.1:1/done?payment_intent=" + intent.id)
+    assert "redirect_status=succeeded" in location
+
+
+def test_off_session_on_a_3ds_card_is_declined_authentication_required(
+    client: stripe.StripeClient,
+) -> None:
+    with pytest.raises(stripe.CardError) as caught:
+        client.v1.payment_intents.create(
+            params=intent_params("pm_card_authenticationRequired", "off", off_session=True)
+        )
+    assert caught.value.error.decline_code == "authentication_required"
+
+
+def test_the_charges_api_declines_a_card_that_demands_3ds(sim: str) -> None:
+    token = httpx.post(
+        f"{sim}/v1/tokens",
+        data={
+            "card[number]": "4000002760003184",
+            "card[exp_month]": "12",
+            "card[exp_year]": NEXT_YEAR,
+            "card[cvc]": "123",
+        },
+        headers={"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"},
+    ).json()
+    charge = httpx.post(
+        f"{sim}/v1/charges",
+        data={"amount": "4999", "currency": "usd", "source": token["id"]},
+        headers={"Authorization": f"Bearer {SIM_SECRET_KEY}"},
+    )
+    assert charge.status_code == 402
+    assert charge.json()["error"]["decline_code"] == "authentication_required"
+
+
+def test_create_then_confirm_then_manual_capture(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(
+        params={"amount": 2000, "currency": "usd", "capture_method": "manual"}
+    )
+    assert intent.status == "requires_payment_method"
+    assert intent.client_secret.startswith(intent.id + "_secret_")
+    method = client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": NEXT_YEAR},
+        }
+    )
+    assert method.card.last4 == "4242" and method.card.brand == "visa"
+    assert client.v1.payment_methods.retrieve(method.id).id == method.id
+    confirmed = client.v1.payment_intents.confirm(intent.id, params={"payment_method": method.id})
+    assert confirmed.status == "requires_capture" and confirmed.amount_capturable == 2000
+    captured = client.v1.payment_intents.capture(intent.id)
+    assert captured.status == "succeeded" and captured.amount_received == 2000
+    assert client.v1.charges.retrieve(captured.latest_charge).captured is True
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.capture(intent.id)
+    assert caught.value.code == "payment_intent_unexpected_state"
+
+
+def test_cancel_and_the_states_that_refuse_it(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(
+        params=intent_params("pm_card_authenticationRequired", "abandoned")
+    )
+    canceled = client.v1.payment_intents.cancel(
+        intent.id, params={"cancellation_reason": "abandoned"}
+    )
+    assert canceled.status == "canceled" and canceled.cancellation_reason == "abandoned"
+    assert canceled.next_action is None and canceled.canceled_at
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_visa"})
+    paid = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "paid"))
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.cancel(paid.id)
+    assert "status of succeeded" in str(caught.value)
+
+
+def test_an_idempotent_confirmation_replays_what_the_first_call_saw(
+    client: stripe.StripeClient,
+) -> None:
+    params = intent_params("pm_card_authenticationRequired", "idem")
+    first = client.v1.payment_intents.create(
+        params=params, options={"idempotency_key": "order-idem-attempt-1"}
+    )
+    assert first.status == "requires_action"
+    client.v1.payment_intents.cancel(first.id)
+    again = client.v1.payment_intents.create(
+        params=params, options={"idempotency_key": "order-idem-attempt-1"}
+    )
+    assert again.id == first.id and again.status == "requires_action"
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+
+
+def test_bad_requests_are_refused_like_stripe(sim: str, client: stripe.StripeClient) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.create(params=intent_params("pm_card_nonsense", "x"))
+    assert caught.value.code == "resource_missing"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.create(
+            params={"amount": 2000, "currency": "usd", "expand": ["customer"]}
+        )
+    assert "cannot be expanded" in str(caught.value)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.create(
+            params={"amount": 2000, "currency": "usd", "confirm": True}
+        )
+    assert caught.value.code == "payment_intent_unexpected_state"
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.payment_intents.create(params={"amount": 20, "currency": "usd"})
+    assert caught.value.code == "amount_too_small"
+    forged = httpx.post(
+        f"{sim}/3d_secure/pi_nope/complete",
+        data={"client_secret": "pi_nope_secret_x"},
+        headers={"Accept": "application/json"},
+    )
+    assert forged.status_code == 404
+
+
+def test_a_publishable_key_needs_the_client_secret(sim: str, client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(params={"amount": 2000, "currency": "usd"})
+    public = {"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"}
+    blind = httpx.get(f"{sim}/v1/payment_intents/{intent.id}", headers=public)
+    assert blind.status_code == 404
+    seen = httpx.get(
+        f"{sim}/v1/payment_intents/{intent.id}",
+        params={"client_secret": intent.client_secret},
+        headers=public,
+    )
+    assert seen.status_code == 200 and seen.json()["id"] == intent.id
+    with pytest.raises(stripe.AuthenticationError):
+        stripe.StripeClient(
+            SIM_PUBLISHABLE_KEY, base_addresses={"api": sim}
+        ).v1.payment_intents.create(params={"amount": 2000, "currency": "usd"})
+
+
+def test_payment_intents_page_newest_first(client: stripe.StripeClient) -> None:
+    made = [
+        client.v1.payment_intents.create(params={"amount": 1000 + n, "currency": "usd"}).id
+        for n in range(5)
+    ]
+    page = client.v1.payment_intents.list(params={"limit": 3})
+    assert [p.id for p in page.data] == made[::-1][:3] and page.has_more
+    rest = client.v1.payment_intents.list(params={"limit": 2, "starting_after": made[2]})
+    assert [p.id for p in rest.data] == [made[1], made[0]]
+
+
+def test_objects_have_the_keys_of_stripes_own_examples(client: stripe.StripeClient) -> None:
+    """Every top-level key of Stripe's example PaymentIntent and PaymentMethod is answered."""
+    examples = json.loads(FIXTURES.read_text())
+    intent = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "shape"))
+    method = client.v1.payment_methods.retrieve(intent.payment_method)
+    for kind, ours in (("payment_intent", intent), ("payment_method", method)):
+        theirs = examples[kind]
+        missing = sorted(set(theirs) - set(ours.to_dict()))
+        assert not missing, f"{kind} lacks {missing}"
+    card_keys = set(examples["payment_method"]["card"])
+    assert not card_keys - set(method.to_dict()["card"])
