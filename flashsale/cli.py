@@ -111,6 +111,46 @@ allow_live_option = click.option(
     type=int,
     help="Seconds an Idempotency-Key is remembered.",
 )
+@click.option(
+    "--webhook",
+    "webhooks",
+    multiple=True,
+    metavar="URL",
+    help="Deliver every event, signed, to this loopback URL (repeatable), e.g. "
+    "http://127.0.0.1:5000/stripe/webhook.",
+)
+@click.option(
+    "--webhook-secret",
+    default=None,
+    help="The whsec_ secret deliveries are signed with [default: generated and printed].",
+)
+@click.option(
+    "--webhook-latency",
+    default="0",
+    show_default=True,
+    help="Delay before each webhook delivery: '500ms' or 'lognormal:p50=200ms,p99=3s'.",
+)
+@click.option(
+    "--webhook-drop-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Fraction of events never delivered to webhooks (they stay in /v1/events).",
+)
+@click.option(
+    "--webhook-duplicate-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Fraction of events delivered twice.",
+)
+@click.option(
+    "--webhook-out-of-order-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Fraction of events held back 1 s so later events overtake them.",
+)
 def stripe_sim(
     host: str,
     port: int,
@@ -120,9 +160,17 @@ def stripe_sim(
     error_rate: float,
     drop_rate: float,
     idempotency_ttl: int,
+    webhooks: tuple[str, ...],
+    webhook_secret: str | None,
+    webhook_latency: str,
+    webhook_drop_rate: float,
+    webhook_duplicate_rate: float,
+    webhook_out_of_order_rate: float,
 ) -> None:
-    """Run a Stripe-compatible simulator for offline rehearsals."""
+    """Run a Stripe-compatible simulator for offline rehearsals: Tokens, Charges, Refunds,
+    PaymentMethods, PaymentIntents with 3D Secure, Events and signed webhooks."""
     from flashsale.stripe_sim import SimConfig, run
+    from flashsale.stripe_sim.webhooks import SECRET_PREFIX, check_url
 
     config = SimConfig.from_options(
         rate_limit=rate_limit,
@@ -131,8 +179,16 @@ def stripe_sim(
         error_rate=error_rate,
         drop_rate=drop_rate,
         idempotency_ttl_s=idempotency_ttl,
+        webhook_latency=webhook_latency,
+        webhook_drop_rate=webhook_drop_rate,
+        webhook_duplicate_rate=webhook_duplicate_rate,
+        webhook_out_of_order_rate=webhook_out_of_order_rate,
     )
-    run(host=host, port=port, config=config)
+    for url in webhooks:
+        check_url(url)
+    if webhook_secret is not None and not webhook_secret.startswith(SECRET_PREFIX):
+        raise ConfigError(f"--webhook-secret must start with {SECRET_PREFIX}")
+    run(host=host, port=port, config=config, webhooks=webhooks, webhook_secret=webhook_secret)
 
 
 def pipeline_settings(

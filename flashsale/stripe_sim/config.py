@@ -44,6 +44,12 @@ class SimConfig:
     error_rate: float = 0.0
     drop_rate: float = 0.0
     idempotency_ttl_s: int = 86400
+    # Webhook faults: delay before each delivery, and shares of events never delivered,
+    # delivered twice, or held back so later events overtake them.
+    webhook_latency: Latency = dataclasses.field(default_factory=Latency)
+    webhook_drop_rate: float = 0.0
+    webhook_duplicate_rate: float = 0.0
+    webhook_out_of_order_rate: float = 0.0
 
     @classmethod
     def from_options(
@@ -54,6 +60,10 @@ class SimConfig:
         error_rate: float = 0.0,
         drop_rate: float = 0.0,
         idempotency_ttl_s: int = 86400,
+        webhook_latency: str = "0",
+        webhook_drop_rate: float = 0.0,
+        webhook_duplicate_rate: float = 0.0,
+        webhook_out_of_order_rate: float = 0.0,
     ) -> SimConfig:
         """Build from CLI-style values; any bad value is a ConfigError with a clear message."""
         rate = parse_limit(rate_limit, "rate limit")
@@ -69,6 +79,14 @@ class SimConfig:
             error_rate=check_fraction(error_rate, "error rate"),
             drop_rate=check_fraction(drop_rate, "drop rate"),
             idempotency_ttl_s=ttl,
+            webhook_latency=parse_spread(
+                webhook_latency, "webhook latency", maximum_s=MAX_LATENCY_S
+            ),
+            webhook_drop_rate=check_fraction(webhook_drop_rate, "webhook drop rate"),
+            webhook_duplicate_rate=check_fraction(webhook_duplicate_rate, "webhook duplicate rate"),
+            webhook_out_of_order_rate=check_fraction(
+                webhook_out_of_order_rate, "webhook out-of-order rate"
+            ),
         )
 
     def with_changes(self, changes: Mapping[str, object]) -> SimConfig:
@@ -88,6 +106,10 @@ class SimConfig:
             error_rate=merged["error_rate"],  # type: ignore[arg-type]
             drop_rate=merged["drop_rate"],  # type: ignore[arg-type]
             idempotency_ttl_s=merged["idempotency_ttl_s"],  # type: ignore[arg-type]
+            webhook_latency=merged["webhook_latency"],  # type: ignore[arg-type]
+            webhook_drop_rate=merged["webhook_drop_rate"],  # type: ignore[arg-type]
+            webhook_duplicate_rate=merged["webhook_duplicate_rate"],  # type: ignore[arg-type]
+            webhook_out_of_order_rate=merged["webhook_out_of_order_rate"],  # type: ignore[arg-type]
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -98,6 +120,10 @@ class SimConfig:
             "error_rate": self.error_rate,
             "drop_rate": self.drop_rate,
             "idempotency_ttl_s": self.idempotency_ttl_s,
+            "webhook_latency": str(self.webhook_latency),
+            "webhook_drop_rate": self.webhook_drop_rate,
+            "webhook_duplicate_rate": self.webhook_duplicate_rate,
+            "webhook_out_of_order_rate": self.webhook_out_of_order_rate,
         }
 
     def describe(self) -> str:
@@ -111,4 +137,19 @@ class SimConfig:
             f"rate_limit={rate}, concurrency_limit={self.concurrency_limit or 'off'}, "
             f"latency={self.latency}, error_rate={self.error_rate:g}, "
             f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s"
+            + self.describe_webhook_faults()
         )
+
+    def describe_webhook_faults(self) -> str:
+        faults = [
+            f"{name}={value:g}"
+            for name, value in (
+                ("webhook_drop_rate", self.webhook_drop_rate),
+                ("webhook_duplicate_rate", self.webhook_duplicate_rate),
+                ("webhook_out_of_order_rate", self.webhook_out_of_order_rate),
+            )
+            if value
+        ]
+        if self.webhook_latency.is_lognormal or self.webhook_latency.fixed_s:
+            faults.insert(0, f"webhook_latency={self.webhook_latency}")
+        return "".join(", " + fault for fault in faults)

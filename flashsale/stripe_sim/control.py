@@ -62,6 +62,11 @@ def stats(sim: Simulator) -> dict[str, object]:
             "by_outcome": dict(sorted(sim.endpoints.outcomes.items())),
         },
         "payment_intents": sim.intents.stats(),
+        "events": {
+            "total": len(sim.events.log),
+            "by_type": dict(sorted(sim.events.by_type.items())),
+        },
+        "webhooks": sim.webhooks.stats(),
         "ledger": {
             "charges": len(ledger.charges),
             "tokens": len(ledger.tokens),

@@ -10,6 +10,7 @@ import datetime
 import sys
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from flashsale.stripe_sim.api_errors import StripeApiError, invalid, no_such
 from flashsale.stripe_sim.auth import Caller
@@ -40,6 +41,9 @@ from flashsale.stripe_sim.params import (
     get_str,
     refuse_unknown,
 )
+
+if TYPE_CHECKING:
+    from flashsale.stripe_sim.events import Events
 
 Result = tuple[int, object]
 
@@ -155,8 +159,9 @@ def money(amount: int, currency: str) -> str:
 class Endpoints:
     """The API surface over one Ledger; counts charges by outcome for /_sim/stats."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, events: Events) -> None:
         self.ledger = ledger
+        self.events = events
         self.outcomes: Counter[str] = Counter()
         self._years: dict[int, int] = {}
 
@@ -267,6 +272,7 @@ class Endpoints:
     def record_charge(self, charge: Charge) -> None:
         self.ledger.add_charge(charge)
         self.outcomes[charge.outcome_name] += 1
+        self.events.publish("charge.failed" if charge.decline else "charge.succeeded", charge)
 
     def _take_source(self, params: Params, caller: Caller) -> Token:
         """The token to charge, marked used; test aliases mint a fresh card each time."""
@@ -379,6 +385,8 @@ class Endpoints:
             charge.refunds = []
         charge.refunds.append(refund)
         self.ledger.refunds[refund.id] = refund
+        self.events.publish("charge.refunded", charge)
+        self.events.publish("refund.created", refund)
         return 200, refund
 
     def get_refund(self, params: Params, ident: str | None, caller: Caller) -> Result:

@@ -114,6 +114,7 @@ class IntentEndpoints:
     def __init__(self, ledger: Ledger, endpoints: Endpoints) -> None:
         self.ledger = ledger
         self.cards = endpoints
+        self.events = endpoints.events
         self.public_url = "http://127.0.0.1"  # where browsers reach the challenge; set on bind
         self.challenges: Counter[str] = Counter()  # challenges asked, completed, failed
 
@@ -211,6 +212,7 @@ class IntentEndpoints:
         if method is not None:
             intent.status = REQUIRES_CONFIRMATION
         self.ledger.payment_intents.add(intent.id, intent)
+        self.events.publish("payment_intent.created", intent)
         if confirm:
             return self._confirm(intent, params, expand)
         return 200, IntentView(intent.snapshot(), expand)
@@ -244,6 +246,7 @@ class IntentEndpoints:
         intent.canceled_at = int(time.time())
         intent.cancellation_reason = reason
         intent.next_action = None
+        self.events.publish("payment_intent.canceled", intent)
         return 200, IntentView(intent.snapshot(), read_expand(params))
 
     def capture_intent(self, params: Params, ident: str | None, caller: Caller) -> Result:
@@ -267,6 +270,8 @@ class IntentEndpoints:
         charge.captured = True
         intent.amount_received = intent.amount if amount is None else amount
         intent.status = SUCCEEDED
+        self.events.publish("charge.captured", charge)
+        self.events.publish("payment_intent.succeeded", intent)
         return 200, IntentView(intent.snapshot(), read_expand(params))
 
     def list_intents(self, params: Params, ident: str | None, caller: Caller) -> Result:
@@ -361,6 +366,7 @@ class IntentEndpoints:
                 "type": "use_stripe_sdk",
                 "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": url},
             }
+        self.events.publish("payment_intent.requires_action", intent)
 
     def _settle(
         self,
@@ -400,12 +406,15 @@ class IntentEndpoints:
                 **error.body()["error"],  # type: ignore[dict-item]
                 "payment_method": render_payment_method(method),
             }
+            self.events.publish("payment_intent.payment_failed", intent)
             return 402, IntentView(intent.snapshot(), expand, error)
         if intent.capture_method == "manual":
             intent.status = REQUIRES_CAPTURE
+            self.events.publish("payment_intent.amount_capturable_updated", intent)
         else:
             intent.status = SUCCEEDED
             intent.amount_received = intent.amount
+            self.events.publish("payment_intent.succeeded", intent)
         return 200, IntentView(intent.snapshot(), expand)
 
     def finish_challenge(self, ident: str, secret: str | None, passed: bool) -> Result:
@@ -433,6 +442,7 @@ class IntentEndpoints:
             "payment_method": render_payment_method(method),
             "type": "invalid_request_error",
         }
+        self.events.publish("payment_intent.payment_failed", intent)
         return 200, IntentView(intent.snapshot(), frozenset())
 
     def challenge_page(self, ident: str, secret: str | None) -> str:

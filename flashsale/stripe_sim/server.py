@@ -28,6 +28,7 @@ from flashsale.stripe_sim.auth import Caller, authenticate
 from flashsale.stripe_sim.config import SimConfig
 from flashsale.stripe_sim.control import control
 from flashsale.stripe_sim.endpoints import Endpoints, Result, render
+from flashsale.stripe_sim.events import Events
 from flashsale.stripe_sim.faults import Dropped, Faults
 from flashsale.stripe_sim.idempotency import Idempotency
 from flashsale.stripe_sim.intents import CHALLENGE_PATH, IntentEndpoints
@@ -43,6 +44,7 @@ from flashsale.stripe_sim.responses import (
     script_response,
     unrecognized,
 )
+from flashsale.stripe_sim.webhooks import Webhooks
 
 log = logging.getLogger("flashsale.stripe_sim")
 
@@ -71,7 +73,10 @@ class Simulator:
 
     def __init__(self, config: SimConfig) -> None:
         self.ledger = Ledger()
-        self.endpoints = Endpoints(self.ledger)
+        self.events = Events()
+        self.webhooks = Webhooks(lambda: self.config)
+        self.events.listeners.append(self.webhooks.on_event)
+        self.endpoints = Endpoints(self.ledger, self.events)
         self.idempotency = Idempotency()
         self.limits = Limits(config)
         self.faults = Faults()
@@ -83,7 +88,7 @@ class Simulator:
         stripe_js = STATIC / "stripe.js"
         self.stripe_js = stripe_js.read_bytes() if stripe_js.exists() else None
         self.intents = IntentEndpoints(self.ledger, self.endpoints)
-        e, i = self.endpoints, self.intents
+        e, i, v, w = self.endpoints, self.intents, self.events, self.webhooks
         # (method, resource, with an id, action after the id) -> route
         self.routes: dict[tuple[str, str, bool, str | None], Route] = {
             ("POST", "tokens", False, None): Route("POST /v1/tokens", e.create_token, True, False),
@@ -124,6 +129,20 @@ class Simulator:
             ),
             ("POST", "payment_intents", True, "capture"): Route(
                 "POST /v1/payment_intents/:id/capture", i.capture_intent, False, False
+            ),
+            ("GET", "events", False, None): Route("GET /v1/events", v.list_events, False, False),
+            ("GET", "events", True, None): Route("GET /v1/events/:id", v.get_event, False, False),
+            ("POST", "webhook_endpoints", False, None): Route(
+                "POST /v1/webhook_endpoints", w.create_endpoint, False, False
+            ),
+            ("GET", "webhook_endpoints", False, None): Route(
+                "GET /v1/webhook_endpoints", w.list_endpoints, False, False
+            ),
+            ("GET", "webhook_endpoints", True, None): Route(
+                "GET /v1/webhook_endpoints/:id", w.get_endpoint, False, False
+            ),
+            ("DELETE", "webhook_endpoints", True, None): Route(
+                "DELETE /v1/webhook_endpoints/:id", w.delete_endpoint, False, False
             ),
         }
 
@@ -261,9 +280,23 @@ class Simulator:
             limits.leave()
 
 
-async def serve(host: str, port: int, config: SimConfig) -> None:
-    """Listen until SIGTERM or SIGINT, printing the one 'listening on' line supervisors wait for."""
+async def serve(
+    host: str,
+    port: int,
+    config: SimConfig,
+    webhooks: tuple[str, ...] = (),
+    webhook_secret: str | None = None,
+) -> None:
+    """Listen until SIGTERM or SIGINT, printing the one 'listening on' line supervisors wait for.
+
+    Each `webhooks` URL is registered for every event type, signed with `webhook_secret` (or a
+    generated one, printed so the receiving server can be told it).
+    """
     simulator = Simulator(config)
+    for url in webhooks:
+        endpoint = simulator.webhooks.add(url, webhook_secret)
+        shown = "as given" if webhook_secret else endpoint.secret
+        print(f"stripe-sim webhook {endpoint.id} -> {url} (secret {shown})", flush=True)
     server = web.Server(simulator.handle, access_log=None)
     loop = asyncio.get_running_loop()
     try:
@@ -280,11 +313,18 @@ async def serve(host: str, port: int, config: SimConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     listener.close()
+    await simulator.webhooks.close()
     await server.shutdown(2.0)
     print("stripe-sim stopped", flush=True)
 
 
-def run(host: str, port: int, config: SimConfig) -> None:
+def run(
+    host: str,
+    port: int,
+    config: SimConfig,
+    webhooks: tuple[str, ...] = (),
+    webhook_secret: str | None = None,
+) -> None:
     """Run the simulator in the foreground (the `flashsale stripe-sim` command)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(host, port, config))
+    asyncio.run(serve(host, port, config, webhooks, webhook_secret))
