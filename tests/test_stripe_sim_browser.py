@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from conftest import start_sim
 from flashsale.settings import SIM_PUBLISHABLE_KEY, SIM_SECRET_KEY
 
 pytestmark = pytest.mark.browser
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 sync_api = pytest.importorskip("playwright.sync_api")
 
 PAGE = """<!doctype html><html><body>
@@ -106,3 +108,72 @@ def test_create_token_resolves_to_stripes_error_for_a_bad_number(browser_page: t
     assert result["error"]["type"] == "card_error"
     assert result["error"]["code"] == "incorrect_number"
     assert result["error"]["message"] == "Your card number is incorrect."
+
+
+def new_intent(sim: str) -> dict:
+    created = httpx.post(
+        f"{sim}/v1/payment_intents",
+        data={"amount": "4999", "currency": "usd"},
+        auth=(SIM_SECRET_KEY, ""),
+    )
+    assert created.status_code == 200
+    return created.json()
+
+
+def start_confirming(page: object, secret: str) -> None:
+    """Run confirmCardPayment with the card element; its result lands in window.result."""
+    page.evaluate(  # type: ignore[attr-defined]
+        """(secret) => {
+          window.result = null;
+          stripe.confirmCardPayment(secret, {payment_method: {card: card}})
+            .then((r) => { window.result = r; });
+        }""",
+        secret,
+    )
+
+
+def settled(page: object) -> dict:
+    page.wait_for_function("window.result !== null", timeout=15_000)  # type: ignore[attr-defined]
+    return page.evaluate("window.result")  # type: ignore[attr-defined]
+
+
+def test_confirm_card_payment_pays_a_plain_card(browser_page: tuple) -> None:
+    page, sim = browser_page
+    intent = new_intent(sim)
+    fill(page, "4242 4242 4242 4242", "12 / 40", "123")
+    start_confirming(page, intent["client_secret"])
+    result = settled(page)
+    assert result["paymentIntent"]["id"] == intent["id"]
+    assert result["paymentIntent"]["status"] == "succeeded"
+    assert page.locator("#stripe-sim-3ds").count() == 0  # no challenge for this card
+
+
+@pytest.mark.parametrize(
+    ("number", "button", "expected"),
+    [
+        ("4000 0027 6000 3184", "#complete", "succeeded"),
+        ("4000 0027 6000 3184", "#fail", "payment_intent_authentication_failure"),
+        ("4000 0082 6000 3178", "#complete", "insufficient_funds"),
+    ],
+)
+def test_a_3ds_card_opens_the_challenge_and_settles_on_the_answer(
+    browser_page: tuple, number: str, button: str, expected: str
+) -> None:
+    page, sim = browser_page
+    intent = new_intent(sim)
+    fill(page, number, "12 / 40", "123")
+    start_confirming(page, intent["client_secret"])
+    frame = page.frame_locator("#stripe-sim-3ds-frame")
+    frame.locator(button).wait_for()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "stripe-sim-3ds-challenge.png"))
+    frame.locator(button).click()
+    result = settled(page)
+    assert page.locator("#stripe-sim-3ds").count() == 0  # the modal is gone
+    if expected == "succeeded":
+        assert result["paymentIntent"]["status"] == "succeeded"
+        return
+    error = result["error"]
+    assert expected in (error.get("code"), error.get("decline_code"))
+    assert error["payment_intent"]["id"] == intent["id"]
+    assert error["payment_intent"]["status"] == "requires_payment_method"

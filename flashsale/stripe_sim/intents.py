@@ -24,6 +24,7 @@ from flashsale.stripe_sim.endpoints import (
     STRIPE_JS_FIELDS,
     Endpoints,
     Result,
+    money,
     read_amount,
 )
 from flashsale.stripe_sim.intent_records import (
@@ -453,7 +454,7 @@ class IntentEndpoints:
         action = html.escape(f"{CHALLENGE_PATH}{intent.id}")
         secret_value = html.escape(intent.client_secret)
         hidden = f'<input type="hidden" name="client_secret" value="{secret_value}">'
-        amount = f"{intent.amount} {intent.currency}"
+        amount = money(intent.amount, intent.currency)
         waiting = intent.status == REQUIRES_ACTION
         body = (
             f"<p>Authenticate a payment of {html.escape(amount)} (stripe-sim 3D Secure test "
@@ -467,7 +468,9 @@ class IntentEndpoints:
         )
         return (
             '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            "<title>3D Secure test page</title></head><body>"
+            "<title>3D Secure test page</title><style>body{font:15px system-ui,sans-serif;"
+            "margin:24px}form{display:inline-block;margin:8px 8px 0 0}button{font:inherit;"
+            "padding:8px 14px}</style></head><body>"
             f"<h1>3D Secure 2 test authentication</h1>{body}</body></html>"
         )
 

@@ -1,7 +1,11 @@
 /* flashsale stripe-sim: a small Stripe.js v3 look-alike for offline rehearsals.
- * Stripe(pk).elements().create('card').mount(selector); stripe.createToken(card) resolves to
- * {token} or {error}, exactly the shapes checkout code written for Stripe.js expects.
- * Card data is posted to this simulator's /v1/tokens with the publishable key, like Stripe.js.
+ * Stripe(pk).elements().create('card').mount(selector); stripe.createToken(card),
+ * stripe.createPaymentMethod({type: 'card', card}), stripe.retrievePaymentIntent(secret),
+ * stripe.confirmCardPayment(secret, {payment_method}) and stripe.handleNextAction({clientSecret})
+ * resolve to {token} / {paymentMethod} / {paymentIntent} or {error}, the shapes checkout code
+ * written for Stripe.js expects. Card data goes to this simulator with the publishable key, like
+ * Stripe.js; a 3D Secure challenge opens in a modal frame (#stripe-sim-3ds-frame) served by the
+ * simulator, and the promise settles once the customer answers it.
  */
 (function () {
   "use strict";
@@ -165,6 +169,145 @@
       });
     }, function (failure) {
       return {error: {type: "api_connection_error", message: String(failure)}};
+    });
+  };
+
+  function call(method, path, params) {
+    var url = apiBase + path;
+    var init = {method: method, headers: {}};
+    if (method === "GET") {
+      url += "?" + encode(params);
+    } else {
+      init.headers["Content-Type"] = "application/x-www-form-urlencoded";
+      init.body = encode(params);
+    }
+    return fetch(url, init).then(function (response) {
+      return response.json().then(function (body) {
+        return {ok: response.ok, body: body};
+      });
+    }, function (failure) {
+      return {ok: false, body: {error: {type: "api_connection_error", message: String(failure)}}};
+    });
+  }
+
+  function failed(answer) {
+    return {error: answer.body.error || {type: "api_error", message: "Unexpected response"}};
+  }
+
+  function cardParams(element) {
+    var values = element._values();
+    return {
+      "card[number]": values.number,
+      "card[exp_month]": values.exp_month,
+      "card[exp_year]": values.exp_year,
+      "card[cvc]": values.cvc
+    };
+  }
+
+  function intentId(clientSecret) {
+    return String(clientSecret || "").split("_secret_")[0];
+  }
+
+  Stripe.prototype.createPaymentMethod = function (options) {
+    options = options || {};
+    if (options.type !== "card" || !(options.card instanceof CardElement)) {
+      return Promise.resolve({error: {type: "validation_error",
+                                      message: "Pass {type: 'card', card: cardElement}."}});
+    }
+    var params = cardParams(options.card);
+    params.key = this.key;
+    params.type = "card";
+    params.payment_user_agent = "stripe.js/flashsale-sim";
+    var billing = options.billing_details || {};
+    if (billing.name) params["billing_details[name]"] = billing.name;
+    return call("POST", "/v1/payment_methods", params).then(function (answer) {
+      return answer.ok ? {paymentMethod: answer.body} : failed(answer);
+    });
+  };
+
+  Stripe.prototype.retrievePaymentIntent = function (clientSecret) {
+    var params = {key: this.key, client_secret: clientSecret};
+    return call("GET", "/v1/payment_intents/" + intentId(clientSecret), params)
+      .then(function (answer) {
+        return answer.ok ? {paymentIntent: answer.body} : failed(answer);
+      });
+  };
+
+  /* Settle as Stripe.js does once no action is pending: a PaymentIntent back at
+   * requires_payment_method is an error carrying the PaymentIntent. */
+  function outcome(intent) {
+    if (intent.status === "requires_payment_method" && intent.last_payment_error) {
+      var error = Object.assign({}, intent.last_payment_error);
+      error.payment_intent = intent;
+      return {error: error};
+    }
+    return {paymentIntent: intent};
+  }
+
+  function challenge(url) {
+    return new Promise(function (resolve) {
+      var overlay = document.createElement("div");
+      overlay.id = "stripe-sim-3ds";
+      overlay.style.cssText = "position:fixed;inset:0;background:rgba(0,0,0,.4);z-index:2147483647;" +
+        "display:flex;align-items:center;justify-content:center";
+      var frame = document.createElement("iframe");
+      frame.id = "stripe-sim-3ds-frame";
+      frame.title = "3D Secure authentication";
+      frame.style.cssText = "width:420px;height:320px;border:0;background:#fff;border-radius:6px";
+      frame.src = url;
+      overlay.appendChild(frame);
+      function done(event) {
+        if (event.origin !== apiBase || event.data !== "stripe-sim-3ds-done") return;
+        window.removeEventListener("message", done);
+        overlay.remove();
+        resolve();
+      }
+      window.addEventListener("message", done);
+      document.body.appendChild(overlay);
+    });
+  }
+
+  Stripe.prototype.handleNextAction = function (options) {
+    var self = this;
+    var secret = (options || {}).clientSecret;
+    return self.retrievePaymentIntent(secret).then(function (result) {
+      if (result.error) return result;
+      var intent = result.paymentIntent;
+      var action = intent.next_action;
+      if (intent.status !== "requires_action" || !action) return outcome(intent);
+      if (action.type === "redirect_to_url") {
+        window.location.assign(action.redirect_to_url.url);
+        return new Promise(function () {});  // the page is leaving
+      }
+      return challenge(action.use_stripe_sdk.stripe_js).then(function () {
+        return self.retrievePaymentIntent(secret).then(function (after) {
+          return after.error ? after : outcome(after.paymentIntent);
+        });
+      });
+    });
+  };
+
+  Stripe.prototype.confirmCardPayment = function (clientSecret, data) {
+    var self = this;
+    data = data || {};
+    var method = data.payment_method;
+    var made = method instanceof Object && method.card instanceof CardElement
+      ? self.createPaymentMethod({type: "card", card: method.card,
+                                  billing_details: method.billing_details})
+      : Promise.resolve({paymentMethod: method ? {id: method} : null});
+    return made.then(function (created) {
+      if (created.error) return created;
+      var params = {key: self.key, client_secret: clientSecret};
+      if (created.paymentMethod) params.payment_method = created.paymentMethod.id;
+      if (data.return_url) params.return_url = data.return_url;
+      return call("POST", "/v1/payment_intents/" + intentId(clientSecret) + "/confirm", params)
+        .then(function (answer) {
+          if (!answer.ok) return failed(answer);
+          if (answer.body.status === "requires_action") {
+            return self.handleNextAction({clientSecret: clientSecret});
+          }
+          return outcome(answer.body);
+        });
     });
   };
 
