@@ -1,11 +1,15 @@
-"""Benchmark of `flashsale stripe-sim`: token+charge throughput, latency and memory per charge.
+"""Benchmark of `flashsale stripe-sim`: throughput, latency and memory per stored payment.
 
-100 concurrent keep-alive clients each create a token then charge it (Idempotency-Key and
-metadata[order_id], as the worker does), on a fresh ledger and again after preloading 50,000
-stored charges through the API. Prints requests/s, p50/p99 per request and per token+charge
-pair, the throughput ratio, and RSS per stored charge. Every phase is bounded in count and time.
+100 concurrent keep-alive clients each pay once per journey, on a fresh ledger and again after
+preloading 50,000 stored payments through the API. `--journey charges` (default): a token, then
+a charge of it; `--journey intents`: one PaymentIntent created and confirmed with pm_card_visa
+in one call. Both with an Idempotency-Key and metadata[order_id], as the worker sends them.
+Prints requests/s, p50/p99 per request and per journey, the throughput ratio, RSS per stored
+payment, and (intents) webhook deliveries per second to a receiver on loopback. Every phase is
+bounded in count and time.
 
     .venv/bin/python benchmarks/stripe_sim.py
+    .venv/bin/python benchmarks/stripe_sim.py --journey intents
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from hdrh.histogram import HdrHistogram
 
 from flashsale.ops.processes import Child, flashsale_argv
@@ -36,17 +41,22 @@ CARD = {
 }
 
 
+REQUESTS_PER_JOURNEY = {"charges": 2, "intents": 1}
+LEDGER_KEY = {"charges": "charges", "intents": "payment_intents"}
+
+
 @dataclass
 class PhaseResult:
-    pairs: int
+    pairs: int  # journeys: token+charge pairs, or confirmed PaymentIntents
     errors: int
     seconds: float
-    requests: HdrHistogram  # one token or charge request, microseconds
-    pair_latency: HdrHistogram  # token then charge, microseconds
+    requests: HdrHistogram  # one API request, microseconds
+    pair_latency: HdrHistogram  # one whole journey, microseconds
+    per_journey: int = 2
 
     @property
     def requests_per_s(self) -> float:
-        return 2 * self.pairs / self.seconds
+        return self.per_journey * self.pairs / self.seconds
 
     @property
     def charges_per_s(self) -> float:
@@ -57,8 +67,10 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, 60_000_000, 3)
 
 
-async def run_phase(base_url: str, pairs: int, clients: int, time_limit_s: float) -> PhaseResult:
-    """`clients` workers share a budget of `pairs` token+charge pairs; stop early at the limit."""
+async def run_phase(
+    base_url: str, pairs: int, clients: int, time_limit_s: float, journey: str = "charges"
+) -> PhaseResult:
+    """`clients` workers share a budget of `pairs` journeys; stop early at the limit."""
     requests, pair_latency = new_histogram(), new_histogram()
     budget = itertools.count()
     order_ids = itertools.count()
@@ -71,6 +83,9 @@ async def run_phase(base_url: str, pairs: int, clients: int, time_limit_s: float
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done, errors
         while next(budget) < pairs and time.monotonic() < deadline:
+            if journey == "intents":
+                await pay_with_intent(session)
+                continue
             started = time.perf_counter()
             async with session.post(
                 "/v1/tokens", data={**CARD, "key": SIM_PUBLISHABLE_KEY}
@@ -97,11 +112,34 @@ async def run_phase(base_url: str, pairs: int, clients: int, time_limit_s: float
             done += 1
             errors += not ok
 
+    async def pay_with_intent(session: aiohttp.ClientSession) -> None:
+        nonlocal done, errors
+        started = time.perf_counter()
+        order_id = f"bench-{next(order_ids)}-{started}"
+        async with session.post(
+            "/v1/payment_intents",
+            data={
+                "amount": "4999",
+                "currency": "usd",
+                "payment_method": "pm_card_visa",
+                "confirm": "true",
+                "metadata[order_id]": order_id,
+            },
+            headers={**secret, "Idempotency-Key": order_id},
+        ) as response:
+            body = await response.json()
+            ok = response.status == 200 and body.get("status") == "succeeded"
+        elapsed = max(1, int((time.perf_counter() - started) * 1e6))
+        requests.record_value(elapsed)
+        pair_latency.record_value(elapsed)
+        done += 1
+        errors += not ok
+
     async with aiohttp.ClientSession(base_url, connector=connector) as session:
         started = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(clients)))
         seconds = time.perf_counter() - started
-    return PhaseResult(done, errors, seconds, requests, pair_latency)
+    return PhaseResult(done, errors, seconds, requests, pair_latency, REQUESTS_PER_JOURNEY[journey])
 
 
 def cpu_s(pid: int) -> float:
@@ -113,8 +151,8 @@ def cpu_s(pid: int) -> float:
 async def measured_phase(url: str, pid: int, args: argparse.Namespace) -> tuple[PhaseResult, float]:
     """A phase plus the simulator's CPU microseconds per request during it."""
     before = cpu_s(pid)
-    result = await run_phase(url, args.pairs, args.clients, args.time_limit)
-    return result, (cpu_s(pid) - before) * 1e6 / max(1, 2 * result.pairs)
+    result = await run_phase(url, args.pairs, args.clients, args.time_limit, args.journey)
+    return result, (cpu_s(pid) - before) * 1e6 / max(1, result.per_journey * result.pairs)
 
 
 def rss_kib(pid: int) -> int:
@@ -124,23 +162,27 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-async def ledger_size(base_url: str) -> int:
+async def sim_stats(base_url: str) -> dict:
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{base_url}/_sim/stats") as response,
     ):
-        return int((await response.json())["ledger"]["charges"])
+        return await response.json()
+
+
+async def ledger_size(base_url: str, journey: str = "charges") -> int:
+    return int((await sim_stats(base_url))["ledger"][LEDGER_KEY[journey]])
 
 
 def describe(name: str, result: PhaseResult) -> str:
     ms = 1000.0
     return (
-        f"{name:<22} {result.requests_per_s:8.0f} req/s  {result.charges_per_s:7.0f} charges/s  "
+        f"{name:<22} {result.requests_per_s:8.0f} req/s  {result.charges_per_s:7.0f} payments/s  "
         f"request p50 {result.requests.get_value_at_percentile(50) / ms:6.1f} ms "
         f"p99 {result.requests.get_value_at_percentile(99) / ms:6.1f} ms  "
-        f"pair p50 {result.pair_latency.get_value_at_percentile(50) / ms:6.1f} ms "
+        f"journey p50 {result.pair_latency.get_value_at_percentile(50) / ms:6.1f} ms "
         f"p99 {result.pair_latency.get_value_at_percentile(99) / ms:6.1f} ms  "
-        f"({result.pairs} pairs in {result.seconds:.1f}s, {result.errors} errors)"
+        f"({result.pairs} journeys in {result.seconds:.1f}s, {result.errors} errors)"
     )
 
 
@@ -156,10 +198,12 @@ def start_sim(log_dir: Path, name: str, args: argparse.Namespace) -> tuple[Child
 
 
 async def preload(url: str, target: int, args: argparse.Namespace) -> None:
-    """Store `target` charges through the API (token+charge pairs, like the measured load)."""
+    """Store `target` payments through the API (the same journeys as the measured load)."""
     started = time.perf_counter()
-    while (stored := await ledger_size(url)) < target:
-        await run_phase(url, min(10_000, target - stored), args.clients, args.time_limit)
+    while (stored := await ledger_size(url, args.journey)) < target:
+        await run_phase(
+            url, min(10_000, target - stored), args.clients, args.time_limit, args.journey
+        )
         if time.perf_counter() - started > args.preload_limit:
             print(f"preload stopped at its {args.preload_limit:.0f}s limit")
             return
@@ -168,16 +212,20 @@ async def preload(url: str, target: int, args: argparse.Namespace) -> None:
 async def bench(args: argparse.Namespace) -> None:
     """Rounds alternate a brand-new simulator with one holding the preloaded ledger, so load
     from other processes on this shared machine hits both sides alike; medians are reported."""
+    journey = args.journey
+    what = {"charges": "charges", "intents": "PaymentIntents"}[journey]
+    per_request = {"charges": "token+charge requests/s", "intents": "confirmations/s"}[journey]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-stripe-sim-"))
     loaded_child, loaded_url = start_sim(log_dir, "loaded.log", args)
     try:
-        await run_phase(loaded_url, args.warmup, args.clients, args.time_limit)
-        before_kib, before_charges = rss_kib(loaded_child.pid), await ledger_size(loaded_url)
+        await run_phase(loaded_url, args.warmup, args.clients, args.time_limit, journey)
+        before_kib = rss_kib(loaded_child.pid)
+        before_stored = await ledger_size(loaded_url, journey)
         started = time.perf_counter()
         await preload(loaded_url, args.preload, args)
-        after_kib, after_charges = rss_kib(loaded_child.pid), await ledger_size(loaded_url)
+        after_kib, after_stored = rss_kib(loaded_child.pid), await ledger_size(loaded_url, journey)
         print(
-            f"preloaded {after_charges - before_charges:,} charges in "
+            f"preloaded {after_stored - before_stored:,} {what} in "
             f"{time.perf_counter() - started:.1f}s (log {log_dir})"
         )
         fresh_runs: list[tuple[PhaseResult, float]] = []
@@ -185,11 +233,11 @@ async def bench(args: argparse.Namespace) -> None:
         for round_number in range(1, args.rounds + 1):
             fresh_child, fresh_url = start_sim(log_dir, f"fresh{round_number}.log", args)
             try:
-                await run_phase(fresh_url, args.warmup, args.clients, args.time_limit)
+                await run_phase(fresh_url, args.warmup, args.clients, args.time_limit, journey)
                 fresh_runs.append(await measured_phase(fresh_url, fresh_child.pid, args))
             finally:
                 fresh_child.stop()
-            stored = await ledger_size(loaded_url)
+            stored = await ledger_size(loaded_url, journey)
             loaded_runs.append(await measured_phase(loaded_url, loaded_child.pid, args))
             for label, (result, cpu_us) in (
                 (f"round {round_number} fresh", fresh_runs[-1]),
@@ -200,37 +248,95 @@ async def bench(args: argparse.Namespace) -> None:
         loaded_rps = statistics.median(r.requests_per_s for r, _ in loaded_runs)
         fresh_cpu = statistics.median(cpu for _, cpu in fresh_runs)
         loaded_cpu = statistics.median(cpu for _, cpu in loaded_runs)
-        per_charge = (after_kib - before_kib) * 1024 / max(1, after_charges - before_charges)
+        per_stored = (after_kib - before_kib) * 1024 / max(1, after_stored - before_stored)
+        per_journey = REQUESTS_PER_JOURNEY[journey]
         print("medians over rounds:")
         print(
-            f"  fresh ledger:          {fresh_rps:6.0f} token+charge requests/s "
-            f"({fresh_rps / 2:.0f} charges/s), {fresh_cpu:.0f} us simulator CPU per request"
+            f"  fresh ledger:          {fresh_rps:6.0f} {per_request} "
+            f"({fresh_rps / per_journey:.0f} {what}/s), {fresh_cpu:.0f} us simulator CPU per "
+            "request"
         )
         print(
-            f"  >= {args.preload:,} charges:    {loaded_rps:6.0f} token+charge requests/s "
-            f"({loaded_rps / 2:.0f} charges/s), {loaded_cpu:.0f} us simulator CPU per request"
+            f"  >= {args.preload:,} {what}: {loaded_rps:6.0f} {per_request} "
+            f"({loaded_rps / per_journey:.0f} {what}/s), {loaded_cpu:.0f} us simulator CPU per "
+            "request"
         )
         print(
             f"  loaded / fresh: throughput {loaded_rps / fresh_rps:.1%}, "
             f"CPU cost per request {fresh_cpu / loaded_cpu:.1%}"
         )
+        held = {
+            "charges": "with its token and idempotency key",
+            "intents": "with its PaymentMethod, card, charge, 3 events and idempotency key",
+        }[journey]
         print(
-            f"  RSS {before_kib / 1024:.1f} MiB at {before_charges:,} charges -> "
-            f"{after_kib / 1024:.1f} MiB at {after_charges:,}: {per_charge:.0f} bytes per stored "
-            "charge (with its token and idempotency keys)"
+            f"  RSS {before_kib / 1024:.1f} MiB at {before_stored:,} {what} -> "
+            f"{after_kib / 1024:.1f} MiB at {after_stored:,}: {per_stored:.0f} bytes per stored "
+            f"{what[:-1]} ({held})"
         )
-        print("targets: >= 1,500 requests/s; >= 90% of fresh at 50,000 charges; <= 2,048 B/charge")
+        print(
+            f"targets: >= 1,500 {per_request}; >= 90% of fresh at 50,000 {what}; "
+            f"<= 2,048 B per stored {what[:-1]}"
+        )
     finally:
         loaded_child.stop()
+    if journey == "intents":
+        await webhook_phase(log_dir, args)
+
+
+async def webhook_phase(log_dir: Path, args: argparse.Namespace) -> None:
+    """Deliveries per second: confirmations on a simulator with a webhook to a receiver here."""
+    delivered = 0
+    last_at = 0.0
+
+    async def receive(request: web.Request) -> web.Response:
+        nonlocal delivered, last_at
+        await request.read()
+        delivered += 1
+        last_at = time.perf_counter()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hook = argparse.Namespace(
+        **{**vars(args), "sim_arg": [*args.sim_arg, "--webhook", f"http://127.0.0.1:{port}/hook"]}
+    )
+    child, url = start_sim(log_dir, "webhooks.log", hook)
+    try:
+        started = time.perf_counter()
+        result = await run_phase(url, args.pairs, args.clients, args.time_limit, "intents")
+        expected = 3 * result.pairs  # created, charge.succeeded, payment_intent.succeeded
+        deadline = time.monotonic() + args.time_limit
+        while delivered < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stats = (await sim_stats(url))["webhooks"]
+        seconds = (last_at or time.perf_counter()) - started
+        print(
+            f"webhooks: {delivered:,} of {expected:,} events delivered in {seconds:.1f}s = "
+            f"{delivered / seconds:.0f} deliveries/s beside {result.charges_per_s:.0f} "
+            f"confirmations/s; retries {stats['retries']}, gave up {stats['gave_up']}, "
+            f"lag median {stats['lag_s'].get('median')} s max {stats['lag_s'].get('max')} s"
+        )
+    finally:
+        child.stop()
+        await runner.cleanup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--pairs", type=int, default=10_000, help="token+charge pairs per phase")
+    parser.add_argument(
+        "--journey", choices=("charges", "intents"), default="charges", help="what one payment is"
+    )
+    parser.add_argument("--pairs", type=int, default=10_000, help="payments per phase")
     parser.add_argument("--rounds", type=int, default=3, help="fresh/loaded measurement rounds")
     parser.add_argument("--warmup", type=int, default=1000)
-    parser.add_argument("--preload", type=int, default=50_000, help="stored charges to reach")
+    parser.add_argument("--preload", type=int, default=50_000, help="stored payments to reach")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase")
     parser.add_argument("--preload-limit", type=float, default=240.0, help="seconds to preload")
     parser.add_argument(

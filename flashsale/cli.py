@@ -84,6 +84,20 @@ allow_live_option = click.option(
     help="Requests in flight before 429 (0 = unlimited).",
 )
 @click.option(
+    "--endpoint-rate-limit",
+    default="off",
+    show_default=True,
+    help="Requests per second per named operation (POST /v1/payment_intents, ...) before 429 "
+    "endpoint-rate: 'stripe' (the documented 25/s), 'off' or a number.",
+)
+@click.option(
+    "--endpoint-concurrency-limit",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Requests in flight per named operation before 429 (0 = unlimited).",
+)
+@click.option(
     "--latency",
     default="0",
     show_default=True,
@@ -156,6 +170,8 @@ def stripe_sim(
     port: int,
     rate_limit: str,
     concurrency_limit: int,
+    endpoint_rate_limit: str,
+    endpoint_concurrency_limit: int,
     latency: str,
     error_rate: float,
     drop_rate: float,
@@ -175,6 +191,8 @@ def stripe_sim(
     config = SimConfig.from_options(
         rate_limit=rate_limit,
         concurrency_limit=concurrency_limit,
+        endpoint_rate_limit=endpoint_rate_limit,
+        endpoint_concurrency_limit=endpoint_concurrency_limit,
         latency=latency,
         error_rate=error_rate,
         drop_rate=drop_rate,

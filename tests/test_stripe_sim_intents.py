@@ -7,6 +7,7 @@ path is in test_stripe_sim_browser.py.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,3 +355,78 @@ def test_objects_have_the_keys_of_stripes_own_examples(client: stripe.StripeClie
         assert not missing, f"{kind} lacks {missing}"
     card_keys = set(examples["payment_method"]["card"])
     assert not card_keys - set(method.to_dict()["card"])
+
+
+def configure(sim: str, **changes: object) -> None:
+    answer = httpx.post(f"{sim}/_sim/config", json=changes)
+    assert answer.status_code == 200, answer.text
+
+
+def create_raw(sim: str, **fields: str) -> httpx.Response:
+    return httpx.post(
+        f"{sim}/v1/payment_intents",
+        data={"amount": "2000", "currency": "usd", **fields},
+        headers={"Authorization": f"Bearer {SIM_SECRET_KEY}"},
+        timeout=30,
+    )
+
+
+def test_the_per_operation_rate_limit_answers_endpoint_rate(stripe_sim: str) -> None:
+    configure(stripe_sim, endpoint_rate_limit=3)
+    answers = [create_raw(stripe_sim) for _ in range(8)]
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and len(limited) <= 5
+    assert {a.headers["Stripe-Rate-Limited-Reason"] for a in limited} == {"endpoint-rate"}
+    assert limited[0].json()["error"]["code"] == "rate_limit"
+    # Another operation has its own budget.
+    other = httpx.get(
+        f"{stripe_sim}/v1/payment_intents", headers={"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    )
+    assert other.status_code == 200
+    stats = httpx.get(f"{stripe_sim}/_sim/stats").json()
+    assert stats["rate_limited"]["endpoint-rate"] == len(limited)
+
+
+def concurrently(calls: list) -> list[httpx.Response]:
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda c=c: results.append(c())) for c in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+def test_the_per_operation_concurrency_limit_answers_endpoint_concurrency(
+    stripe_sim: str,
+) -> None:
+    configure(stripe_sim, endpoint_concurrency_limit=1, latency="400ms")
+    answers = concurrently([lambda: create_raw(stripe_sim) for _ in range(4)])
+    reasons = sorted(a.headers.get("Stripe-Rate-Limited-Reason", "ok") for a in answers)
+    assert reasons.count("endpoint-concurrency") >= 1 and "ok" in reasons
+
+
+def test_concurrent_updates_of_one_object_wait_then_time_out_with_lock_timeout(
+    stripe_sim: str,
+) -> None:
+    made = create_raw(stripe_sim).json()
+    configure(stripe_sim, latency="1500ms")
+    url = f"{stripe_sim}/v1/payment_intents/{made['id']}/confirm"
+    headers = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    answers = concurrently(
+        [
+            lambda: httpx.post(
+                url, data={"payment_method": "pm_card_visa"}, headers=headers, timeout=30
+            )
+            for _ in range(2)
+        ]
+    )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 429]
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["Stripe-Rate-Limited-Reason"] == "resource-specific"
+    assert refused.json()["error"]["code"] == "lock_timeout"
+    configure(stripe_sim, latency="0")
+    # Updates of different objects do not wait on each other.
+    other = create_raw(stripe_sim, payment_method="pm_card_visa", confirm="true")
+    assert other.status_code == 200

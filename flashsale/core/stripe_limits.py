@@ -8,6 +8,9 @@ from flashsale.units import parse_rate
 # Requests per second per account (docs.stripe.com/rate-limits): a sandbox (test mode) 25,
 # live mode 100.
 STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
+# Each named API operation (POST /v1/payment_intents, GET /v1/payment_intents/{id}, ...) also
+# has its own limit, 25 requests per second unless the docs say otherwise, in both modes.
+ENDPOINT_LIMIT = 25.0
 UNLIMITED = ("off", "none", "unlimited")
 
 

@@ -6,7 +6,12 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flashsale.core.stripe_limits import STRIPE_LIMITS, describe_limit, parse_limit
+from flashsale.core.stripe_limits import (
+    ENDPOINT_LIMIT,
+    STRIPE_LIMITS,
+    describe_limit,
+    parse_limit,
+)
 from flashsale.errors import ConfigError
 from flashsale.units import Spread, parse_spread
 
@@ -19,6 +24,25 @@ Latency = Spread
 def parse_latency(text: object) -> Latency:
     """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms'."""
     return parse_spread(text, "latency", maximum_s=MAX_LATENCY_S)
+
+
+def parse_endpoint_limit(value: object) -> float | None:
+    """'stripe' (the documented 25/s per operation), 'off' or a positive rate."""
+    text = str(value).strip().lower()
+    if text == "stripe":
+        return ENDPOINT_LIMIT
+    if text in ("test", "live"):
+        raise ConfigError(
+            f"endpoint rate limit: Stripe's per-operation limit is {ENDPOINT_LIMIT:g}/s in both "
+            "modes; say 'stripe', 'off' or a number"
+        )
+    return parse_limit(value, "endpoint rate limit")
+
+
+def describe_endpoint_limit(value: object) -> str:
+    rate = parse_endpoint_limit(value)
+    text = str(value).strip().lower()
+    return "off" if rate is None else "stripe" if text == "stripe" else f"{rate:g}"
 
 
 def check_fraction(value: object, what: str) -> float:
@@ -40,6 +64,9 @@ class SimConfig:
     rate_limit: str = "off"  # as given, for display
     rate_per_s: float | None = None
     concurrency_limit: int = 0  # 0 = unlimited
+    endpoint_rate_limit: str = "off"  # as given: per named operation, like Stripe's 25/s
+    endpoint_rate_per_s: float | None = None
+    endpoint_concurrency_limit: int = 0  # per named operation; 0 = unlimited
     latency: Latency = dataclasses.field(default_factory=Latency)
     error_rate: float = 0.0
     drop_rate: float = 0.0
@@ -56,6 +83,8 @@ class SimConfig:
         cls,
         rate_limit: str = "off",
         concurrency_limit: int = 0,
+        endpoint_rate_limit: str = "off",
+        endpoint_concurrency_limit: int = 0,
         latency: str = "0",
         error_rate: float = 0.0,
         drop_rate: float = 0.0,
@@ -75,6 +104,11 @@ class SimConfig:
             rate_limit=shown,
             rate_per_s=rate,
             concurrency_limit=check_count(concurrency_limit, "concurrency limit"),
+            endpoint_rate_limit=describe_endpoint_limit(endpoint_rate_limit),
+            endpoint_rate_per_s=parse_endpoint_limit(endpoint_rate_limit),
+            endpoint_concurrency_limit=check_count(
+                endpoint_concurrency_limit, "endpoint concurrency limit"
+            ),
             latency=parse_latency(latency),
             error_rate=check_fraction(error_rate, "error rate"),
             drop_rate=check_fraction(drop_rate, "drop rate"),
@@ -102,6 +136,8 @@ class SimConfig:
         return SimConfig.from_options(
             rate_limit=merged["rate_limit"],  # type: ignore[arg-type]
             concurrency_limit=merged["concurrency_limit"],  # type: ignore[arg-type]
+            endpoint_rate_limit=merged["endpoint_rate_limit"],  # type: ignore[arg-type]
+            endpoint_concurrency_limit=merged["endpoint_concurrency_limit"],  # type: ignore[arg-type]
             latency=latency,  # type: ignore[arg-type]
             error_rate=merged["error_rate"],  # type: ignore[arg-type]
             drop_rate=merged["drop_rate"],  # type: ignore[arg-type]
@@ -116,6 +152,8 @@ class SimConfig:
         return {
             "rate_limit": self.rate_limit,
             "concurrency_limit": self.concurrency_limit,
+            "endpoint_rate_limit": self.endpoint_rate_limit,
+            "endpoint_concurrency_limit": self.endpoint_concurrency_limit,
             "latency": str(self.latency),
             "error_rate": self.error_rate,
             "drop_rate": self.drop_rate,
@@ -135,6 +173,8 @@ class SimConfig:
             rate = f"{self.rate_per_s:g}/s"
         return (
             f"rate_limit={rate}, concurrency_limit={self.concurrency_limit or 'off'}, "
+            f"endpoint_rate_limit={self.endpoint_rate_limit}, "
+            f"endpoint_concurrency_limit={self.endpoint_concurrency_limit or 'off'}, "
             f"latency={self.latency}, error_rate={self.error_rate:g}, "
             f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s"
             + self.describe_webhook_faults()

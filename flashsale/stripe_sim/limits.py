@@ -1,13 +1,18 @@
-"""Stripe's request limits at the edge: concurrent requests and requests per second.
+"""Stripe's request limits: per account and per named operation, each a rate and a
+concurrency, and a lock per object that concurrent updates of it wait on.
 
-Both are checked before a request's params are read, like Stripe's edge, and every refusal is
-counted by its `Stripe-Rate-Limited-Reason`.
+The account and operation limits are checked before a request's params are read, like Stripe's
+edge; every refusal is counted by its `Stripe-Rate-Limited-Reason` (global-rate,
+global-concurrency, endpoint-rate, endpoint-concurrency, resource-specific).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 
 from flashsale.stripe_sim.api_errors import StripeApiError
 from flashsale.stripe_sim.config import SimConfig
@@ -16,6 +21,14 @@ RATE_LIMITED = (
     "Request rate limit exceeded. You can learn more about rate limits here "
     "https://stripe.com/docs/rate-limits."
 )
+LOCK_TIMEOUT = (
+    "This object cannot be accessed right now because another API request or Stripe process is "
+    "currently accessing it. If you see this error intermittently, retry the request. If you see "
+    "this error frequently and are making multiple concurrent requests to a single object, make "
+    "your requests serially or at a lower rate. See https://stripe.com/docs/rate-limits for more "
+    "information."
+)
+LOCK_WAIT_S = 1.0  # how long an update waits for another one on the same object
 CONCURRENCY_LIMITED = (
     "This request was rate limited because too many concurrent requests were in flight. You "
     "can learn more about rate limits here https://stripe.com/docs/rate-limits."
@@ -40,39 +53,94 @@ class TokenBucket:
         return False
 
 
+class ObjectLock:
+    """One object's lock and how many requests hold or wait for it (forgotten at zero)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Limits:
     """The account's limits in force; requests in flight are counted by enter() and leave()."""
 
     def __init__(self, config: SimConfig) -> None:
         self.in_flight = 0
+        self.in_flight_by_endpoint: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # by Stripe-Rate-Limited-Reason
         self.concurrency = 0
+        self.endpoint_concurrency = 0
+        self.endpoint_rate: float | None = None
         self.bucket: TokenBucket | None = None
+        self.endpoint_buckets: dict[str, TokenBucket] = {}
+        self.locks: dict[str, ObjectLock] = {}
         self.configure(config)
 
     def configure(self, config: SimConfig) -> None:
         self.concurrency = config.concurrency_limit
+        self.endpoint_concurrency = config.endpoint_concurrency_limit
         rate = config.rate_per_s
         self.bucket = None if rate is None else TokenBucket(rate, time.monotonic())
+        self.endpoint_rate = config.endpoint_rate_per_s
+        self.endpoint_buckets = {}
 
-    def enter(self) -> None:
-        """Count a request in; refuse it (still counted: call leave()) above the concurrency."""
+    def enter(self, endpoint: str) -> None:
+        """Count a request in; refuse it above a concurrency (still counted: call leave())."""
         self.in_flight += 1
+        self.in_flight_by_endpoint[endpoint] += 1
         if self.concurrency and self.in_flight > self.concurrency:
             raise self.limited("global-concurrency", CONCURRENCY_LIMITED)
+        if self.endpoint_concurrency and (
+            self.in_flight_by_endpoint[endpoint] > self.endpoint_concurrency
+        ):
+            raise self.limited("endpoint-concurrency", CONCURRENCY_LIMITED)
 
-    def leave(self) -> None:
+    def leave(self, endpoint: str) -> None:
         self.in_flight -= 1
+        self.in_flight_by_endpoint[endpoint] -= 1
 
-    def take_rate(self) -> None:
-        """One request of the account's rate budget (secret keys only; see the server)."""
-        if self.bucket is not None and not self.bucket.take(time.monotonic()):
+    def take_rate(self, endpoint: str) -> None:
+        """One request of the account's and the operation's budgets (secret keys only)."""
+        now = time.monotonic()
+        if self.bucket is not None and not self.bucket.take(now):
             raise self.limited("global-rate", RATE_LIMITED)
+        if self.endpoint_rate is not None:
+            bucket = self.endpoint_buckets.get(endpoint)
+            if bucket is None:
+                bucket = self.endpoint_buckets[endpoint] = TokenBucket(self.endpoint_rate, now)
+            if not bucket.take(now):
+                raise self.limited("endpoint-rate", RATE_LIMITED)
 
-    def limited(self, reason: str, message: str) -> StripeApiError:
+    @contextlib.asynccontextmanager
+    async def object_lock(self, ident: str | None) -> AsyncIterator[None]:
+        """Updates of one object run one at a time; one that waits too long is a lock_timeout."""
+        if ident is None:
+            yield
+            return
+        held = self.locks.get(ident)
+        if held is None:
+            held = self.locks[ident] = ObjectLock()
+        held.users += 1
+        try:
+            try:
+                await asyncio.wait_for(held.lock.acquire(), LOCK_WAIT_S)
+            except TimeoutError:
+                raise self.limited("resource-specific", LOCK_TIMEOUT, "lock_timeout") from None
+            try:
+                yield
+            finally:
+                held.lock.release()
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self.locks[ident]
+
+    def limited(self, reason: str, message: str, code: str = "rate_limit") -> StripeApiError:
         self.refused[reason] += 1
         return StripeApiError(
-            429, message, code="rate_limit", headers={"Stripe-Rate-Limited-Reason": reason}
+            429, message, code=code, headers={"Stripe-Rate-Limited-Reason": reason}
         )
 
     def stats(self) -> dict[str, int]:

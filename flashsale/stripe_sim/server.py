@@ -240,8 +240,9 @@ class Simulator:
         method = request.method
         config = self.config
         limits = self.limits
+        endpoint = route.label
         try:
-            limits.enter()
+            limits.enter(endpoint)
             query = request.query_string
             params: Params = parse_form(query) if query else {}
             if method == "POST":
@@ -253,12 +254,14 @@ class Simulator:
             # keys). Customers' browsers tokenizing with the publishable key are exempt, so a
             # rehearsal measures the pipeline's Stripe calls, not a guess at Stripe.js limits.
             if not caller.publishable:
-                limits.take_rate()
+                limits.take_rate(endpoint)
                 self.faults.maybe_fail(config)
 
             async def work() -> Result:
-                await self.faults.pause(config)
-                return route.handler(params, ident, caller)
+                # Changes to one object are serialized, as Stripe locks it for each update.
+                async with limits.object_lock(ident if method == "POST" else None):
+                    await self.faults.pause(config)
+                    return route.handler(params, ident, caller)
 
             key = request.headers.get("Idempotency-Key") if method == "POST" else None
             if key is None:
@@ -277,7 +280,7 @@ class Simulator:
                     response.headers["Idempotent-Replayed"] = "true"
             return response
         finally:
-            limits.leave()
+            limits.leave(endpoint)
 
 
 async def serve(
