@@ -430,3 +430,28 @@ def test_concurrent_updates_of_one_object_wait_then_time_out_with_lock_timeout(
     # Updates of different objects do not wait on each other.
     other = create_raw(stripe_sim, payment_method="pm_card_visa", confirm="true")
     assert other.status_code == 200
+
+
+def test_lists_filter_on_created_as_stripe_does(client: stripe.StripeClient) -> None:
+    def make() -> stripe.PaymentIntent:
+        return client.v1.payment_intents.create(params=intent_params("pm_card_visa", "window"))
+
+    early = [make(), make()]
+    second = early[-1].created
+    while int(time.time()) <= second:  # the next whole second, as `created` counts
+        time.sleep(0.05)
+    late = [make(), make()]
+    boundary = late[0].created
+    assert boundary > second
+    newer = client.v1.payment_intents.list(params={"created": {"gte": boundary}, "limit": 10})
+    assert [p.id for p in newer.data] == [late[1].id, late[0].id] and not newer.has_more
+    older = client.v1.payment_intents.list(params={"created": {"lt": boundary}, "limit": 2})
+    assert [p.id for p in older.data] == [early[1].id, early[0].id]
+    charges = client.v1.charges.list(params={"created": {"gt": second}})
+    assert {c.payment_intent for c in charges.data} == {late[0].id, late[1].id}
+    events = client.v1.events.list(
+        params={"created": {"gte": boundary}, "type": "payment_intent.succeeded"}
+    )
+    assert {e.data.object.id for e in events.data} == {late[0].id, late[1].id}
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.charges.list(params={"created": {"after": boundary}})

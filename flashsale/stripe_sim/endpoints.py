@@ -33,6 +33,7 @@ from flashsale.stripe_sim.ledger import (
     render_refund,
     render_token,
 )
+from flashsale.stripe_sim.listing import LIST_PARAMS, list_body, page_of, read_window
 from flashsale.stripe_sim.params import (
     Params,
     get_bool,
@@ -87,7 +88,6 @@ CHARGE_PARAMS = {
     "expand",
 }
 CHARGE_EXTRA = ("receipt_email", "statement_descriptor", "statement_descriptor_suffix")
-LIST_PARAMS = {"limit", "starting_after", "ending_before", "expand"}
 REFUND_PARAMS = {"charge", "amount", "reason", "metadata", "expand"}
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 GET_PARAMS = {"expand"}
@@ -312,31 +312,9 @@ class Endpoints:
 
     def list_charges(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, LIST_PARAMS)
-        limit = get_int(params, "limit")
-        if limit is None:
-            limit = 10
-        if not 1 <= limit <= 100:
-            raise invalid(
-                "This value must be greater than or equal to 1 and less than or equal to 100.",
-                "limit",
-            )
-        after = get_str(params, "starting_after")
-        before = get_str(params, "ending_before")
-        if after and before:
-            raise invalid(
-                "You may only specify one of these parameters: ending_before, starting_after.",
-                "ending_before",
-            )
-        for name, cursor in (("starting_after", after), ("ending_before", before)):
-            if cursor is not None and cursor not in self.ledger.charges:
-                raise no_such("charge", cursor, name, 400)
-        charges, has_more = self.ledger.charges.page(limit, after, before)
-        return 200, {
-            "object": "list",
-            "data": [render_charge(charge) for charge in charges],
-            "has_more": has_more,
-            "url": "/v1/charges",
-        }
+        window = read_window(params, self.ledger.charges, "charge")
+        charges, has_more = page_of(self.ledger.charges, window)
+        return 200, list_body(charges, has_more, "/v1/charges", render_charge)
 
     # --- refunds ----------------------------------------------------------------------------
 

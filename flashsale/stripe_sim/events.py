@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from flashsale.stripe_sim.api_errors import invalid, no_such
+from flashsale.stripe_sim.api_errors import no_such
 from flashsale.stripe_sim.auth import Caller
 from flashsale.stripe_sim.endpoints import Result
 from flashsale.stripe_sim.intent_records import PaymentIntent, render_payment_intent
@@ -23,11 +23,11 @@ from flashsale.stripe_sim.ledger import (
     render_charge,
     render_refund,
 )
-from flashsale.stripe_sim.params import Params, get_int, get_str, refuse_unknown
+from flashsale.stripe_sim.listing import LIST_PARAMS, Window, list_body, page_of, read_window
+from flashsale.stripe_sim.params import Params, get_str, refuse_unknown
 
 # The API version events are rendered in: the one stripe-python 16 pins.
 API_VERSION = "2026-10-28.endive"
-LIST_PARAMS = {"limit", "starting_after", "ending_before", "type", "expand"}
 
 Snapshot = PaymentIntent | Charge | Refund
 Listener = Callable[["Event"], None]
@@ -95,58 +95,33 @@ class Events:
 
     def list_events(self, params: Params, ident: str | None, caller: Caller) -> Result:
         """Newest first; `type` filters (a trailing `*` matches a prefix, as in Stripe)."""
-        refuse_unknown(params, LIST_PARAMS)
-        limit = get_int(params, "limit")
-        limit = 10 if limit is None else limit
-        if not 1 <= limit <= 100:
-            raise invalid(
-                "This value must be greater than or equal to 1 and less than or equal to 100.",
-                "limit",
-            )
-        after = get_str(params, "starting_after")
-        before = get_str(params, "ending_before")
-        if after and before:
-            raise invalid(
-                "You may only specify one of these parameters: ending_before, starting_after.",
-                "ending_before",
-            )
-        for name, cursor in (("starting_after", after), ("ending_before", before)):
-            if cursor is not None and cursor not in self.log:
-                raise no_such("event", cursor, name, 400)
+        refuse_unknown(params, LIST_PARAMS | {"type"})
+        window = read_window(params, self.log, "event")
         wanted = get_str(params, "type")
         if wanted is None:
-            page, has_more = self.log.page(limit, after, before)
+            page, has_more = page_of(self.log, window)
         else:
-            page, has_more = self.filtered_page(wanted, limit, after, before)
-        return 200, {
-            "object": "list",
-            "data": [render_event(event) for event in page],
-            "has_more": has_more,
-            "url": "/v1/events",
-        }
+            page, has_more = self.of_type(wanted, window)
+        return 200, list_body(page, has_more, "/v1/events", render_event)
 
-    def filtered_page(
-        self, wanted: str, limit: int, after: str | None, before: str | None
-    ) -> tuple[list[Event], bool]:
+    def of_type(self, wanted: str, window: Window) -> tuple[list[Event], bool]:
         """A page of one type of event: a scan from the cursor, newest first."""
         prefix = wanted[:-1] if wanted.endswith("*") else None
-        records = self.log.records
+        records, index, limit = self.log.records, self.log.index, window.limit
 
         def matches(event: Event) -> bool:
             return event.type.startswith(prefix) if prefix is not None else event.type == wanted
 
-        if before is not None:
-            start = self.log.index[before] + 1
-            found = []
-            for event in records[start:]:
-                if matches(event):
-                    found.append(event)
+        found: list[Event] = []
+        if window.before is not None:
+            for position in range(max(window.lo, index[window.before] + 1), window.hi):
+                if matches(records[position]):
+                    found.append(records[position])
                     if len(found) > limit:
                         break
             return found[:limit][::-1], len(found) > limit
-        end = self.log.index[after] if after is not None else len(records)
-        found = []
-        for position in range(end - 1, -1, -1):
+        end = window.hi if window.after is None else min(window.hi, index[window.after])
+        for position in range(end - 1, window.lo - 1, -1):
             if matches(records[position]):
                 found.append(records[position])
                 if len(found) > limit:

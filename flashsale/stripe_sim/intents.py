@@ -41,6 +41,7 @@ from flashsale.stripe_sim.intent_records import (
     render_payment_method,
 )
 from flashsale.stripe_sim.ledger import ALPHABET, Charge, Ledger, new_id
+from flashsale.stripe_sim.listing import LIST_PARAMS, list_body, page_of, read_window
 from flashsale.stripe_sim.params import (
     Params,
     get_bool,
@@ -77,7 +78,6 @@ CREATE_PARAMS = {
 CANCEL_PARAMS = {"cancellation_reason", "expand"}
 CANCEL_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned")
 CAPTURE_PARAMS = {"amount_to_capture", "metadata", "expand"}
-LIST_PARAMS = {"limit", "starting_after", "ending_before", "expand"}
 GET_PARAMS = {"client_secret", "expand"}
 EXPANDABLE = frozenset({"latest_charge", "payment_method"})
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
@@ -277,32 +277,12 @@ class IntentEndpoints:
 
     def list_intents(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, LIST_PARAMS)
-        limit = get_int(params, "limit")
-        limit = 10 if limit is None else limit
-        if not 1 <= limit <= 100:
-            raise invalid(
-                "This value must be greater than or equal to 1 and less than or equal to 100.",
-                "limit",
-            )
-        after = get_str(params, "starting_after")
-        before = get_str(params, "ending_before")
-        if after and before:
-            raise invalid(
-                "You may only specify one of these parameters: ending_before, starting_after.",
-                "ending_before",
-            )
         intents = self.ledger.payment_intents
-        for name, cursor in (("starting_after", after), ("ending_before", before)):
-            if cursor is not None and cursor not in intents:
-                raise no_such("payment_intent", cursor, name, 400)
-        page, has_more = intents.page(limit, after, before)
+        page, has_more = page_of(intents, read_window(params, intents, "payment_intent"))
         expand = read_expand(params, prefix="data.")
-        return 200, {
-            "object": "list",
-            "data": [render_payment_intent(intent, expand) for intent in page],
-            "has_more": has_more,
-            "url": "/v1/payment_intents",
-        }
+        return 200, list_body(
+            page, has_more, "/v1/payment_intents", lambda i: render_payment_intent(i, expand)
+        )
 
     def _intent(self, ident: str, caller: Caller, params: Params) -> PaymentIntent:
         """The PaymentIntent; a publishable key must show its client secret, as in Stripe.js."""

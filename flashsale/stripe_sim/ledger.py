@@ -196,20 +196,26 @@ class Timeline(Generic[Record]):
         return None if position is None else self.records[position]
 
     def page(
-        self, limit: int, starting_after: str | None, ending_before: str | None
+        self,
+        limit: int,
+        starting_after: str | None,
+        ending_before: str | None,
+        lo: int = 0,
+        hi: int | None = None,
     ) -> tuple[list[Record], bool]:
-        """One page, newest first, like Stripe's list endpoints; O(limit) at any ledger size."""
+        """One page, newest first, of positions [lo, hi), like Stripe's list endpoints."""
         records = self.records
+        hi = len(records) if hi is None else hi
         if starting_after is not None:
-            end = self.index[starting_after]
-            start = max(0, end - limit)
-            return records[start:end][::-1], start > 0
+            end = min(hi, self.index[starting_after])
+            start = max(lo, end - limit)
+            return records[start:end][::-1], start > lo
         if ending_before is not None:
-            start = self.index[ending_before] + 1
-            end = min(len(records), start + limit)
-            return records[start:end][::-1], end < len(records)
-        start = max(0, len(records) - limit)
-        return records[start:][::-1], start > 0
+            start = max(lo, self.index[ending_before] + 1)
+            end = min(hi, start + limit)
+            return records[start:end][::-1], end < hi
+        start = max(lo, hi - limit)
+        return records[start:hi][::-1], start > lo
 
 
 class Ledger:
