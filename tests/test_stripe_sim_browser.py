@@ -143,6 +143,7 @@ def test_confirm_card_payment_pays_a_plain_card(browser_page: tuple) -> None:
     fill(page, "4242 4242 4242 4242", "12 / 40", "123")
     start_confirming(page, intent["client_secret"])
     result = settled(page)
+    assert "paymentIntent" in result, result
     assert result["paymentIntent"]["id"] == intent["id"]
     assert result["paymentIntent"]["status"] == "succeeded"
     assert page.locator("#stripe-sim-3ds").count() == 0  # no challenge for this card

@@ -426,6 +426,7 @@ def test_concurrent_updates_of_one_object_wait_then_time_out_with_lock_timeout(
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.headers["Stripe-Rate-Limited-Reason"] == "resource-specific"
     assert refused.json()["error"]["code"] == "lock_timeout"
+    assert refused.headers["Stripe-Should-Retry"] == "true"
     configure(stripe_sim, latency="0")
     # Updates of different objects do not wait on each other.
     other = create_raw(stripe_sim, payment_method="pm_card_visa", confirm="true")
@@ -455,3 +456,25 @@ def test_lists_filter_on_created_as_stripe_does(client: stripe.StripeClient) -> 
     assert {e.data.object.id for e in events.data} == {late[0].id, late[1].id}
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.charges.list(params={"created": {"after": boundary}})
+
+
+def test_stripe_version_is_checked_and_echoed_and_replays_name_the_original(sim: str) -> None:
+    headers = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    plain = httpx.get(f"{sim}/v1/payment_intents", headers=headers)
+    assert plain.headers["Stripe-Version"] == "2026-10-28.endive"
+    pinned = httpx.get(
+        f"{sim}/v1/payment_intents", headers={**headers, "Stripe-Version": "2024-06-20"}
+    )
+    assert pinned.status_code == 200 and pinned.headers["Stripe-Version"] == "2024-06-20"
+    for bad in ("yesterday", "2010-12-31", "2024-6-20"):
+        refused = httpx.get(f"{sim}/v1/payment_intents", headers={**headers, "Stripe-Version": bad})
+        assert refused.status_code == 400, bad
+        assert "Invalid Stripe API version" in refused.json()["error"]["message"]
+    keyed = {**headers, "Idempotency-Key": "version-replay-1"}
+    data = {"amount": "2000", "currency": "usd"}
+    first = httpx.post(f"{sim}/v1/payment_intents", data=data, headers=keyed)
+    again = httpx.post(f"{sim}/v1/payment_intents", data=data, headers=keyed)
+    assert first.headers["Original-Request"] == first.headers["Request-Id"]
+    assert again.headers["Original-Request"] == first.headers["Request-Id"]
+    assert again.headers["Request-Id"] != first.headers["Request-Id"]
+    assert again.json()["id"] == first.json()["id"]

@@ -25,9 +25,7 @@ from flashsale.stripe_sim.ledger import (
 )
 from flashsale.stripe_sim.listing import LIST_PARAMS, Window, list_body, page_of, read_window
 from flashsale.stripe_sim.params import Params, get_str, refuse_unknown
-
-# The API version events are rendered in: the one stripe-python 16 pins.
-API_VERSION = "2026-10-28.endive"
+from flashsale.stripe_sim.responses import API_VERSION
 
 Snapshot = PaymentIntent | Charge | Refund
 Listener = Callable[["Event"], None]

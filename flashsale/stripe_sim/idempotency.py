@@ -22,11 +22,12 @@ Work = Callable[[], Awaitable[tuple[int, object]]]
 
 
 class Entry:
-    __slots__ = ("fingerprint", "created", "status", "payload")
+    __slots__ = ("fingerprint", "created", "status", "payload", "request_id")
 
-    def __init__(self, fingerprint: int, created: float) -> None:
+    def __init__(self, fingerprint: int, created: float, request_id: str = "") -> None:
         self.fingerprint = fingerprint
         self.created = created
+        self.request_id = request_id  # answered as Original-Request on every replay
         self.status = IN_FLIGHT
         self.payload: object = None
 
@@ -57,8 +58,8 @@ class IdempotencyStore:
             return None
         return entry
 
-    def begin(self, key: str, fingerprint: int, now: float) -> Entry:
-        entry = Entry(fingerprint, now)
+    def begin(self, key: str, fingerprint: int, now: float, request_id: str = "") -> Entry:
+        entry = Entry(fingerprint, now, request_id)
         self.entries[key] = entry
         self.order.append((now, key))
         return entry
@@ -82,9 +83,10 @@ class Idempotency:
         self.counts: Counter[str] = Counter()
 
     async def run(
-        self, key: str, path: str, params: object, ttl_s: float, work: Work
-    ) -> tuple[int, object, bool]:
-        """(status, payload, replayed): the saved result of `key`, or `work` run once under it."""
+        self, key: str, path: str, params: object, ttl_s: float, work: Work, request_id: str
+    ) -> tuple[int, object, str]:
+        """(status, payload, original request id): the saved result of `key` (a replay: the
+        id is not `request_id`), or `work` run once under it."""
         if not key or len(key) > MAX_KEY_LENGTH:
             raise invalid(
                 "Invalid Idempotency-Key: it must be between 1 and 255 characters long.",
@@ -105,6 +107,7 @@ class Idempotency:
                     f"going through): {key}. Please try again later.",
                     type="idempotency_error",
                     code="idempotency_key_in_use",
+                    headers={"Stripe-Should-Retry": "true"},
                 )
             if entry.fingerprint != fingerprint:
                 self.counts["idempotency_mismatches"] += 1
@@ -116,8 +119,8 @@ class Idempotency:
                     type="idempotency_error",
                 )
             self.counts["idempotent_replays"] += 1
-            return entry.status, entry.payload, True
-        entry = store.begin(key, fingerprint, now)
+            return entry.status, entry.payload, entry.request_id
+        entry = store.begin(key, fingerprint, now, request_id)
         saved = False
         try:
             status, payload = await work()
@@ -127,7 +130,7 @@ class Idempotency:
         finally:
             if not saved:
                 store.abandon(key, entry)
-        return status, payload, False
+        return status, payload, request_id
 
 
 def freeze(value: object) -> object:

@@ -127,7 +127,9 @@ class Limits:
             try:
                 await asyncio.wait_for(held.lock.acquire(), LOCK_WAIT_S)
             except TimeoutError:
-                raise self.limited("resource-specific", LOCK_TIMEOUT, "lock_timeout") from None
+                refusal = self.limited("resource-specific", LOCK_TIMEOUT, "lock_timeout")
+                refusal.headers["Stripe-Should-Retry"] = "true"
+                raise refusal from None
             try:
                 yield
             finally:

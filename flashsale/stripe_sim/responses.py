@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 
-from flashsale.stripe_sim.api_errors import StripeApiError
+from flashsale.stripe_sim.api_errors import StripeApiError, invalid
+
+# The version the simulated account is pinned to (the one stripe-python 16 sends), and the
+# shape of any other: a release date, then the release name since 2024-09-30.acacia.
+API_VERSION = "2026-10-28.endive"
+FIRST_VERSION = "2011-01-01"
+VERSION_SHAPE = re.compile(r"^(\d{4}-\d{2}-\d{2})(\.[a-z]+)?$")
 
 SUPPORT = "Please see https://stripe.com/docs or we can help at https://support.stripe.com/."
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "Request-Id, Idempotent-Replayed, Stripe-Should-Retry, "
-    "Stripe-Rate-Limited-Reason",
+    "Access-Control-Expose-Headers": "Request-Id, Idempotent-Replayed, Original-Request, "
+    "Stripe-Should-Retry, Stripe-Rate-Limited-Reason, Stripe-Version",
 }
 
 
@@ -61,3 +68,20 @@ async def read_body(request: web.BaseRequest) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise StripeApiError(413, "Request body too large (the limit is 1 MiB).") from None
+
+
+def api_version(asked: str | None) -> str:
+    """The Stripe-Version a request runs under: the one asked for if it is one, else the
+    account's. A malformed or pre-2011 version is refused as Stripe refuses it; a later one
+    than the simulator knows is accepted (a newer stripe library must not lock a rehearsal
+    out) and answered in this simulator's shapes."""
+    if asked is None or asked == "":
+        return API_VERSION
+    match = VERSION_SHAPE.match(asked.strip())
+    if not match or match.group(1) < FIRST_VERSION:
+        raise invalid(
+            f"Invalid Stripe API version: {asked}. The current version is {API_VERSION}; see "
+            "https://docs.stripe.com/api/versioning.",
+            "Stripe-Version",
+        )
+    return asked.strip()

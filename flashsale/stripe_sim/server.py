@@ -37,6 +37,7 @@ from flashsale.stripe_sim.limits import Limits
 from flashsale.stripe_sim.params import Params, parse_form
 from flashsale.stripe_sim.responses import (
     CORS_HEADERS,
+    api_version,
     error_response,
     json_response,
     preflight,
@@ -250,6 +251,7 @@ class Simulator:
                 if body:
                     parse_form(body, params)
             caller = authenticate(request.headers, request.remote, params, route.publishable_ok)
+            version = api_version(request.headers.get("Stripe-Version"))
             # The rate limit and injected errors shape the account's server-side budget (secret
             # keys). Customers' browsers tokenizing with the publishable key are exempt, so a
             # rehearsal measures the pipeline's Stripe calls, not a guess at Stripe.js limits.
@@ -264,18 +266,21 @@ class Simulator:
                     return route.handler(params, ident, caller)
 
             key = request.headers.get("Idempotency-Key") if method == "POST" else None
-            if key is None:
-                status, payload = await work()
-                replayed = False
-            else:
-                status, payload, replayed = await self.idempotency.run(
-                    key, path, params, config.idempotency_ttl_s, work
+            original = request_id
+            if key is not None:
+                status, payload, original = await self.idempotency.run(
+                    key, path, params, config.idempotency_ttl_s, work, request_id
                 )
+            else:
+                status, payload = await work()
+            replayed = original != request_id
             if route.droppable and not replayed:
                 self.faults.maybe_drop(request, config)
             response = json_response(status, render(status, payload), request_id)
+            response.headers["Stripe-Version"] = version
             if key is not None:
                 response.headers["Idempotency-Key"] = key
+                response.headers["Original-Request"] = original
                 if replayed:
                     response.headers["Idempotent-Replayed"] = "true"
             return response
