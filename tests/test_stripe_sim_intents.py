@@ -344,17 +344,52 @@ def test_payment_intents_page_newest_first(client: stripe.StripeClient) -> None:
     assert [p.id for p in rest.data] == [made[1], made[0]]
 
 
-def test_objects_have_the_keys_of_stripes_own_examples(client: stripe.StripeClient) -> None:
-    """Every top-level key of Stripe's example PaymentIntent and PaymentMethod is answered."""
+def same_shape(kind: str, theirs: dict, ours: dict) -> list[str]:
+    """What our object lacks of Stripe's example: top-level keys, and nested object kinds."""
+    problems = [f"{kind} lacks {key}" for key in sorted(set(theirs) - set(ours))]
+    for key, value in theirs.items():
+        kind_of = value.get("object") if isinstance(value, dict) else None
+        mine = ours.get(key)
+        if isinstance(kind_of, str) and isinstance(mine, dict) and mine.get("object") != kind_of:
+            problems.append(f"{kind}.{key} is {ours[key].get('object')}, not {value['object']}")
+    return problems
+
+
+def test_objects_have_the_keys_of_stripes_own_examples(
+    sim: str, client: stripe.StripeClient
+) -> None:
+    """Every top-level key and nested object kind of Stripe's example objects is answered."""
     examples = json.loads(FIXTURES.read_text())
     intent = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "shape"))
     method = client.v1.payment_methods.retrieve(intent.payment_method)
-    for kind, ours in (("payment_intent", intent), ("payment_method", method)):
-        theirs = examples[kind]
-        missing = sorted(set(theirs) - set(ours.to_dict()))
-        assert not missing, f"{kind} lacks {missing}"
-    card_keys = set(examples["payment_method"]["card"])
-    assert not card_keys - set(method.to_dict()["card"])
+    charge = client.v1.charges.retrieve(intent.latest_charge)
+    refund = client.v1.refunds.create(params={"charge": charge.id, "amount": 100})
+    token = httpx.post(
+        f"{sim}/v1/tokens",
+        data={
+            "card[number]": "4242424242424242",
+            "card[exp_month]": "12",
+            "card[exp_year]": NEXT_YEAR,
+            "card[cvc]": "123",
+        },
+        headers={"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"},
+    ).json()
+    event = client.v1.events.list(params={"limit": 1}).data[0]
+    problems: list[str] = []
+    for kind, ours in (
+        ("payment_intent", intent.to_dict()),
+        ("payment_method", method.to_dict()),
+        ("charge", charge.to_dict()),
+        ("refund", refund.to_dict()),
+        ("token", token),
+        ("event", event.to_dict()),
+    ):
+        problems += same_shape(kind, examples[kind], ours)
+    problems += same_shape(
+        "payment_method.card", examples["payment_method"]["card"], method.to_dict()["card"]
+    )
+    problems += same_shape("token.card", examples["token"]["card"], token["card"])
+    assert not problems, problems
 
 
 def configure(sim: str, **changes: object) -> None:
