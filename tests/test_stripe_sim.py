@@ -650,7 +650,7 @@ BAD_REQUESTS = [
     ("GET", "/v1/charges?starting_after=ch_missing", None, 400, "starting_after"),
     ("GET", "/v1/charges?sort=asc", None, 400, "sort"),
     ("GET", "/v1/tokens/tok_missing", None, 404, "token"),
-    ("POST", "/v1/refunds", {}, 400, "charge"),
+    ("POST", "/v1/refunds", {}, 400, None),
     ("POST", "/v1/refunds", {"charge": "ch_missing"}, 400, "charge"),
     ("GET", "/v1/widgets", None, 404, None),
     ("DELETE", "/v1/charges", None, 404, None),

@@ -513,3 +513,41 @@ def test_stripe_version_is_checked_and_echoed_and_replays_name_the_original(sim:
     assert again.headers["Original-Request"] == first.headers["Request-Id"]
     assert again.headers["Request-Id"] != first.headers["Request-Id"]
     assert again.json()["id"] == first.json()["id"]
+
+
+def test_refunds_list_and_a_payment_intent_refunded(client: stripe.StripeClient) -> None:
+    intent = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "refund-me"))
+    first = client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 1000})
+    second = client.v1.refunds.create(params={"payment_intent": intent.id})
+    assert first.charge == second.charge == intent.latest_charge
+    assert first.payment_intent == intent.id and second.amount == 3999
+    mine = client.v1.refunds.list(params={"payment_intent": intent.id})
+    assert [r.id for r in mine.data] == [second.id, first.id]
+    older = client.v1.refunds.list(
+        params={"payment_intent": intent.id, "starting_after": second.id}
+    )
+    assert [r.id for r in older.data] == [first.id] and not older.has_more
+    newer = client.v1.refunds.list(params={"charge": first.charge, "ending_before": first.id})
+    assert [r.id for r in newer.data] == [second.id]
+    assert client.v1.refunds.list(params={"charge": intent.latest_charge}).data[0].id == second.id
+    newest = client.v1.refunds.list(params={"limit": 1})
+    assert newest.data[0].id == second.id and newest.has_more
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        client.v1.refunds.create(params={"amount": 100})
+    assert caught.value.code == "parameter_missing"
+
+
+def test_a_charge_made_with_capture_false_is_captured_later(sim: str) -> None:
+    secret = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    held = httpx.post(
+        f"{sim}/v1/charges",
+        data={"amount": "5000", "currency": "usd", "source": "tok_visa", "capture": "false"},
+        headers=secret,
+    ).json()
+    assert held["captured"] is False and held["amount_captured"] == 0
+    url = f"{sim}/v1/charges/{held['id']}/capture"
+    captured = httpx.post(url, data={"amount": "4000"}, headers=secret).json()
+    assert captured["captured"] is True and captured["amount_refunded"] == 1000
+    again = httpx.post(url, headers=secret)
+    assert again.status_code == 400
+    assert again.json()["error"]["code"] == "charge_already_captured"

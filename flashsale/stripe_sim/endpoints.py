@@ -33,7 +33,7 @@ from flashsale.stripe_sim.ledger import (
     render_refund,
     render_token,
 )
-from flashsale.stripe_sim.listing import LIST_PARAMS, list_body, page_of, read_window
+from flashsale.stripe_sim.listing import LIST_PARAMS, list_body, page_among, page_of, read_window
 from flashsale.stripe_sim.params import (
     Params,
     get_bool,
@@ -88,7 +88,7 @@ CHARGE_PARAMS = {
     "expand",
 }
 CHARGE_EXTRA = ("receipt_email", "statement_descriptor", "statement_descriptor_suffix")
-REFUND_PARAMS = {"charge", "amount", "reason", "metadata", "expand"}
+REFUND_PARAMS = {"charge", "payment_intent", "amount", "reason", "metadata", "expand"}
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 GET_PARAMS = {"expand"}
 
@@ -320,8 +320,26 @@ class Endpoints:
 
     def create_refund(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, REFUND_PARAMS)
-        charge_id = get_str(params, "charge", required=True)
-        assert charge_id is not None
+        charge_id = get_str(params, "charge")
+        intent_id = get_str(params, "payment_intent")
+        if charge_id is None and intent_id is not None:
+            intent = self.ledger.payment_intents.get(intent_id)
+            if intent is None:
+                raise no_such("payment_intent", intent_id, "payment_intent", 400)
+            if intent.latest_charge is None or intent.latest_charge.decline is not None:
+                raise invalid(
+                    f"PaymentIntent {intent_id} does not have a successful charge to refund.",
+                    "payment_intent",
+                    "charge_not_refundable",
+                )
+            charge_id = intent.latest_charge.id
+        if charge_id is None:
+            raise invalid(
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+                None,
+                "parameter_missing",
+            )
         amount = get_int(params, "amount")
         reason = get_str(params, "reason")
         metadata = get_metadata(params)
@@ -362,10 +380,60 @@ class Endpoints:
         if charge.refunds is None:
             charge.refunds = []
         charge.refunds.append(refund)
-        self.ledger.refunds[refund.id] = refund
+        self.ledger.refunds.add(refund.id, refund)
         self.events.publish("charge.refunded", charge)
         self.events.publish("refund.created", refund)
         return 200, refund
+
+    def list_refunds(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        """Newest first; `charge` or `payment_intent` narrows to one payment's refunds."""
+        refuse_unknown(params, LIST_PARAMS | {"charge", "payment_intent"})
+        refunds = self.ledger.refunds
+        window = read_window(params, refunds, "refund")
+        charge_id = get_str(params, "charge")
+        intent_id = get_str(params, "payment_intent")
+        if charge_id is None and intent_id is None:
+            page, has_more = page_of(refunds, window)
+        else:
+            # One payment's refunds: few, so a scan of its charge's list is cheap.
+            charge = self.ledger.charge(charge_id) if charge_id is not None else None
+            if charge is None and intent_id is not None:
+                intent = self.ledger.payment_intents.get(intent_id)
+                charge = intent.latest_charge if intent is not None else None
+            page, has_more = page_among(
+                refunds, [r.id for r in charge.refunds or []] if charge is not None else [], window
+            )
+        return 200, list_body(page, has_more, "/v1/refunds", render_refund)
+
+    def capture_charge(self, params: Params, ident: str | None, caller: Caller) -> Result:
+        """Capture a charge made with capture=false (its whole amount, or `amount` of it)."""
+        refuse_unknown(params, {"amount", "expand", "metadata", "receipt_email"})
+        assert ident is not None
+        charge = self.ledger.charge(ident)
+        if charge is None:
+            raise no_such("charge", ident, "charge")
+        if charge.decline is not None:
+            raise invalid(
+                f"Charge {ident} has a status of failed and cannot be captured.",
+                None,
+                "charge_not_capturable",
+            )
+        if charge.captured:
+            raise invalid(
+                f"Charge {ident} has already been captured.", None, "charge_already_captured"
+            )
+        amount = get_int(params, "amount")
+        if amount is not None and not 1 <= amount <= charge.amount:
+            raise invalid(
+                f"Amount to capture must be at most the charge's amount ({charge.amount}).",
+                "amount",
+            )
+        charge.captured = True
+        if amount is not None and amount < charge.amount:
+            # Stripe releases the uncaptured rest, and shows it as refunded.
+            charge.amount_refunded = charge.amount - amount
+        self.events.publish("charge.captured", charge)
+        return 200, charge
 
     def get_refund(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, GET_PARAMS)

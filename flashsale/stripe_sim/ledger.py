@@ -224,7 +224,7 @@ class Ledger:
     def __init__(self) -> None:
         self.tokens: dict[str, Token] = {}
         self.charges: Timeline[Charge] = Timeline()
-        self.refunds: dict[str, Refund] = {}
+        self.refunds: Timeline[Refund] = Timeline()
         self.payment_methods: dict[str, PaymentMethod] = {}
         self.payment_intents: Timeline[PaymentIntent] = Timeline()
 

@@ -7,7 +7,7 @@ and a page is a slice: O(limit + log n) at any ledger size.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from flashsale.stripe_sim.api_errors import invalid, no_such
@@ -91,6 +91,26 @@ def read_time(value: object, param: str) -> int:
 
 def page_of(timeline: Timeline[Record], window: Window) -> tuple[list[Record], bool]:
     return timeline.page(window.limit, window.after, window.before, window.lo, window.hi)
+
+
+def page_among(
+    timeline: Timeline[Record], subset_ids: Iterable[str], window: Window
+) -> tuple[list[Record], bool]:
+    """One page, newest first, of a few records of `timeline` (one payment's refunds, say).
+
+    The subset is small, so it is scanned; cursors and `created` apply as on the whole list.
+    """
+    lo, hi = window.lo, window.hi
+    if window.after is not None:
+        hi = min(hi, timeline.index[window.after])
+    if window.before is not None:
+        lo = max(lo, timeline.index[window.before] + 1)
+    positions = sorted(p for p in map(timeline.index.__getitem__, subset_ids) if lo <= p < hi)
+    if window.before is not None:
+        chosen, has_more = positions[: window.limit], len(positions) > window.limit
+    else:
+        chosen, has_more = positions[-window.limit :], len(positions) > window.limit
+    return [timeline.records[p] for p in reversed(chosen)], has_more
 
 
 def list_body(

@@ -104,6 +104,10 @@ class Simulator:
             ("POST", "refunds", False, None): Route(
                 "POST /v1/refunds", e.create_refund, False, False
             ),
+            ("POST", "charges", True, "capture"): Route(
+                "POST /v1/charges/:id/capture", e.capture_charge, False, False
+            ),
+            ("GET", "refunds", False, None): Route("GET /v1/refunds", e.list_refunds, False, False),
             ("GET", "refunds", True, None): Route(
                 "GET /v1/refunds/:id", e.get_refund, False, False
             ),
