@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from chromium import chromium
 from pipeline_fixtures import Pipeline
 
 from flashsale.core import keys
@@ -21,16 +21,6 @@ from flashsale.ops.processes import Child, flashsale_argv
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
 STOCK = 50
 SOCKET_IO = re.compile(r"/socket\.io/")
@@ -39,29 +29,10 @@ SUCCESS_CARD = "4242424242424242"
 INSUFFICIENT_FUNDS_CARD = "4000000000009995"
 
 
-def require_chromium() -> None:
-    """Skip without Chromium locally; in CI (CI set) a missing browser is a failure, not a skip."""
-    if CHROMIUM.exists():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(
-            f"CI must run the browser tests but {CHROMIUM} is missing (apt-get install chromium)"
-        )
-    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); CI installs and runs these")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # Never a downloaded browser: Debian's Chromium, headless.
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

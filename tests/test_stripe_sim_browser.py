@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -11,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from chromium import chromium
 from conftest import start_sim
 
 from flashsale.settings import SIM_PUBLISHABLE_KEY, SIM_SECRET_KEY
 
 pytestmark = pytest.mark.browser
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-sync_api = pytest.importorskip("playwright.sync_api")
 
 PAGE = """<!doctype html><html><body>
 <form id="pay"><div id="card"></div></form>
@@ -63,18 +62,10 @@ def checkout_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
 @pytest.fixture(scope="module")
 def browser_page(checkout_page: tuple[str, str]) -> Iterator[tuple[object, str]]:
     checkout, sim = checkout_page
-    with sync_api.sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch()
-        except Exception:
-            system = shutil.which("chromium") or shutil.which("chromium-browser")
-            if system is None:
-                pytest.skip("no Chromium: run `playwright install chromium`")
-            browser = playwright.chromium.launch(executable_path=system)
+    with chromium() as browser:
         page = browser.new_page()
         page.goto(checkout)
         yield page, sim
-        browser.close()
 
 
 def fill(page: object, number: str, expiry: str, cvc: str) -> None:
