@@ -165,6 +165,13 @@ allow_live_option = click.option(
     type=click.FloatRange(0, 1),
     help="Fraction of events held back 1 s so later events overtake them.",
 )
+@click.option(
+    "--allow-raw-cards",
+    is_flag=True,
+    help="Accept raw card numbers from secret keys, as an account with raw card data APIs "
+    "enabled does. Without it only the publishable key (Stripe.js) may send them; server-side "
+    "code must use tokens, PaymentMethods or test aliases (tok_visa, pm_card_visa).",
+)
 def stripe_sim(
     host: str,
     port: int,
@@ -182,6 +189,7 @@ def stripe_sim(
     webhook_drop_rate: float,
     webhook_duplicate_rate: float,
     webhook_out_of_order_rate: float,
+    allow_raw_cards: bool,
 ) -> None:
     """Run a Stripe-compatible simulator for offline rehearsals: Tokens, Charges, Refunds,
     PaymentMethods, PaymentIntents with 3D Secure, Events and signed webhooks."""
@@ -201,6 +209,7 @@ def stripe_sim(
         webhook_drop_rate=webhook_drop_rate,
         webhook_duplicate_rate=webhook_duplicate_rate,
         webhook_out_of_order_rate=webhook_out_of_order_rate,
+        allow_raw_cards=allow_raw_cards,
     )
     for url in webhooks:
         check_url(url)

@@ -84,6 +84,12 @@ def client(sim: str) -> stripe.StripeClient:
     return client_for(sim)
 
 
+@pytest.fixture(scope="module")
+def browser_client(sim: str) -> stripe.StripeClient:
+    """The publishable key, as Stripe.js holds it: the one caller that may send card numbers."""
+    return client_for(sim, SIM_PUBLISHABLE_KEY)
+
+
 def card(number: str, cvc: str | None = "123", **fields: str) -> dict[str, str]:
     given = {"number": number, "exp_month": "12", "exp_year": NEXT_YEAR, **fields}
     if cvc is not None:
@@ -168,10 +174,10 @@ def test_bad_options_are_one_clear_line_and_no_traceback(
 
 @pytest.mark.parametrize("number", list(SUCCEEDING))
 def test_succeeding_cards_charge_through_the_stripe_library(
-    client: stripe.StripeClient, number: str
+    client: stripe.StripeClient, browser_client: stripe.StripeClient, number: str
 ) -> None:
     brand, network = SUCCEEDING[number]
-    token = client.v1.tokens.create(params={"card": card(number)})
+    token = browser_client.v1.tokens.create(params={"card": card(number)})
     assert token.id.startswith("tok_") and token.used is False and token.livemode is False
     assert token.card.brand == brand and token.card.last4 == number[-4:]
     charge = client.v1.charges.create(params=charge_params(token.id, f"ok-{number}"))
@@ -189,10 +195,10 @@ def test_succeeding_cards_charge_through_the_stripe_library(
 
 @pytest.mark.parametrize("number", list(DECLINING))
 def test_declining_cards_answer_402_like_stripe_and_record_the_failed_charge(
-    sim: str, client: stripe.StripeClient, number: str
+    sim: str, client: stripe.StripeClient, browser_client: stripe.StripeClient, number: str
 ) -> None:
     code, decline_code, message, param = DECLINING[number]
-    token = client.v1.tokens.create(params={"card": card(number)})
+    token = browser_client.v1.tokens.create(params={"card": card(number)})
     with pytest.raises(stripe.CardError) as caught:
         client.v1.charges.create(params=charge_params(token.id))
     error = caught.value
@@ -266,8 +272,10 @@ def test_tokens_accept_the_publishable_key_as_param_bearer_or_basic_auth(sim: st
     assert raw_charge(sim, by_param.json()["id"]).status_code == 200
 
 
-def test_a_token_is_single_use(sim: str, client: stripe.StripeClient) -> None:
-    token = client.v1.tokens.create(params={"card": card("4242424242424242")})
+def test_a_token_is_single_use(
+    sim: str, client: stripe.StripeClient, browser_client: stripe.StripeClient
+) -> None:
+    token = browser_client.v1.tokens.create(params={"card": card("4242424242424242")})
     client.v1.charges.create(params=charge_params(token.id))
     with pytest.raises(stripe.InvalidRequestError) as caught:
         client.v1.charges.create(params=charge_params(token.id, "again"))
@@ -624,11 +632,12 @@ BAD_REQUESTS = [
         "/v1/charges",
         {"amount": "4999", "currency": "usd", "source[number]": "4242424242424242"},
         400,
-        "source",
+        None,  # raw card numbers from a secret key: refused before they are read
     ),
     ("POST", "/v1/charges", b"\xff\xfe\x00", 400, None),
     ("POST", "/v1/charges", b"amount&&currency", 400, None),
     ("POST", "/v1/charges", b'{"amount": 4999}', 400, None),
+    # The publishable key sends card numbers (as Stripe.js does) from here on: see key_for.
     ("POST", "/v1/tokens", {}, 400, "card"),
     ("POST", "/v1/tokens", {"card": "4242"}, 400, "card"),
     (
@@ -664,10 +673,12 @@ def test_bad_requests_get_stripe_shaped_4xx_never_500(
     sim: str, method: str, path: str, body: object, status: int, param: str | None
 ) -> None:
     kwargs = {"content": body} if isinstance(body, bytes) else {"data": body}
+    # Card details come from the browser's publishable key, as Stripe.js sends them.
+    key = {"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"} if path == "/v1/tokens" else SECRET
     if isinstance(body, bytes):
-        kwargs["headers"] = {**SECRET, "Content-Type": "application/x-www-form-urlencoded"}
+        kwargs["headers"] = {**key, "Content-Type": "application/x-www-form-urlencoded"}
     else:
-        kwargs["headers"] = SECRET
+        kwargs["headers"] = key
     response = httpx.request(method, f"{sim}{path}", **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -774,7 +785,9 @@ def test_sim_stats_count_by_endpoint_status_and_outcome(stripe_sim: str) -> None
     for alias in ("tok_chargeDeclinedInsufficientFunds", "tok_chargeDeclinedStolenCard"):
         with pytest.raises(stripe.CardError):
             client.v1.charges.create(params=charge_params(alias))
-    client.v1.tokens.create(params={"card": card("4242424242424242")})
+    client_for(stripe_sim, SIM_PUBLISHABLE_KEY).v1.tokens.create(
+        params={"card": card("4242424242424242")}
+    )
     httpx.get(f"{stripe_sim}/v1/charges/ch_missing", headers=SECRET)
     counted = stats(stripe_sim)
     assert counted["requests"]["POST /v1/charges"] == {"200": 2, "402": 2}

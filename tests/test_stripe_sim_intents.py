@@ -234,13 +234,14 @@ def test_the_charges_api_declines_a_card_that_demands_3ds(sim: str) -> None:
     assert charge.json()["error"]["decline_code"] == "authentication_required"
 
 
-def test_create_then_confirm_then_manual_capture(client: stripe.StripeClient) -> None:
+def test_create_then_confirm_then_manual_capture(sim: str, client: stripe.StripeClient) -> None:
     intent = client.v1.payment_intents.create(
         params={"amount": 2000, "currency": "usd", "capture_method": "manual"}
     )
     assert intent.status == "requires_payment_method"
     assert intent.client_secret.startswith(intent.id + "_secret_")
-    method = client.v1.payment_methods.create(
+    browser = stripe.StripeClient(SIM_PUBLISHABLE_KEY, base_addresses={"api": sim})
+    method = browser.v1.payment_methods.create(
         params={
             "type": "card",
             "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": NEXT_YEAR},
@@ -551,3 +552,57 @@ def test_a_charge_made_with_capture_false_is_captured_later(sim: str) -> None:
     again = httpx.post(url, headers=secret)
     assert again.status_code == 400
     assert again.json()["error"]["code"] == "charge_already_captured"
+
+
+RAW = {"card[number]": "4242424242424242", "card[exp_month]": "12", "card[cvc]": "123"}
+
+
+def test_raw_card_numbers_need_the_publishable_key_unless_allowed(sim: str, tmp_path: Path) -> None:
+    raw = {**RAW, "card[exp_year]": str(NEXT_YEAR)}
+    secret = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    browser = {"Authorization": f"Bearer {SIM_PUBLISHABLE_KEY}"}
+    refusals = [
+        httpx.post(f"{sim}/v1/tokens", data=raw, headers=secret),
+        httpx.post(f"{sim}/v1/payment_methods", data={**raw, "type": "card"}, headers=secret),
+        httpx.post(
+            f"{sim}/v1/charges",
+            data={"amount": "500", "currency": "usd", "source[object]": "card"}
+            | {k.replace("card", "source"): v for k, v in raw.items()},
+            headers=secret,
+        ),
+    ]
+    for refused in refusals:
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["message"].startswith("Sending credit card numbers directly")
+    # The browser's key (Stripe.js) may; server code uses what it tokenized, or a test alias.
+    token = httpx.post(f"{sim}/v1/tokens", data=raw, headers=browser).json()
+    method = httpx.post(
+        f"{sim}/v1/payment_methods",
+        data={"type": "card", "card[token]": token["id"]},
+        headers=secret,
+    ).json()
+    assert method["card"]["last4"] == "4242" and method["id"].startswith("pm_")
+    alias = httpx.post(
+        f"{sim}/v1/payment_methods",
+        data={"type": "card", "card[token]": "tok_visa"},
+        headers=secret,
+    ).json()
+    assert alias["card"]["brand"] == "visa"
+    # An account with raw card data APIs enabled: --allow-raw-cards.
+    child, allowing = start_sim(tmp_path, "--allow-raw-cards")
+    try:
+        allowed = httpx.post(f"{allowing}/v1/tokens", data=raw, headers=secret)
+        assert allowed.status_code == 200 and allowed.json()["card"]["last4"] == "4242"
+        charged = httpx.post(
+            f"{allowing}/v1/charges",
+            data={"amount": "500", "currency": "usd", "source[object]": "card"}
+            | {k.replace("card", "source"): v for k, v in raw.items()},
+            headers=secret,
+        )
+        assert charged.status_code == 200 and charged.json()["status"] == "succeeded"
+        config = httpx.get(f"{allowing}/_sim/config").json()
+        assert config["allow_raw_cards"] is True
+    finally:
+        child.stop()

@@ -26,14 +26,20 @@ PUBLISHABLE_REFUSED = (
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking: the key's kind and the client address (tokens record it)."""
+    """Who is asking: the key's kind, the client address (tokens record it), and whether it
+    may send raw card numbers (the publishable key always may: that is Stripe.js)."""
 
     publishable: bool
     client_ip: str | None
+    raw_cards: bool = True
 
 
 def authenticate(
-    headers: Mapping[str, str], remote: str | None, params: Params, publishable_ok: bool
+    headers: Mapping[str, str],
+    remote: str | None,
+    params: Params,
+    publishable_ok: bool,
+    secret_raw_cards: bool = False,
 ) -> Caller:
     """The caller behind a request's key; a missing, malformed or misplaced key is a 401."""
     key: object = params.pop("key", None)
@@ -57,7 +63,7 @@ def authenticate(
     if not isinstance(key, str):
         raise StripeApiError(401, f"Invalid API Key provided: {key!r}")
     if key.startswith(SECRET_PREFIXES) and len(key) > 8:
-        return Caller(False, remote)
+        return Caller(False, remote, secret_raw_cards)
     if key.startswith(PUBLISHABLE_PREFIX) and len(key) > 8:
         if not publishable_ok:
             raise StripeApiError(401, PUBLISHABLE_REFUSED)

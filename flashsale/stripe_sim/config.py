@@ -51,6 +51,12 @@ def check_fraction(value: object, what: str) -> float:
     return float(value)
 
 
+def check_flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, not {value!r}")
+    return value
+
+
 def check_count(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{what} must be a whole number >= 0, not {value!r}")
@@ -77,6 +83,9 @@ class SimConfig:
     webhook_drop_rate: float = 0.0
     webhook_duplicate_rate: float = 0.0
     webhook_out_of_order_rate: float = 0.0
+    # Raw card numbers with a secret key: most real accounts refuse them; Stripe.js and the
+    # publishable key may always send them (that is how Elements tokenizes).
+    allow_raw_cards: bool = False
 
     @classmethod
     def from_options(
@@ -93,6 +102,7 @@ class SimConfig:
         webhook_drop_rate: float = 0.0,
         webhook_duplicate_rate: float = 0.0,
         webhook_out_of_order_rate: float = 0.0,
+        allow_raw_cards: bool = False,
     ) -> SimConfig:
         """Build from CLI-style values; any bad value is a ConfigError with a clear message."""
         rate = parse_limit(rate_limit, "rate limit")
@@ -121,6 +131,7 @@ class SimConfig:
             webhook_out_of_order_rate=check_fraction(
                 webhook_out_of_order_rate, "webhook out-of-order rate"
             ),
+            allow_raw_cards=check_flag(allow_raw_cards, "allow_raw_cards"),
         )
 
     def with_changes(self, changes: Mapping[str, object]) -> SimConfig:
@@ -146,6 +157,7 @@ class SimConfig:
             webhook_drop_rate=merged["webhook_drop_rate"],  # type: ignore[arg-type]
             webhook_duplicate_rate=merged["webhook_duplicate_rate"],  # type: ignore[arg-type]
             webhook_out_of_order_rate=merged["webhook_out_of_order_rate"],  # type: ignore[arg-type]
+            allow_raw_cards=merged["allow_raw_cards"],  # type: ignore[arg-type]
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -162,6 +174,7 @@ class SimConfig:
             "webhook_drop_rate": self.webhook_drop_rate,
             "webhook_duplicate_rate": self.webhook_duplicate_rate,
             "webhook_out_of_order_rate": self.webhook_out_of_order_rate,
+            "allow_raw_cards": self.allow_raw_cards,
         }
 
     def describe(self) -> str:
@@ -176,7 +189,8 @@ class SimConfig:
             f"endpoint_rate_limit={self.endpoint_rate_limit}, "
             f"endpoint_concurrency_limit={self.endpoint_concurrency_limit or 'off'}, "
             f"latency={self.latency}, error_rate={self.error_rate:g}, "
-            f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s"
+            f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s, "
+            f"raw_cards={'allowed' if self.allow_raw_cards else 'publishable key only'}"
             + self.describe_webhook_faults()
         )
 

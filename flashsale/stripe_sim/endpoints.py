@@ -156,6 +156,15 @@ def money(amount: int, currency: str) -> str:
     return f"{SYMBOLS.get(currency, '')}{value} {currency}"
 
 
+# What a test-mode account without raw card data APIs answers a secret key sending card numbers.
+RAW_CARDS_REFUSED = (
+    "Sending credit card numbers directly to the Stripe API is generally unsafe. We suggest you "
+    "use test tokens that map to the test card you are using, see https://stripe.com/docs/testing. "
+    "To enable raw card data APIs in test mode, see "
+    "https://support.stripe.com/questions/enabling-access-to-raw-card-data-apis."
+)
+
+
 class Endpoints:
     """The API surface over one Ledger; counts charges by outcome for /_sim/stats."""
 
@@ -184,6 +193,8 @@ class Endpoints:
         """A card record from raw card details, checked as Stripe checks them at tokenization."""
         if not isinstance(card, dict):
             raise invalid("Invalid object", prefix)
+        if not caller.raw_cards:
+            raise invalid(RAW_CARDS_REFUSED)
         refuse_unknown(card, CARD_PARAMS, prefix)
         number = get_str(card, "number", True, f"{prefix}[number]")
         exp_month = get_str(card, "exp_month", True, f"{prefix}[exp_month]")
@@ -280,23 +291,25 @@ class Endpoints:
         if source is None or source == "":
             raise invalid("Must provide source or customer.", None, "parameter_missing")
         if isinstance(source, dict):
-            raise invalid(
-                "Sending credit card numbers directly to the Stripe API is generally unsafe. "
-                "Use a test token such as tok_visa, or create one with POST /v1/tokens.",
-                "source",
-            )
-        if not isinstance(source, str):
-            raise invalid(f"Invalid string: {source}", "source")
-        if source in TOKEN_ALIASES:
-            return self.alias_token(source, caller.client_ip)
-        token = self.ledger.tokens.get(source)
+            # Card details in place of a token: only where raw card data is allowed.
+            details = {k: v for k, v in source.items() if not (k == "object" and v == "card")}
+            return self.read_card(details, caller, "source")
+        return self.take_token(source, caller, "source")
+
+    def take_token(self, value: object, caller: Caller, param: str) -> Token:
+        """A token (or a tok_ test alias) given in place of card details, marked used."""
+        if not isinstance(value, str):
+            raise invalid(f"Invalid string: {value}", param)
+        if value in TOKEN_ALIASES:
+            return self.alias_token(value, caller.client_ip)
+        token = self.ledger.tokens.get(value)
         if token is None:
-            raise no_such("token", source, "source", 400)
+            raise no_such("token", value, param, 400)
         if token.used:
             raise StripeApiError(
                 400,
-                f"You cannot use a Stripe token more than once: {source}.",
-                param="source",
+                f"You cannot use a Stripe token more than once: {value}.",
+                param=param,
                 code="token_already_used",
             )
         token.used = True

@@ -138,7 +138,10 @@ class IntentEndpoints:
             name = get_str(billing, "name", False, "billing_details[name]")
         elif billing not in (None, ""):
             raise invalid("Invalid object", "billing_details")
-        token = self.cards.read_card(card, caller)
+        if isinstance(card, dict) and set(card) == {"token"}:
+            token = self.cards.take_token(card["token"], caller, "card[token]")
+        else:
+            token = self.cards.read_card(card, caller)
         method = PaymentMethod(new_id("pm_"), token, int(time.time()), get_metadata(params), name)
         self.ledger.payment_methods[method.id] = method
         return 200, method

@@ -254,7 +254,13 @@ class Simulator:
                 body = await read_body(request)
                 if body:
                     parse_form(body, params)
-            caller = authenticate(request.headers, request.remote, params, route.publishable_ok)
+            caller = authenticate(
+                request.headers,
+                request.remote,
+                params,
+                route.publishable_ok,
+                config.allow_raw_cards,
+            )
             version = api_version(request.headers.get("Stripe-Version"))
             # The rate limit and injected errors shape the account's server-side budget (secret
             # keys). Customers' browsers tokenizing with the publishable key are exempt, so a
