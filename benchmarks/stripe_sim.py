@@ -263,7 +263,7 @@ async def bench(args: argparse.Namespace) -> None:
         )
         print(
             f"  loaded / fresh: throughput {loaded_rps / fresh_rps:.1%}, "
-            f"CPU cost per request {fresh_cpu / loaded_cpu:.1%}"
+            f"CPU cost per request {loaded_cpu / fresh_cpu:.1%}"
         )
         held = {
             "charges": "with its token and idempotency key",
