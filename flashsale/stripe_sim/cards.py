@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 from flashsale.stripe_sim.api_errors import StripeApiError, card_error
 
@@ -74,6 +77,12 @@ DECLINES = {
         "authentication_required",
         "Your card was declined. This transaction requires authentication.",
     ),
+    "card_velocity_exceeded": Decline(
+        "card_declined",
+        "card_velocity_exceeded",
+        "Your card was declined for making repeated attempts too frequently or exceeding its "
+        "amount limit.",
+    ),
     "processing_error": Decline(
         "processing_error",
         "processing_error",
@@ -84,82 +93,86 @@ DECLINES = {
 
 @dataclass(frozen=True, slots=True)
 class CardProfile:
-    """What a card number is (brand, funding, country) and how charges on it end."""
+    """What a card number is (brand, funding, country) and how payments on it end."""
 
     brand: str
     funding: str = "credit"
     country: str = "US"
     # The outcome once the payment is authorized (after 3D Secure, when the card demands it).
     decline: Decline | None = None
-    # 3D Secure: "required" (a challenge on every payment), "supported" (none asked for),
-    # "not_supported" (cannot be invoked; the payment proceeds without it).
+    # 3D Secure: "required" (a challenge on every on-session payment), "optional" and
+    # "supported" (Radar's default rules ask for none), "not_supported" (cannot be invoked; the
+    # payment proceeds without it), "lookup_error" (required, but the lookup fails: declined).
     three_d_secure: str = "supported"
+    risk_level: str = "normal"  # Radar's, on the charge's outcome
+    # Checks that fail (when the value was given) or are unavailable: (field, result) pairs.
+    checks: tuple[tuple[str, str], ...] = ()
+    dispute: str | None = None  # the dispute a succeeded charge receives afterwards
+    refund: str | None = (
+        None  # asynchronous refunds: pending_then_succeeded | succeeded_then_failed
+    )
 
     @property
     def needs_3ds(self) -> bool:
         return self.three_d_secure == "required"
 
+    def check(self, name: str, given: bool) -> str | None:
+        """A CVC or address check's result: the card's documented failure, else pass."""
+        result = dict(self.checks).get(name)
+        if result == "unavailable":
+            return result
+        if not given:
+            return None
+        return result or "pass"
 
-TEST_CARDS: dict[str, CardProfile] = {
-    "4242424242424242": CardProfile("Visa"),
-    "4000056655665556": CardProfile("Visa", "debit"),
-    "5555555555554444": CardProfile("MasterCard"),
-    "5200828282828210": CardProfile("MasterCard", "debit"),
-    "378282246310005": CardProfile("American Express", three_d_secure="not_supported"),
-    "6011111111111117": CardProfile("Discover"),
-    "4000000000000002": CardProfile("Visa", decline=DECLINES["generic_decline"]),
-    "4000000000009995": CardProfile("Visa", decline=DECLINES["insufficient_funds"]),
-    "4000000000009987": CardProfile("Visa", decline=DECLINES["lost_card"]),
-    "4000000000009979": CardProfile("Visa", decline=DECLINES["stolen_card"]),
-    "4100000000000019": CardProfile("Visa", decline=DECLINES["fraudulent"]),
-    "4000000000000069": CardProfile("Visa", decline=DECLINES["expired_card"]),
-    "4000000000000127": CardProfile("Visa", decline=DECLINES["incorrect_cvc"]),
-    "4000000000000119": CardProfile("Visa", decline=DECLINES["processing_error"]),
-    # 3D Secure (docs.stripe.com/testing#authentication-and-setup and #three-ds-cards).
-    "4000002500003155": CardProfile("Visa", three_d_secure="required"),
-    "4000002760003184": CardProfile("Visa", three_d_secure="required"),
-    "4000008260003178": CardProfile(
-        "Visa", decline=DECLINES["insufficient_funds"], three_d_secure="required"
-    ),
-    "4000000000003220": CardProfile("Visa", three_d_secure="required"),
-    "4000000000003063": CardProfile("Visa", three_d_secure="required"),
-    "4000008400001629": CardProfile(
-        "Visa", decline=DECLINES["generic_decline"], three_d_secure="required"
-    ),
-    "4000000000003055": CardProfile("Visa"),
-}
 
-# The tokens real test mode accepts in place of raw numbers (accounts refuse raw card data).
-TOKEN_ALIASES: dict[str, str] = {
-    "tok_visa": "4242424242424242",
-    "tok_visa_debit": "4000056655665556",
-    "tok_mastercard": "5555555555554444",
-    "tok_mastercard_debit": "5200828282828210",
-    "tok_amex": "378282246310005",
-    "tok_discover": "6011111111111117",
-    "tok_chargeDeclined": "4000000000000002",
-    "tok_chargeDeclinedInsufficientFunds": "4000000000009995",
-    "tok_chargeDeclinedLostCard": "4000000000009987",
-    "tok_chargeDeclinedStolenCard": "4000000000009979",
-    "tok_chargeDeclinedExpiredCard": "4000000000000069",
-    "tok_chargeDeclinedIncorrectCvc": "4000000000000127",
-    "tok_chargeDeclinedProcessingError": "4000000000000119",
-    "tok_chargeDeclinedFraudulent": "4100000000000019",
-}
+@dataclass(frozen=True, slots=True)
+class AliasCard:
+    """The card behind a tok_/pm_card_ alias; a few aliases have no number in the docs."""
 
-# The PaymentMethods real test mode accepts in place of raw numbers: pm_card_<the tok_ name>,
-# and the 3D Secure cards, which have no tok_ alias.
-PAYMENT_METHOD_ALIASES: dict[str, str] = {
-    **{"pm_card_" + alias[4:]: number for alias, number in TOKEN_ALIASES.items()},
-    "pm_card_authenticationRequiredOnSetup": "4000002500003155",
-    "pm_card_authenticationRequired": "4000002760003184",
-    "pm_card_authenticationRequiredChargeDeclinedInsufficientFunds": "4000008260003178",
-    "pm_card_threeDSecure2Required": "4000000000003220",
-    "pm_card_threeDSecureRequired": "4000000000003063",
-    "pm_card_threeDSecureRequiredChargeDeclined": "4000008400001629",
-    "pm_card_threeDSecureOptional": "4000000000003055",
-    "pm_card_amex_threeDSecureNotSupported": "378282246310005",
-}
+    alias: str
+    number: str | None
+    profile: CardProfile
+
+
+def _profile(row: dict[str, Any]) -> CardProfile:
+    decline = row.get("decline")
+    return CardProfile(
+        brand=row["brand"],
+        funding=row["funding"],
+        country=row["country"],
+        decline=None if decline is None else DECLINES[decline],
+        three_d_secure=row["three_d_secure"],
+        risk_level=row["risk_level"],
+        checks=tuple(sorted(row.get("checks", {}).items())),
+        dispute=row.get("dispute"),
+        refund=row.get("refund"),
+    )
+
+
+def load_table() -> tuple[dict[str, CardProfile], dict[str, AliasCard], dict[str, AliasCard]]:
+    """test_cards.json: the profile of every number, and the card behind every alias."""
+    table = json.loads(resources.files(__package__).joinpath(TABLE_FILE).read_text("utf-8"))
+    numbers: dict[str, CardProfile] = {}
+    tokens: dict[str, AliasCard] = {}
+    methods: dict[str, AliasCard] = {}
+    for row in table["cards"]:
+        profile = _profile(row)
+        number = row["number"]
+        if number is not None:
+            numbers.setdefault(number, profile)
+        # An alias in two rows (tok_jcb: by brand and by country) is the first row's.
+        for alias in row["tok"]:
+            tokens.setdefault(alias, AliasCard(alias, number, profile))
+        for alias in row["pm"]:
+            methods.setdefault(alias, AliasCard(alias, number, profile))
+    return numbers, tokens, methods
+
+
+TABLE_FILE = "test_cards.json"
+# Stripe's documented test cards (docs.stripe.com/testing) and the tokens and PaymentMethods
+# real test mode accepts in place of raw numbers (most accounts refuse raw card data).
+TEST_CARDS, TOKEN_ALIASES, PAYMENT_METHOD_ALIASES = load_table()
 
 BRAND_PREFIXES = (
     (("34", "37"), "American Express"),

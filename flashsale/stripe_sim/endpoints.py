@@ -18,6 +18,8 @@ from flashsale.stripe_sim.cards import (
     DECLINES,
     TEST_CARDS,
     TOKEN_ALIASES,
+    AliasCard,
+    CardProfile,
     check_card,
     fingerprint,
     profile_for,
@@ -206,11 +208,22 @@ class Endpoints:
         month, year = check_card(number, exp_month, exp_year, cvc, datetime.date.today())
         digits = number.replace(" ", "").replace("-", "")
         extra = {name: card[name] for name in CARD_EXTRA if card.get(name)}
-        return self._new_token(digits, month, year, cvc is not None, caller.client_ip, extra)
+        return self._new_token(
+            profile_for(digits),
+            digits[-4:],
+            card_fingerprint(digits),
+            month,
+            year,
+            cvc is not None,
+            caller.client_ip,
+            extra,
+        )
 
     def _new_token(
         self,
-        digits: str,
+        profile: CardProfile,
+        last4: str,
+        card_print: str,
         month: int,
         year: int,
         cvc_given: bool,
@@ -219,12 +232,12 @@ class Endpoints:
     ) -> Token:
         return Token(
             new_id("tok_"),
-            profile_for(digits),
-            sys.intern(digits[-4:]),
+            profile,
+            sys.intern(last4),
             month,
             self._years.setdefault(year, year),  # one int object per year, not per token
-            card_fingerprint(digits),
-            "pass" if cvc_given else None,
+            card_print,
+            profile.check("cvc_check", cvc_given),
             int(time.time()),
             client_ip,
             extra or None,  # type: ignore[arg-type]
@@ -232,12 +245,19 @@ class Endpoints:
 
     def alias_token(self, alias: str, client_ip: str | None) -> Token:
         """A fresh card behind a test alias, as Stripe mints one per use of tok_visa and co."""
-        return self.card_for_number(TOKEN_ALIASES[alias], client_ip)
+        return self.card_for_alias(TOKEN_ALIASES[alias], client_ip)
 
-    def card_for_number(self, number: str, client_ip: str | None = None) -> Token:
-        """A fresh test card (expiring next December, CVC checked) behind a test alias."""
+    def card_for_alias(self, card: AliasCard, client_ip: str | None = None) -> Token:
+        """A fresh test card (expiring next December, CVC given) behind a test alias; the few
+        aliases the docs give no number for show last4 0000."""
         next_year = datetime.date.today().year + 1
-        return self._new_token(number, 12, next_year, True, client_ip)
+        number = card.number
+        last4, card_print = (
+            (number[-4:], card_fingerprint(number))
+            if number is not None
+            else ("0000", fingerprint(card.alias))
+        )
+        return self._new_token(card.profile, last4, card_print, 12, next_year, True, client_ip)
 
     def get_token(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, GET_PARAMS)

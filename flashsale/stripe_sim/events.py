@@ -14,6 +14,7 @@ from collections.abc import Callable
 from flashsale.stripe_sim.api_errors import no_such
 from flashsale.stripe_sim.auth import Caller
 from flashsale.stripe_sim.endpoints import Result
+from flashsale.stripe_sim.follow_ups import Dispute, FraudWarning
 from flashsale.stripe_sim.intent_records import PaymentIntent, render_payment_intent
 from flashsale.stripe_sim.ledger import (
     Charge,
@@ -27,7 +28,7 @@ from flashsale.stripe_sim.listing import LIST_PARAMS, Window, list_body, page_of
 from flashsale.stripe_sim.params import Params, get_str, refuse_unknown
 from flashsale.stripe_sim.responses import API_VERSION
 
-Snapshot = PaymentIntent | Charge | Refund
+Snapshot = PaymentIntent | Charge | Refund | Dispute | FraudWarning
 Listener = Callable[["Event"], None]
 
 
@@ -50,7 +51,9 @@ def render_object(snapshot: Snapshot) -> dict[str, object]:
         return render_payment_intent(snapshot)
     if isinstance(snapshot, Charge):
         return render_charge(snapshot)
-    return render_refund(snapshot)
+    if isinstance(snapshot, Refund):
+        return render_refund(snapshot)
+    return snapshot.render()
 
 
 def render_event(event: Event, pending_webhooks: int = 0) -> dict[str, object]:

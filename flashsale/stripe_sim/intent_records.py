@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from flashsale.stripe_sim.ledger import BRAND_NETWORK, Charge, Token, render_charge
+from flashsale.stripe_sim.ledger import BRAND_NETWORK, Charge, Token, card_checks, render_charge
 
 # PaymentIntent statuses, as the API names them.
 REQUIRES_PAYMENT_METHOD = "requires_payment_method"
@@ -145,11 +145,7 @@ def render_payment_method(method: PaymentMethod) -> dict[str, object]:
         },
         "card": {
             "brand": network,
-            "checks": {
-                "address_line1_check": None,
-                "address_postal_code_check": None,
-                "cvc_check": card.cvc_check,
-            },
+            "checks": card_checks(card),
             "country": profile.country,
             "display_brand": network,
             "exp_month": card.exp_month,

@@ -46,6 +46,7 @@ from flashsale.stripe_sim.params import (
     Params,
     get_bool,
     get_int,
+    get_list,
     get_metadata,
     get_str,
     refuse_unknown,
@@ -153,9 +154,9 @@ class IntentEndpoints:
 
     def _payment_method(self, ident: str, param: str, status: int) -> PaymentMethod:
         """A stored PaymentMethod, or a fresh one behind a pm_card_* test alias."""
-        number = PAYMENT_METHOD_ALIASES.get(ident)
-        if number is not None:
-            token = self.cards.card_for_number(number)
+        alias = PAYMENT_METHOD_ALIASES.get(ident)
+        if alias is not None:
+            token = self.cards.card_for_alias(alias)
             minted = PaymentMethod(new_id("pm_"), token, int(time.time()), None)
             self.ledger.payment_methods[minted.id] = minted
             return minted
@@ -181,8 +182,8 @@ class IntentEndpoints:
                 "Invalid confirmation_method: must be one of automatic or manual",
                 "confirmation_method",
             )
-        types = params.get("payment_method_types")
-        if types not in (None, "") and types != ["card"]:
+        types = get_list(params, "payment_method_types")
+        if types is not None and types != ["card"]:
             raise invalid(
                 "The simulator supports payment_method_types=['card'] only.",
                 "payment_method_types",
@@ -487,17 +488,7 @@ class IntentEndpoints:
 
 def read_expand(params: Params, prefix: str = "") -> frozenset[str]:
     """The `expand[]` paths asked for; one the simulator cannot expand is a 400, like Stripe."""
-    value = params.get("expand")
-    if value is None or value == "":
-        return frozenset()
-    # expand[]=a, expand[0]=a (stripe-python's form) or a lone expand=a.
-    paths = (
-        value
-        if isinstance(value, list)
-        else list(value.values())
-        if isinstance(value, dict)
-        else [value]
-    )
+    paths = get_list(params, "expand") or []
     fields = set()
     for path in paths:
         name = path[len(prefix) :] if isinstance(path, str) and path.startswith(prefix) else None

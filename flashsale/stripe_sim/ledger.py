@@ -29,6 +29,8 @@ BRAND_NETWORK = {
     "UnionPay": "unionpay",
 }
 STATEMENT_DESCRIPTOR = "FLASHSALE SIM"
+# A risk score in each of Radar's bands (normal < 65 <= elevated < 75 <= highest).
+RISK_SCORES = {"normal": 12, "elevated": 67, "highest": 95}
 
 
 class IdMaker:
@@ -113,6 +115,7 @@ class Charge:
         "amount_refunded",
         "refunds",
         "extra",
+        "disputed",
     )
 
     def __init__(
@@ -144,6 +147,7 @@ class Charge:
         self.amount_refunded = 0
         self.refunds: list[Refund] | None = None
         self.extra = extra
+        self.disputed = False
 
     @property
     def status(self) -> str:
@@ -155,7 +159,7 @@ class Charge:
 
 
 class Refund:
-    __slots__ = ("id", "charge", "amount", "created", "reason", "metadata")
+    __slots__ = ("id", "charge", "amount", "created", "reason", "metadata", "status")
 
     def __init__(
         self,
@@ -172,6 +176,10 @@ class Refund:
         self.created = created
         self.reason = reason
         self.metadata = metadata
+        # Instant, unless the card refunds asynchronously (tok_pendingRefund): see follow_ups.
+        self.status = (
+            "pending" if charge.card.profile.refund == "pending_then_succeeded" else ("succeeded")
+        )
 
 
 class Timeline(Generic[Record]):
@@ -235,6 +243,21 @@ class Ledger:
         return self.charges.get(charge_id)
 
 
+def card_checks(token: Token) -> dict[str, str | None]:
+    """The CVC and address checks of a payment on this card, as its test card documents them."""
+    extra = token.extra or {}
+    profile = token.profile
+    return {
+        "address_line1_check": profile.check(
+            "address_line1_check", bool(extra.get("address_line1"))
+        ),
+        "address_postal_code_check": profile.check(
+            "address_zip_check", bool(extra.get("address_zip"))
+        ),
+        "cvc_check": token.cvc_check,
+    }
+
+
 def render_card(token: Token) -> dict[str, object]:
     extra = token.extra or {}
     profile = token.profile
@@ -244,11 +267,13 @@ def render_card(token: Token) -> dict[str, object]:
         "address_city": extra.get("address_city"),
         "address_country": extra.get("address_country"),
         "address_line1": extra.get("address_line1"),
-        "address_line1_check": "unchecked" if extra.get("address_line1") else None,
+        "address_line1_check": profile.check(
+            "address_line1_check", bool(extra.get("address_line1"))
+        ),
         "address_line2": extra.get("address_line2"),
         "address_state": extra.get("address_state"),
         "address_zip": extra.get("address_zip"),
-        "address_zip_check": "unchecked" if extra.get("address_zip") else None,
+        "address_zip_check": profile.check("address_zip_check", bool(extra.get("address_zip"))),
         "brand": profile.brand,
         "country": profile.country,
         "cvc_check": token.cvc_check,
@@ -281,7 +306,7 @@ def render_token(token: Token) -> dict[str, object]:
 
 
 def render_refund(refund: Refund) -> dict[str, object]:
-    return {
+    rendered: dict[str, object] = {
         "id": refund.id,
         "object": "refund",
         "amount": refund.amount,
@@ -305,9 +330,12 @@ def render_refund(refund: Refund) -> dict[str, object]:
         "reason": refund.reason,
         "receipt_number": None,
         "source_transfer_reversal": None,
-        "status": "succeeded",
+        "status": refund.status,
         "transfer_reversal": None,
     }
+    if refund.status == "failed":
+        rendered["failure_reason"] = "unknown"  # the docs name none for tok_refundFail
+    return rendered
 
 
 def render_charge(charge: Charge) -> dict[str, object]:
@@ -321,19 +349,15 @@ def render_charge(charge: Charge) -> dict[str, object]:
         outcome: dict[str, object] = {
             "network_status": "approved_by_network",
             "reason": None,
-            "risk_level": "normal",
-            "risk_score": 12,
+            "risk_level": profile.risk_level,
+            "risk_score": RISK_SCORES[profile.risk_level],
             "seller_message": "Payment complete.",
             "type": "authorized",
         }
     else:
         outcome = decline.outcome()
     network = BRAND_NETWORK.get(profile.brand, "unknown")
-    checks = {
-        "address_line1_check": None,
-        "address_postal_code_check": None,
-        "cvc_check": card.cvc_check,
-    }
+    checks = card_checks(card)
     return {
         "id": charge.id,
         "object": "charge",
@@ -363,7 +387,7 @@ def render_charge(charge: Charge) -> dict[str, object]:
         "currency": charge.currency,
         "customer": None,
         "description": charge.description,
-        "disputed": False,
+        "disputed": charge.disputed,
         "failure_balance_transaction": None,
         "failure_code": None if decline is None else decline.code,
         "failure_message": None if decline is None else decline.message,

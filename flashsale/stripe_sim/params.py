@@ -117,6 +117,18 @@ def get_bool(params: Params, name: str) -> bool | None:
     return value == "true"
 
 
+def get_list(params: Params, name: str) -> list[object] | None:
+    """An array parameter: a[]=x, a[0]=x (stripe-python's form) or a lone a=x."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return [value[key] for key in sorted(value, key=lambda k: (len(k), k))]
+    return [value]
+
+
 def get_metadata(params: Params, name: str = "metadata") -> dict[str, str] | None:
     """Stripe's metadata rules: up to 50 keys of 40 chars, values up to 500; '' unsets."""
     value = params.get(name)

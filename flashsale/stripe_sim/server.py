@@ -30,6 +30,7 @@ from flashsale.stripe_sim.control import control
 from flashsale.stripe_sim.endpoints import Endpoints, Result, render
 from flashsale.stripe_sim.events import Events
 from flashsale.stripe_sim.faults import Dropped, Faults
+from flashsale.stripe_sim.follow_ups import FollowUps
 from flashsale.stripe_sim.idempotency import Idempotency
 from flashsale.stripe_sim.intents import CHALLENGE_PATH, IntentEndpoints
 from flashsale.stripe_sim.ledger import ALPHABET, Ledger
@@ -89,7 +90,8 @@ class Simulator:
         stripe_js = STATIC / "stripe.js"
         self.stripe_js = stripe_js.read_bytes() if stripe_js.exists() else None
         self.intents = IntentEndpoints(self.ledger, self.endpoints)
-        e, i, v, w = self.endpoints, self.intents, self.events, self.webhooks
+        self.follow_ups = FollowUps(self.ledger, self.events)
+        e, i, v, w, f = self.endpoints, self.intents, self.events, self.webhooks, self.follow_ups
         # (method, resource, with an id, action after the id) -> route
         self.routes: dict[tuple[str, str, bool, str | None], Route] = {
             ("POST", "tokens", False, None): Route("POST /v1/tokens", e.create_token, True, False),
@@ -134,6 +136,12 @@ class Simulator:
             ),
             ("POST", "payment_intents", True, "capture"): Route(
                 "POST /v1/payment_intents/:id/capture", i.capture_intent, False, False
+            ),
+            ("GET", "disputes", False, None): Route(
+                "GET /v1/disputes", f.list_disputes, False, False
+            ),
+            ("GET", "disputes", True, None): Route(
+                "GET /v1/disputes/:id", f.get_dispute, False, False
             ),
             ("GET", "events", False, None): Route("GET /v1/events", v.list_events, False, False),
             ("GET", "events", True, None): Route("GET /v1/events/:id", v.get_event, False, False),
