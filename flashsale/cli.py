@@ -640,10 +640,13 @@ def worker(
 )
 @click.option(
     "--tokenize",
-    type=click.Choice(["raw", "test-tokens"]),
-    default="raw",
+    type=click.Choice(["auto", "raw", "test-tokens"]),
+    default="auto",
     show_default=True,
-    help="Send raw test card numbers to /v1/tokens, or use tok_ test tokens.",
+    help="How customers get a card token: 'raw' sends the test card's number to /v1/tokens "
+    "with the publishable key, as Stripe.js does; 'test-tokens' uses its tok_ alias (no call); "
+    "'auto': raw against a simulator, test-tokens against api.stripe.com, whose test mode "
+    "refuses raw numbers from anything but Stripe.js.",
 )
 @click.option("--timeout", default="30s", show_default=True, help="Wait per phase and for results.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here.")

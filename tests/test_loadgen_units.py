@@ -348,3 +348,21 @@ def test_a_latency_gate_on_a_phase_nobody_went_through_is_not_met() -> None:
     stats.corrected["checkout"].record_value(1_500_000)
     [checkout] = evaluate([parse_slo("checkout.p99<2s")], stats)
     assert checkout.passed and checkout.actual == pytest.approx(1500, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("mode", "api_base", "alias"),
+    [
+        ("auto", "http://127.0.0.1:12111", False),  # the simulator: numbers, as Stripe.js sends
+        ("auto", "https://api.stripe.com", True),  # real test mode refuses them from us
+        ("auto", "https://stripe.com.example.org", False),
+        ("raw", "https://api.stripe.com", False),
+        ("test-tokens", "http://127.0.0.1:12111", True),
+    ],
+)
+def test_auto_tokenize_uses_aliases_against_real_stripe_only(
+    mode: str, api_base: str, alias: bool
+) -> None:
+    from flashsale.loadgen.customer import tokenize_with_alias
+
+    assert tokenize_with_alias(mode, api_base) is alias

@@ -606,3 +606,17 @@ def test_raw_card_numbers_need_the_publishable_key_unless_allowed(sim: str, tmp_
         assert config["allow_raw_cards"] is True
     finally:
         child.stop()
+
+
+@pytest.mark.parametrize(
+    ("currency", "minimum"),
+    [("usd", 50), ("gbp", 30), ("hkd", 400), ("mxn", 1000), ("huf", 17500), ("jpy", 50)],
+)
+def test_each_currency_has_the_docs_minimum(sim: str, currency: str, minimum: int) -> None:
+    """docs.stripe.com/currencies: 0.50 USD, 0.30 GBP, 4.00 HKD, 10 MXN, 175.00 HUF, 50 JPY."""
+    secret = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    url = f"{sim}/v1/payment_intents"
+    below = httpx.post(url, data={"amount": minimum - 1, "currency": currency}, headers=secret)
+    assert below.status_code == 400 and below.json()["error"]["code"] == "amount_too_small"
+    at = httpx.post(url, data={"amount": minimum, "currency": currency}, headers=secret)
+    assert at.status_code == 200, at.text

@@ -20,7 +20,7 @@ class Target:
     """Where customers go and how they behave there."""
 
     url: str
-    tokenize: str = "raw"  # raw | test-tokens
+    tokenize: str = "auto"  # auto | raw | test-tokens (customer.tokenize_with_alias)
     timeout_s: float = 30.0
     fallback: bool = True
     patience: Spread = DEFAULT_PATIENCE  # a queued customer leaves after waiting a draw of it

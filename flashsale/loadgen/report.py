@@ -51,7 +51,7 @@ class RunInfo:
     interrupted: bool = False
     cancelled: int = 0
     cards_spec: str = ""
-    tokenize: str = "raw"
+    tokenize: str = "auto"
     timeout_s: float = 0.0
     max_in_flight: int | None = None
     doors_open: dict[str, Any] | None = None

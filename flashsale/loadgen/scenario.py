@@ -71,7 +71,7 @@ TEST_CARDS: dict[str, TestCard] = {
 }
 
 DEFAULT_CARDS = "visa=85,insufficient_funds=5,generic_decline=5,expired_card=3,incorrect_cvc=2"
-TOKENIZE_MODES = ("raw", "test-tokens")
+TOKENIZE_MODES = ("auto", "raw", "test-tokens")
 MAX_PATIENCE_S = 4 * 3600.0
 
 
@@ -134,7 +134,7 @@ class CardMix:
         return ",".join(f"{card.name}={weight}" for card, weight in self.weights)
 
 
-def parse_cards(spec: str, tokenize: str = "raw") -> CardMix:
+def parse_cards(spec: str, tokenize: str = "auto") -> CardMix:
     """Parse `visa=85,insufficient_funds=5`; names are Stripe decline codes or card brands."""
     if tokenize not in TOKENIZE_MODES:
         modes = ", ".join(TOKENIZE_MODES)
@@ -339,7 +339,7 @@ class LoadConfig:
     url: str
     schedule: Schedule
     cards: CardMix
-    tokenize: str = "raw"
+    tokenize: str = "auto"
     timeout_s: float = 30.0
     max_in_flight: int | None = None
     slos: tuple[Slo, ...] = ()
@@ -437,7 +437,7 @@ OPTION_KINDS: dict[str, str] = {
 }
 DEFAULT_OPTIONS: dict[str, Any] = {
     "url": "http://127.0.0.1:5000",
-    "tokenize": "raw",
+    "tokenize": "auto",
     "timeout": "30s",
     "interval": "1s",
     "max_lag": "100ms",
@@ -511,7 +511,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if "max_release_lag" in given:
         parse_share_or_duration(given["max_release_lag"], "--max-release-lag")
     if "cards" in given or "tokenize" in given:
-        parse_cards(given.get("cards", DEFAULT_CARDS), given.get("tokenize", "raw"))
+        parse_cards(given.get("cards", DEFAULT_CARDS), given.get("tokenize", "auto"))
     for text in given.get("slo", ()):
         parse_slo(text)
     return given

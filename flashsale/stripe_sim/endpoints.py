@@ -24,6 +24,7 @@ from flashsale.stripe_sim.cards import (
     fingerprint,
     profile_for,
 )
+from flashsale.stripe_sim.currencies import money, read_amount
 from flashsale.stripe_sim.intent_records import PaymentMethod, render_payment_method
 from flashsale.stripe_sim.ledger import (
     Charge,
@@ -93,70 +94,6 @@ CHARGE_EXTRA = ("receipt_email", "statement_descriptor", "statement_descriptor_s
 REFUND_PARAMS = {"charge", "payment_intent", "amount", "reason", "metadata", "expand"}
 REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
 GET_PARAMS = {"expand"}
-
-ZERO_DECIMAL = frozenset(
-    {
-        "bif",
-        "clp",
-        "djf",
-        "gnf",
-        "jpy",
-        "kmf",
-        "krw",
-        "mga",
-        "pyg",
-        "rwf",
-        "ugx",
-        "vnd",
-        "vuv",
-        "xaf",
-        "xof",
-        "xpf",
-    }
-)
-CURRENCIES = ZERO_DECIMAL | frozenset(
-    {
-        "usd",
-        "eur",
-        "gbp",
-        "cad",
-        "aud",
-        "nzd",
-        "chf",
-        "sek",
-        "nok",
-        "dkk",
-        "pln",
-        "czk",
-        "huf",
-        "ron",
-        "bgn",
-        "hkd",
-        "sgd",
-        "inr",
-        "mxn",
-        "brl",
-        "thb",
-        "myr",
-        "php",
-        "idr",
-        "ils",
-        "aed",
-        "sar",
-        "zar",
-        "try",
-    }
-)
-SYMBOLS = {"usd": "$", "cad": "$", "aud": "$", "nzd": "$", "eur": "€", "gbp": "£", "jpy": "¥"}
-MIN_AMOUNT = 50  # Stripe's $0.50 minimum, and its analogue in other currencies
-MAX_AMOUNT = 99_999_999
-
-
-def money(amount: int, currency: str) -> str:
-    """Stripe's way of naming an amount in messages: $0.50 usd."""
-    value = f"{amount}" if currency in ZERO_DECIMAL else f"{amount / 100:,.2f}"
-    return f"{SYMBOLS.get(currency, '')}{value} {currency}"
-
 
 # What a test-mode account without raw card data APIs answers a secret key sending card numbers.
 RAW_CARDS_REFUSED = (
@@ -475,38 +412,6 @@ class Endpoints:
         if refund is None:
             raise no_such("refund", ident, "id")
         return 200, refund
-
-
-def read_amount(params: Params) -> tuple[int, str]:
-    """The amount and currency of a payment, refused as Stripe refuses them."""
-    amount = get_int(params, "amount", required=True)
-    assert amount is not None
-    currency = get_str(params, "currency", required=True)
-    assert currency is not None
-    currency = currency.lower()
-    if currency not in CURRENCIES:
-        raise invalid(
-            f"Invalid currency: {currency}. Stripe currently supports these currencies: "
-            + ", ".join(sorted(CURRENCIES)),
-            "currency",
-        )
-    if amount < 1:
-        raise invalid("This value must be greater than or equal to 1.", "amount")
-    if amount < MIN_AMOUNT:
-        raise StripeApiError(
-            400,
-            f"Amount must be at least {money(MIN_AMOUNT, currency)}",
-            param="amount",
-            code="amount_too_small",
-        )
-    if amount > MAX_AMOUNT:
-        raise StripeApiError(
-            400,
-            f"Amount must be no more than {money(MAX_AMOUNT, currency)}",
-            param="amount",
-            code="amount_too_large",
-        )
-    return amount, currency
 
 
 _test_fingerprints = {number: fingerprint(number) for number in TEST_CARDS}

@@ -19,13 +19,12 @@ from urllib.parse import urlencode
 from flashsale.stripe_sim.api_errors import StripeApiError, invalid, no_such
 from flashsale.stripe_sim.auth import Caller
 from flashsale.stripe_sim.cards import DECLINES, PAYMENT_METHOD_ALIASES
+from flashsale.stripe_sim.currencies import money, read_amount
 from flashsale.stripe_sim.endpoints import (
     CHARGE_EXTRA,
     STRIPE_JS_FIELDS,
     Endpoints,
     Result,
-    money,
-    read_amount,
 )
 from flashsale.stripe_sim.intent_records import (
     CANCELABLE,
