@@ -723,7 +723,7 @@ def test_refunds_full_partial_and_refused(client: stripe.StripeClient) -> None:
     assert too_much.value.param == "amount"
     rest = client.v1.refunds.create(params={"charge": charge.id, "reason": "requested_by_customer"})
     assert rest.amount == 3000
-    done = client.v1.charges.retrieve(charge.id)
+    done = client.v1.charges.retrieve(charge.id, params={"expand": ["refunds"]})
     assert done.refunded is True and done.amount_refunded == 5000
     assert [r.id for r in done.refunds.data] == [partial.id, rest.id]
     with pytest.raises(stripe.InvalidRequestError) as again:

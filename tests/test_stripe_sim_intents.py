@@ -363,8 +363,9 @@ def test_objects_have_the_keys_of_stripes_own_examples(
     examples = json.loads(FIXTURES.read_text())
     intent = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "shape"))
     method = client.v1.payment_methods.retrieve(intent.payment_method)
-    charge = client.v1.charges.retrieve(intent.latest_charge)
-    refund = client.v1.refunds.create(params={"charge": charge.id, "amount": 100})
+    refund = client.v1.refunds.create(params={"charge": intent.latest_charge, "amount": 100})
+    # Stripe's example shows the expandable refunds list; since 2022-11-15 it is asked for.
+    charge = client.v1.charges.retrieve(intent.latest_charge, params={"expand": ["refunds"]})
     token = httpx.post(
         f"{sim}/v1/tokens",
         data={
@@ -620,3 +621,19 @@ def test_each_currency_has_the_docs_minimum(sim: str, currency: str, minimum: in
     assert below.status_code == 400 and below.json()["error"]["code"] == "amount_too_small"
     at = httpx.post(url, data={"amount": minimum, "currency": currency}, headers=secret)
     assert at.status_code == 200, at.text
+
+
+def test_refunds_are_embedded_in_charges_only_before_2022_11_15_or_when_expanded(
+    sim: str, client: stripe.StripeClient
+) -> None:
+    intent = client.v1.payment_intents.create(params=intent_params("pm_card_visa", "versions"))
+    client.v1.refunds.create(params={"payment_intent": intent.id, "amount": 500})
+    url = f"{sim}/v1/charges/{intent.latest_charge}"
+    secret = {"Authorization": f"Bearer {SIM_SECRET_KEY}"}
+    today = httpx.get(url, headers=secret).json()
+    assert "refunds" not in today and today["amount_refunded"] == 500
+    expanded = httpx.get(url, params={"expand[]": "refunds"}, headers=secret).json()
+    assert expanded["refunds"]["data"][0]["amount"] == 500
+    older = httpx.get(url, headers={**secret, "Stripe-Version": "2020-08-27"})
+    assert older.headers["Stripe-Version"] == "2020-08-27"
+    assert older.json()["refunds"]["total_count"] == 1

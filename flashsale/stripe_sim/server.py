@@ -40,6 +40,7 @@ from flashsale.stripe_sim.responses import (
     CORS_HEADERS,
     api_version,
     error_response,
+    for_version,
     json_response,
     preflight,
     read_body,
@@ -294,7 +295,8 @@ class Simulator:
             replayed = original != request_id
             if route.droppable and not replayed:
                 self.faults.maybe_drop(request, config)
-            response = json_response(status, render(status, payload), request_id)
+            body = for_version(render(status, payload), version, params)
+            response = json_response(status, body, request_id)
             response.headers["Stripe-Version"] = version
             if key is not None:
                 response.headers["Idempotency-Key"] = key
