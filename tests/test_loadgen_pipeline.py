@@ -146,7 +146,10 @@ def test_slo_pass_fail_and_invalid_run_exit_codes(pipeline: Pipeline, tmp_path: 
 
 
 def test_doors_open_releases_all_submits_together_on_a_live_dashboard(pipeline: Pipeline) -> None:
-    console = Console(file=io.StringIO(), width=140, record=True, color_system=None)
+    # A terminal: where there is none, the dashboard gives way to status lines.
+    console = Console(
+        file=io.StringIO(), width=140, record=True, color_system=None, force_terminal=True
+    )
     result, engine = run_loadgen(
         pipeline.server_url,
         console,

@@ -180,9 +180,12 @@ class Coordinator:
                 self.handle(message)
 
     async def watch(self) -> None:
+        # Frames only where someone sees them: into a file or a pipe rich prints just the last
+        # one, and drawing the others costs CPU the system under test shares. Logs get status
+        # lines instead.
         live = (
             Live(console=self.console, auto_refresh=False, transient=False)
-            if self.config.dashboard
+            if self.config.dashboard and self.console.is_terminal
             else None
         )
         last_frame = last_line = last_system = 0.0
@@ -217,8 +220,6 @@ class Coordinator:
                         )
                 if live is not None:
                     live.update(render(self.snapshot(), self.console.size), refresh=True)
-            if live is not None and not self.console.is_terminal:
-                self.console.line()  # the last frame ends its line before the verdict
 
     def handle(self, message: Message) -> None:
         if not 0 <= message.shard < len(self.shards):

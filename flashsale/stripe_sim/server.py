@@ -295,8 +295,8 @@ class Simulator:
             replayed = original != request_id
             if route.droppable and not replayed:
                 self.faults.maybe_drop(request, config)
-            body = for_version(render(status, payload), version, params)
-            response = json_response(status, body, request_id)
+            shown = for_version(render(status, payload), version, params)
+            response = json_response(status, shown, request_id)
             response.headers["Stripe-Version"] = version
             if key is not None:
                 response.headers["Idempotency-Key"] = key
