@@ -68,7 +68,9 @@ def run_mode(pipeline: LocalPipeline, stripe_rate: str, args: argparse.Namespace
     client = redis.Redis.from_url(pipeline.redis_url, decode_responses=True)
     client.flushdb()
     try:
-        sim_url = pipeline.start_simulator("--rate-limit", args.limit)
+        sim_url = pipeline.start_simulator(
+            "--rate-limit", args.limit, "--endpoint-rate-limit", args.endpoint_limit
+        )
         started = [
             pipeline.start_worker(
                 *("--concurrency", str(args.concurrency), "--stripe-rate", stripe_rate),
@@ -123,6 +125,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="flashsale worker processes")
     parser.add_argument("--concurrency", type=int, default=32, help="threads per worker")
     parser.add_argument("--limit", default="live", help="simulator --rate-limit (live = 100/s)")
+    parser.add_argument(
+        "--endpoint-limit",
+        default="auto",
+        help="simulator --endpoint-rate-limit (auto: Stripe's 25/s per endpoint with test/live)",
+    )
     parser.add_argument("--modes", default="auto,off", help="--stripe-rate values to compare")
     parser.add_argument("--runs", type=int, default=1, help="runs of each mode")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain, max")

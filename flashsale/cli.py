@@ -85,10 +85,11 @@ allow_live_option = click.option(
 )
 @click.option(
     "--endpoint-rate-limit",
-    default="off",
+    default="auto",
     show_default=True,
     help="Requests per second per named operation (POST /v1/payment_intents, ...) before 429 "
-    "endpoint-rate: 'stripe' (the documented 25/s), 'off' or a number.",
+    "endpoint-rate: 'stripe' (the documented 25/s), 'off', a number, or 'auto': Stripe's 25/s "
+    "with --rate-limit test or live (the docs' limits), off otherwise.",
 )
 @click.option(
     "--endpoint-concurrency-limit",
@@ -539,6 +540,14 @@ def serve(
     "for a simulator; env FLASHSALE_STRIPE_LIMIT].",
 )
 @click.option(
+    "--stripe-endpoint-limit",
+    default=None,
+    help="The limit of one operation (the workers repeat POST /v1/charges): 'stripe' (Stripe's "
+    "default 25/s per endpoint), 'off', a number (a limit Stripe raised for this account), or "
+    "'auto': 25/s when --stripe-limit is test or live; 'auto' takes its share of the lower of "
+    "the two [auto; env FLASHSALE_STRIPE_ENDPOINT_LIMIT].",
+)
+@click.option(
     "--events/--no-events",
     default=True,
     show_default=True,
@@ -577,6 +586,7 @@ def worker(
     visibility_timeout: int | None,
     stripe_rate: str | None,
     stripe_limit: str | None,
+    stripe_endpoint_limit: str | None,
     events: bool,
     stall_timeout: float,
     sweep_after: float | None,
@@ -599,6 +609,7 @@ def worker(
         visibility_timeout_s=visibility_timeout,
         stripe_rate=stripe_rate,
         stripe_limit=stripe_limit,
+        stripe_endpoint_limit=stripe_endpoint_limit,
     )
     from flashsale.worker.main import run_worker
 

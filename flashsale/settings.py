@@ -90,6 +90,9 @@ class Settings:
     # The request limit of the Stripe the workers talk to ('test', 'live', 'off', N/s), which
     # 'auto' takes its share of; empty: the key's mode limit against Stripe, none for a simulator.
     stripe_limit: str = ""
+    # The limit of one named operation (Stripe: 25/s per endpoint): 'stripe', 'off', N/s, or
+    # empty/'auto': 25/s when stripe_limit (or the key's mode) is one of Stripe's modes.
+    stripe_endpoint_limit: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -114,6 +117,8 @@ class Settings:
                 if origin.strip()
             ),
             stripe_limit=environ.get("FLASHSALE_STRIPE_LIMIT") or defaults.stripe_limit,
+            stripe_endpoint_limit=environ.get("FLASHSALE_STRIPE_ENDPOINT_LIMIT")
+            or defaults.stripe_endpoint_limit,
             # The sale, so a deployment without flags (gunicorn, the Procfile) can set it too.
             sale_sku=environ.get("FLASHSALE_SKU") or defaults.sale_sku,
             sale_name=environ.get("FLASHSALE_NAME") or defaults.sale_name,

@@ -120,9 +120,13 @@ def test_rates_from_flags_and_modes() -> None:
         rate_budget.parse_rate("fast")
     with pytest.raises(ConfigError):
         rate_budget.parse_rate("-3")
-    assert rate_budget.auto_rate("live") == pytest.approx(90.0)
+    # docs.stripe.com/rate-limits: 100/s live, 25/s in a sandbox, and 25/s per endpoint in both.
+    assert rate_budget.auto_rate("live") == pytest.approx(0.9 * 25)
+    assert rate_budget.auto_rate("live", None, "100") == pytest.approx(90.0)
     assert rate_budget.auto_rate("test") == pytest.approx(22.5)
-    assert rate_budget.auto_rate("simulator", "live") == pytest.approx(99.0)
+    assert rate_budget.auto_rate("simulator", "live") == pytest.approx(0.99 * 25)
+    assert rate_budget.auto_rate("simulator", "live", "off") == pytest.approx(99.0)
+    assert rate_budget.auto_rate("simulator", "off", "stripe") == pytest.approx(0.99 * 25)
     assert rate_budget.auto_rate("simulator", "40") == pytest.approx(39.6)
     assert rate_budget.auto_rate("simulator", "off") is None
     assert rate_budget.auto_rate("simulator", None) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flashsale.core.rate_budget import auto_rate
-from flashsale.core.stripe_limits import parse_limit
+from flashsale.core.stripe_limits import ENDPOINT_LIMIT, parse_limit
 from flashsale.errors import ConfigError
 from flashsale.ops.faults import parse_spec
 from flashsale.stripe_sim.config import SimConfig
@@ -48,6 +48,9 @@ def test_stripes_limits_are_written_once_for_the_simulator_and_the_budget() -> N
     assert parse_limit("test", "x") == 25 and parse_limit("live", "x") == 100
     assert parse_limit("off", "x") is None and parse_limit("40/s", "x") == 40
     assert SimConfig.from_options(rate_limit="live").rate_per_s == parse_limit("live", "x")
-    assert auto_rate("live") == pytest.approx(0.9 * parse_limit("live", "x"))  # type: ignore[operator]
+    # The workers repeat one operation: its 25/s, below the account's 100/s, is what binds.
+    assert auto_rate("live") == pytest.approx(0.9 * ENDPOINT_LIMIT)
+    assert SimConfig.from_options(rate_limit="live").endpoint_rate_per_s == ENDPOINT_LIMIT
+    assert SimConfig.from_options(rate_limit="40").endpoint_rate_per_s is None
     with pytest.raises(ConfigError, match="rate limit must be 'test'"):
         parse_limit("fast", "rate limit")

@@ -10,7 +10,7 @@ import redis
 
 from flashsale.core import keys
 from flashsale.core.auto_admission import BUDGET_SHARE
-from flashsale.core.stripe_limits import STRIPE_LIMITS, parse_limit
+from flashsale.core.stripe_limits import STRIPE_LIMITS, endpoint_limit_of, parse_limit
 from flashsale.errors import ConfigError
 from flashsale.settings import Settings
 
@@ -115,21 +115,33 @@ def parse_rate(text: str) -> float | None | str:
         ) from None
 
 
-def stripe_limit_of(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
-    """The request limit of the Stripe the workers talk to: given (`--stripe-limit`: 'test',
-    'live', 'off' or a number), or following the key's mode against Stripe; a simulator's is
-    whatever it was started with, so without one given it is unknown (None)."""
+def stripe_limit_of(
+    stripe_mode: str, stripe_limit: str | None = None, endpoint_limit: str | None = None
+) -> float | None:
+    """The request limit the workers' charges meet at the Stripe they talk to: the account's
+    (`--stripe-limit`: 'test', 'live', 'off' or a number; or the key's mode against Stripe) or,
+    when lower, the limit of the one operation they repeat (POST /v1/charges: Stripe's 25/s per
+    endpoint with 'test' or 'live', or `--stripe-endpoint-limit`). A simulator's is whatever
+    it was started with, so without one given it is unknown (None)."""
     if stripe_limit:
-        return parse_limit(stripe_limit, "--stripe-limit")
-    if stripe_mode == "simulator":
-        return None
-    return STRIPE_LIMITS.get(stripe_mode, STRIPE_LIMITS["test"])
+        account: str | None = stripe_limit
+        overall = parse_limit(stripe_limit, "--stripe-limit")
+    elif stripe_mode == "simulator":
+        account, overall = None, None
+    else:
+        account = stripe_mode if stripe_mode in STRIPE_LIMITS else "test"
+        overall = STRIPE_LIMITS[account]
+    per_operation = endpoint_limit_of(account or "off", endpoint_limit or "auto")
+    known = [limit for limit in (overall, per_operation) if limit is not None]
+    return min(known) if known else None
 
 
-def auto_rate(stripe_mode: str, stripe_limit: str | None = None) -> float | None:
-    """The default budget: a share of the limit of the Stripe the workers talk to (none when
-    that limit is unknown or off)."""
-    limit = stripe_limit_of(stripe_mode, stripe_limit)
+def auto_rate(
+    stripe_mode: str, stripe_limit: str | None = None, endpoint_limit: str | None = None
+) -> float | None:
+    """The default budget: a share of the limit the workers' charges meet (none when that limit
+    is unknown or off)."""
+    limit = stripe_limit_of(stripe_mode, stripe_limit, endpoint_limit)
     share = SIMULATOR_HEADROOM if stripe_mode == "simulator" else STRIPE_HEADROOM
     return None if limit is None else limit * share
 
@@ -138,10 +150,9 @@ def admission_budget(settings: Settings) -> float | None:
     """Charges a second the waiting room's `auto` admission may bring about: at most
     auto_admission.BUDGET_SHARE of the Stripe limit, and no more than the workers' budget;
     None when neither is known (a simulator started without --stripe-limit)."""
-    limit = stripe_limit_of(settings.stripe_mode, settings.stripe_limit)
+    limits = (settings.stripe_mode, settings.stripe_limit, settings.stripe_endpoint_limit)
+    limit = stripe_limit_of(*limits)
     rate = parse_rate(settings.stripe_rate)
-    workers = (
-        auto_rate(settings.stripe_mode, settings.stripe_limit) if isinstance(rate, str) else rate
-    )
+    workers = auto_rate(*limits) if isinstance(rate, str) else rate
     shares = [value for value in (limit and limit * BUDGET_SHARE, workers) if value]
     return min(shares) if shares else None

@@ -39,3 +39,29 @@ def describe_limit(value: object) -> str:
     rate = parse_limit(value, "rate limit")
     text = str(value).strip().lower()
     return "off" if rate is None else text if text in STRIPE_LIMITS else f"{rate:g}"
+
+
+def endpoint_limit_of(account: object, per_operation: object = "auto") -> float | None:
+    """The limit of one named operation (POST /v1/charges, ...): 'stripe' (the documented
+    25/s), 'off', a number, or 'auto': what the account's limit implies, Stripe's 25/s when it
+    is one of Stripe's modes ('test', 'live'), none otherwise (a bare number, 'off')."""
+    text = str(per_operation).strip().lower()
+    if text in ("auto", ""):
+        return ENDPOINT_LIMIT if str(account).strip().lower() in STRIPE_LIMITS else None
+    if text == "stripe":
+        return ENDPOINT_LIMIT
+    if text in STRIPE_LIMITS:
+        raise ConfigError(
+            f"endpoint rate limit: Stripe's per-operation limit is {ENDPOINT_LIMIT:g}/s in both "
+            "modes; say 'stripe', 'auto', 'off' or a number"
+        )
+    return parse_limit(per_operation, "endpoint rate limit")
+
+
+def describe_endpoint_limit(account: object, per_operation: object = "auto") -> str:
+    """How a per-operation limit is kept and shown: 'auto', 'stripe', 'off' or the number."""
+    rate = endpoint_limit_of(account, per_operation)  # refuses a bad one
+    text = str(per_operation).strip().lower() or "auto"
+    if text in ("auto", "stripe") or rate is None:
+        return text if text in ("auto", "stripe") else "off"
+    return f"{rate:g}"

@@ -172,6 +172,9 @@ class LocalPipeline:
         if "STRIPE_PUBLISHABLE_KEY" not in self.given_env:
             self.env.pop("STRIPE_PUBLISHABLE_KEY", None)
         self.env["FLASHSALE_STRIPE_LIMIT"] = flag_value(flags, "--rate-limit") or "off"
+        self.env["FLASHSALE_STRIPE_ENDPOINT_LIMIT"] = (
+            flag_value(flags, "--endpoint-rate-limit") or "auto"
+        )
         self.say(f"stripe-sim: {self.sim_url}")
         return self.sim_url
 

@@ -54,6 +54,8 @@ ROOM_KEYS: dict[str, Check] = {
 STRIPE_SIM_KEYS = {
     "rate_limit",
     "concurrency_limit",
+    "endpoint_rate_limit",
+    "endpoint_concurrency_limit",
     "latency",
     "error_rate",
     "drop_rate",

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flashsale.core.stripe_limits import (
-    ENDPOINT_LIMIT,
     STRIPE_LIMITS,
+    describe_endpoint_limit,
     describe_limit,
+    endpoint_limit_of,
     parse_limit,
 )
 from flashsale.errors import ConfigError
@@ -24,25 +25,6 @@ Latency = Spread
 def parse_latency(text: object) -> Latency:
     """'0', '200ms', '0.2s' or 'lognormal:p50=80ms,p99=600ms'."""
     return parse_spread(text, "latency", maximum_s=MAX_LATENCY_S)
-
-
-def parse_endpoint_limit(value: object) -> float | None:
-    """'stripe' (the documented 25/s per operation), 'off' or a positive rate."""
-    text = str(value).strip().lower()
-    if text == "stripe":
-        return ENDPOINT_LIMIT
-    if text in ("test", "live"):
-        raise ConfigError(
-            f"endpoint rate limit: Stripe's per-operation limit is {ENDPOINT_LIMIT:g}/s in both "
-            "modes; say 'stripe', 'off' or a number"
-        )
-    return parse_limit(value, "endpoint rate limit")
-
-
-def describe_endpoint_limit(value: object) -> str:
-    rate = parse_endpoint_limit(value)
-    text = str(value).strip().lower()
-    return "off" if rate is None else "stripe" if text == "stripe" else f"{rate:g}"
 
 
 def check_fraction(value: object, what: str) -> float:
@@ -70,7 +52,8 @@ class SimConfig:
     rate_limit: str = "off"  # as given, for display
     rate_per_s: float | None = None
     concurrency_limit: int = 0  # 0 = unlimited
-    endpoint_rate_limit: str = "off"  # as given: per named operation, like Stripe's 25/s
+    # Per named operation, like Stripe's 25/s; 'auto' follows rate_limit's preset.
+    endpoint_rate_limit: str = "auto"
     endpoint_rate_per_s: float | None = None
     endpoint_concurrency_limit: int = 0  # per named operation; 0 = unlimited
     latency: Latency = dataclasses.field(default_factory=Latency)
@@ -92,7 +75,7 @@ class SimConfig:
         cls,
         rate_limit: str = "off",
         concurrency_limit: int = 0,
-        endpoint_rate_limit: str = "off",
+        endpoint_rate_limit: str = "auto",
         endpoint_concurrency_limit: int = 0,
         latency: str = "0",
         error_rate: float = 0.0,
@@ -114,8 +97,8 @@ class SimConfig:
             rate_limit=shown,
             rate_per_s=rate,
             concurrency_limit=check_count(concurrency_limit, "concurrency limit"),
-            endpoint_rate_limit=describe_endpoint_limit(endpoint_rate_limit),
-            endpoint_rate_per_s=parse_endpoint_limit(endpoint_rate_limit),
+            endpoint_rate_limit=describe_endpoint_limit(rate_limit, endpoint_rate_limit),
+            endpoint_rate_per_s=endpoint_limit_of(rate_limit, endpoint_rate_limit),
             endpoint_concurrency_limit=check_count(
                 endpoint_concurrency_limit, "endpoint concurrency limit"
             ),
@@ -186,13 +169,17 @@ class SimConfig:
             rate = f"{self.rate_per_s:g}/s"
         return (
             f"rate_limit={rate}, concurrency_limit={self.concurrency_limit or 'off'}, "
-            f"endpoint_rate_limit={self.endpoint_rate_limit}, "
+            f"endpoint_rate_limit={self.describe_endpoint_rate()}, "
             f"endpoint_concurrency_limit={self.endpoint_concurrency_limit or 'off'}, "
             f"latency={self.latency}, error_rate={self.error_rate:g}, "
             f"drop_rate={self.drop_rate:g}, idempotency_ttl={self.idempotency_ttl_s}s, "
             f"raw_cards={'allowed' if self.allow_raw_cards else 'publishable key only'}"
             + self.describe_webhook_faults()
         )
+
+    def describe_endpoint_rate(self) -> str:
+        rate = self.endpoint_rate_per_s
+        return "off" if rate is None else f"{self.endpoint_rate_limit} ({rate:g}/s)"
 
     def describe_webhook_faults(self) -> str:
         faults = [

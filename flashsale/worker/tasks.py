@@ -73,7 +73,9 @@ def make_budget(settings: Settings, client: redis.Redis) -> rate_budget.RateBudg
     """The shared Stripe budget --stripe-rate asks for; 'auto' is a share of --stripe-limit."""
     rate = rate_budget.parse_rate(settings.stripe_rate)
     if rate == "auto":
-        rate = rate_budget.auto_rate(settings.stripe_mode, settings.stripe_limit)
+        rate = rate_budget.auto_rate(
+            settings.stripe_mode, settings.stripe_limit, settings.stripe_endpoint_limit
+        )
     # Printed, not logged: this runs before Celery configures logging, and operators need it.
     if not isinstance(rate, float):
         why = (
