@@ -637,3 +637,19 @@ def test_refunds_are_embedded_in_charges_only_before_2022_11_15_or_when_expanded
     older = httpx.get(url, headers={**secret, "Stripe-Version": "2020-08-27"})
     assert older.headers["Stripe-Version"] == "2020-08-27"
     assert older.json()["refunds"]["total_count"] == 1
+
+
+def test_a_payment_intent_takes_1000_updates_an_hour(sim: str) -> None:
+    """docs.stripe.com/rate-limits: 1,000 update requests per PaymentIntent per hour."""
+    with httpx.Client(base_url=sim, headers={"Authorization": f"Bearer {SIM_SECRET_KEY}"}) as http:
+        intent = http.post("/v1/payment_intents", data={"amount": 900, "currency": "usd"}).json()
+        answers = [
+            http.post(f"/v1/payment_intents/{intent['id']}/confirm").status_code
+            for _ in range(1000)
+        ]
+        assert 429 not in answers  # refused for their content (no payment method), but taken
+        refused = http.post(f"/v1/payment_intents/{intent['id']}/cancel")
+        assert refused.status_code == 429
+        assert refused.headers["Stripe-Rate-Limited-Reason"] == "resource-specific"
+        other = http.post("/v1/payment_intents", data={"amount": 900, "currency": "usd"}).json()
+        assert http.post(f"/v1/payment_intents/{other['id']}/cancel").status_code == 200

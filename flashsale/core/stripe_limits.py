@@ -11,6 +11,8 @@ STRIPE_LIMITS = {"test": 25.0, "live": 100.0}
 # Each named API operation (POST /v1/payment_intents, GET /v1/payment_intents/{id}, ...) also
 # has its own limit, 25 requests per second unless the docs say otherwise, in both modes.
 ENDPOINT_LIMIT = 25.0
+# And a PaymentIntent takes at most 1,000 update requests an hour.
+PAYMENT_INTENT_UPDATES_PER_HOUR = 1000
 UNLIMITED = ("off", "none", "unlimited")
 
 

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from flashsale.core.stripe_limits import PAYMENT_INTENT_UPDATES_PER_HOUR
 from flashsale.stripe_sim.api_errors import StripeApiError
 from flashsale.stripe_sim.config import SimConfig
 
@@ -29,6 +30,11 @@ LOCK_TIMEOUT = (
     "information."
 )
 LOCK_WAIT_S = 1.0  # how long an update waits for another one on the same object
+TOO_MANY_UPDATES = (
+    "This PaymentIntent has been updated too many times: at most "
+    f"{PAYMENT_INTENT_UPDATES_PER_HOUR:,} update requests per PaymentIntent per hour. See "
+    "https://stripe.com/docs/rate-limits."
+)
 CONCURRENCY_LIMITED = (
     "This request was rate limited because too many concurrent requests were in flight. You "
     "can learn more about rate limits here https://stripe.com/docs/rate-limits."
@@ -76,6 +82,10 @@ class Limits:
         self.bucket: TokenBucket | None = None
         self.endpoint_buckets: dict[str, TokenBucket] = {}
         self.locks: dict[str, ObjectLock] = {}
+        # Updates per PaymentIntent in the current clock hour (a fixed window: the dict holds
+        # one hour of updated objects at most).
+        self.updates: Counter[str] = Counter()
+        self.updates_hour = 0
         self.configure(config)
 
     def configure(self, config: SimConfig) -> None:
@@ -138,6 +148,16 @@ class Limits:
             held.users -= 1
             if not held.users:
                 del self.locks[ident]
+
+    def count_update(self, ident: str) -> None:
+        """One update request of a PaymentIntent; past the hour's 1,000 it is refused."""
+        hour = int(time.time() // 3600)
+        if hour != self.updates_hour:
+            self.updates_hour = hour
+            self.updates.clear()
+        if self.updates[ident] >= PAYMENT_INTENT_UPDATES_PER_HOUR:
+            raise self.limited("resource-specific", TOO_MANY_UPDATES)
+        self.updates[ident] += 1
 
     def limited(self, reason: str, message: str, code: str = "rate_limit") -> StripeApiError:
         self.refused[reason] += 1

@@ -277,6 +277,8 @@ class Simulator:
             if not caller.publishable:
                 limits.take_rate(endpoint)
                 self.faults.maybe_fail(config)
+            if method == "POST" and ident is not None and ident.startswith("pi_"):
+                limits.count_update(ident)
 
             async def work() -> Result:
                 # Changes to one object are serialized, as Stripe locks it for each update.
