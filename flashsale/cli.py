@@ -173,6 +173,15 @@ allow_live_option = click.option(
     "enabled does. Without it only the publishable key (Stripe.js) may send them; server-side "
     "code must use tokens, PaymentMethods or test aliases (tok_visa, pm_card_visa).",
 )
+@click.option(
+    "--restricted-key",
+    "restricted_keys",
+    multiple=True,
+    metavar="KEY=PERMISSIONS",
+    help="A restricted key and what it may do, e.g. "
+    "rk_test_worker=charge_write,payment_intent_write (repeatable; write allows read); a call "
+    "outside them is 403 as on Stripe. An rk_test_ key not named here may do everything.",
+)
 def stripe_sim(
     host: str,
     port: int,
@@ -191,10 +200,12 @@ def stripe_sim(
     webhook_duplicate_rate: float,
     webhook_out_of_order_rate: float,
     allow_raw_cards: bool,
+    restricted_keys: tuple[str, ...],
 ) -> None:
     """Run a Stripe-compatible simulator for offline rehearsals: Tokens, Charges, Refunds,
     PaymentMethods, PaymentIntents with 3D Secure, Events and signed webhooks."""
     from flashsale.stripe_sim import SimConfig, run
+    from flashsale.stripe_sim.scopes import parse_restricted_keys
     from flashsale.stripe_sim.webhooks import SECRET_PREFIX, check_url
 
     config = SimConfig.from_options(
@@ -216,7 +227,14 @@ def stripe_sim(
         check_url(url)
     if webhook_secret is not None and not webhook_secret.startswith(SECRET_PREFIX):
         raise ConfigError(f"--webhook-secret must start with {SECRET_PREFIX}")
-    run(host=host, port=port, config=config, webhooks=webhooks, webhook_secret=webhook_secret)
+    run(
+        host=host,
+        port=port,
+        config=config,
+        webhooks=webhooks,
+        webhook_secret=webhook_secret,
+        restricted_keys=parse_restricted_keys(restricted_keys),
+    )
 
 
 def pipeline_settings(

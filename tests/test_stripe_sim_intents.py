@@ -7,6 +7,8 @@ path is in test_stripe_sim_browser.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -653,3 +655,40 @@ def test_a_payment_intent_takes_1000_updates_an_hour(sim: str) -> None:
         assert refused.headers["Stripe-Rate-Limited-Reason"] == "resource-specific"
         other = http.post("/v1/payment_intents", data={"amount": 900, "currency": "usd"}).json()
         assert http.post(f"/v1/payment_intents/{other['id']}/cancel").status_code == 200
+
+
+def test_restricted_keys_may_do_only_what_their_permissions_name(tmp_path: Path) -> None:
+    child, url = start_sim(
+        tmp_path,
+        "--restricted-key",
+        "rk_test_worker1234=charge_write",
+        "--restricted-key",
+        "rk_test_reader1234=event_read",
+    )
+    try:
+        worker = stripe.StripeClient("rk_test_worker1234", base_addresses={"api": url})
+        charge = worker.v1.charges.create(
+            params={"amount": 900, "currency": "usd", "source": "tok_visa"}
+        )
+        assert worker.v1.charges.retrieve(charge.id).id == charge.id  # write allows read
+        with pytest.raises(stripe.PermissionError) as caught:
+            worker.v1.payment_intents.create(params={"amount": 900, "currency": "usd"})
+        assert caught.value.http_status == 403
+        assert "'rak_payment_intent_write' permission" in str(caught.value)
+        assert "rk_test_worker1234" not in str(caught.value)  # masked, as Stripe shows it
+        reader = stripe.StripeClient("rk_test_reader1234", base_addresses={"api": url})
+        assert reader.v1.events.list().data
+        with pytest.raises(stripe.PermissionError):
+            reader.v1.charges.retrieve(charge.id)
+        # A restricted key nobody described may do everything.
+        anyone = stripe.StripeClient("rk_test_anything12", base_addresses={"api": url})
+        assert anyone.v1.payment_intents.create(params={"amount": 900, "currency": "usd"}).id
+    finally:
+        child.stop()
+    bad = subprocess.run(
+        [sys.executable, "-m", "flashsale", "stripe-sim", "--restricted-key", "rk_test_x12=fly"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown permission(s) fly" in bad.stderr

@@ -32,6 +32,7 @@ class Caller:
     publishable: bool
     client_ip: str | None
     raw_cards: bool = True
+    key: str = ""  # as given, for a restricted key's permissions (scopes.py)
 
 
 def authenticate(
@@ -63,11 +64,11 @@ def authenticate(
     if not isinstance(key, str):
         raise StripeApiError(401, f"Invalid API Key provided: {key!r}")
     if key.startswith(SECRET_PREFIXES) and len(key) > 8:
-        return Caller(False, remote, secret_raw_cards)
+        return Caller(False, remote, secret_raw_cards, key)
     if key.startswith(PUBLISHABLE_PREFIX) and len(key) > 8:
         if not publishable_ok:
             raise StripeApiError(401, PUBLISHABLE_REFUSED)
-        return Caller(True, remote)
+        return Caller(True, remote, True, key)
     raise StripeApiError(401, f"Invalid API Key provided: {mask_key(key)}")
 
 

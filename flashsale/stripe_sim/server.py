@@ -16,7 +16,7 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +47,7 @@ from flashsale.stripe_sim.responses import (
     script_response,
     unrecognized,
 )
+from flashsale.stripe_sim.scopes import require
 from flashsale.stripe_sim.webhooks import Webhooks
 
 log = logging.getLogger("flashsale.stripe_sim")
@@ -74,7 +75,10 @@ class Route(NamedTuple):
 class Simulator:
     """All state of one simulator process: ledger, idempotency keys, limits, faults, counters."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(
+        self, config: SimConfig, restricted_keys: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
+        self.restricted_keys = dict(restricted_keys or {})
         self.ledger = Ledger()
         self.events = Events()
         self.webhooks = Webhooks(lambda: self.config)
@@ -270,6 +274,12 @@ class Simulator:
                 route.publishable_ok,
                 config.allow_raw_cards,
             )
+            require(
+                caller.key,
+                self.restricted_keys.get(caller.key),
+                method,
+                endpoint.split(" ")[1].split("/")[2],
+            )
             version = api_version(request.headers.get("Stripe-Version"))
             # The rate limit and injected errors shape the account's server-side budget (secret
             # keys). Customers' browsers tokenizing with the publishable key are exempt, so a
@@ -316,13 +326,14 @@ async def serve(
     config: SimConfig,
     webhooks: tuple[str, ...] = (),
     webhook_secret: str | None = None,
+    restricted_keys: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
     """Listen until SIGTERM or SIGINT, printing the one 'listening on' line supervisors wait for.
 
     Each `webhooks` URL is registered for every event type, signed with `webhook_secret` (or a
     generated one, printed so the receiving server can be told it).
     """
-    simulator = Simulator(config)
+    simulator = Simulator(config, restricted_keys)
     for url in webhooks:
         endpoint = simulator.webhooks.add(url, webhook_secret)
         shown = "as given" if webhook_secret else endpoint.secret
@@ -354,7 +365,8 @@ def run(
     config: SimConfig,
     webhooks: tuple[str, ...] = (),
     webhook_secret: str | None = None,
+    restricted_keys: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
     """Run the simulator in the foreground (the `flashsale stripe-sim` command)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(host, port, config, webhooks, webhook_secret))
+    asyncio.run(serve(host, port, config, webhooks, webhook_secret, restricted_keys))
