@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import stripe
 
 # The serve + worker + sim fixtures (pipeline_factory, module_redis_url) live in their own file.
 from pipeline_fixtures import module_redis_url, pipeline_factory  # noqa: F401
@@ -18,6 +19,7 @@ from flashsale.ops.processes import (
     redis_server_argv,
     wait_for_redis,
 )
+from flashsale.settings import SIM_SECRET_KEY
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +61,22 @@ def start_sim(log_dir: Path, *args: str) -> tuple[Child, str]:
     except BaseException:
         child.stop()
         raise
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One simulator per test module, for the tests that need no fresh ledger and no flags."""
+    child, url = start_sim(tmp_path_factory.mktemp("sim"))
+    try:
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def client(sim: str) -> stripe.StripeClient:
+    """The unmodified stripe library on the module's simulator, secret key, no retries."""
+    return stripe.StripeClient(SIM_SECRET_KEY, base_addresses={"api": sim}, max_network_retries=0)
 
 
 @pytest.fixture

@@ -14,19 +14,8 @@ from fault_proxy import FaultProxy
 from flashsale.core import events, payments
 from flashsale.core.orders import Order
 from flashsale.errors import StripeAuthError, StripeUnavailable
-from flashsale.ops.processes import Child, flashsale_argv, free_port
+from flashsale.ops.processes import free_port
 from flashsale.settings import SIM_PUBLISHABLE_KEY, Settings
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One simulator for the module (its shutdown waits for keep-alive clients; once is enough)."""
-    log = tmp_path_factory.mktemp("sim") / "stripe-sim.log"
-    child = Child("stripe-sim", flashsale_argv("stripe-sim", "--port", "0"), log).start()
-    try:
-        yield child.wait_listening()
-    finally:
-        child.stop()
 
 
 @pytest.fixture

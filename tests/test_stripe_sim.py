@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -65,23 +65,8 @@ ALIASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One simulator shared by the tests that do not depend on a fresh ledger or on flags."""
-    child, url = start_sim(tmp_path_factory.mktemp("sim"))
-    try:
-        yield url
-    finally:
-        child.stop()
-
-
 def client_for(url: str, key: str = SIM_SECRET_KEY, retries: int = 0) -> stripe.StripeClient:
     return stripe.StripeClient(key, base_addresses={"api": url}, max_network_retries=retries)
-
-
-@pytest.fixture(scope="module")
-def client(sim: str) -> stripe.StripeClient:
-    return client_for(sim)
 
 
 @pytest.fixture(scope="module")

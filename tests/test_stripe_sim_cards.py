@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-from conftest import start_sim
 
-from flashsale.settings import SIM_PUBLISHABLE_KEY, SIM_SECRET_KEY
+from flashsale.settings import SIM_PUBLISHABLE_KEY
 
 TABLE = json.loads(
     resources.files("flashsale.stripe_sim").joinpath("test_cards.json").read_text("utf-8")
@@ -45,20 +44,6 @@ NETWORK = {
     "JCB": "jcb",
     "UnionPay": "unionpay",
 }
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_sim(tmp_path_factory.mktemp("sim"))
-    try:
-        yield url
-    finally:
-        child.stop()
-
-
-@pytest.fixture(scope="module")
-def client(sim: str) -> stripe.StripeClient:
-    return stripe.StripeClient(SIM_SECRET_KEY, base_addresses={"api": sim}, max_network_retries=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,20 +39,6 @@ THREE_DS = (
     "pm_card_threeDSecure2Required",
     "pm_card_threeDSecureRequired",
 )
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_sim(tmp_path_factory.mktemp("sim"))
-    try:
-        yield url
-    finally:
-        child.stop()
-
-
-@pytest.fixture(scope="module")
-def client(sim: str) -> stripe.StripeClient:
-    return stripe.StripeClient(SIM_SECRET_KEY, base_addresses={"api": sim}, max_network_retries=0)
 
 
 def intent_params(method: str, order: str, **extra: object) -> dict[str, object]:

@@ -206,7 +206,7 @@ class FollowUps:
         assert ident is not None
         dispute = self.disputes.get(ident)
         if dispute is None:
-            raise no_such("dispute", ident, "dispute")
+            raise no_such("dispute", ident, "id")
         return 200, dispute
 
     def list_disputes(self, params: Params, ident: str | None, caller: Caller) -> Result:
