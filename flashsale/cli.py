@@ -423,6 +423,15 @@ def room_options(command: Any) -> Any:
     help="Longest a request waits for its turn, then 503 with Retry-After, counted in "
     f"flashsale_http_shed_total [{Settings().queue_wait_s:g}s; env FLASHSALE_QUEUE_WAIT].",
 )
+@click.option(
+    "--payments",
+    type=click.Choice(["charges", "intents"]),
+    default=None,
+    help="What the checkout page (and the load generator) make of the card, told in /session: "
+    "'charges', a token the worker charges with the Charges API; 'intents', a PaymentMethod "
+    "the worker pays with one PaymentIntent. Orders carrying either are paid either way "
+    "[charges; env FLASHSALE_PAYMENTS].",
+)
 @room_options
 @pipeline_options
 def serve(
@@ -442,6 +451,7 @@ def serve(
     keepalive_timeout: str | None,
     max_in_flight: int | None,
     queue_wait: str | None,
+    payments: str | None,
     waiting_room: str | None,
     admit_rate: str | None,
     admit_cap: int | None,
@@ -479,6 +489,7 @@ def serve(
         stock_from_ledger=stock_from_ledger,
         max_in_flight=max_in_flight,
         queue_wait_s=parse_duration(queue_wait, "--queue-wait") if queue_wait else None,
+        payments=payments,
         **room_overrides(
             waiting_room,
             admit_rate,
@@ -884,6 +895,14 @@ def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     "[the scenario's: on for the embedded default].",
 )
 @click.option(
+    "--payments",
+    type=click.Choice(["charges", "intents"]),
+    default=None,
+    help="How customers pay: 'charges' (a token, the Charges API) or 'intents' (a "
+    "PaymentMethod, one PaymentIntent confirmed by the worker) [the scenario's [sale] payments; "
+    "charges].",
+)
+@click.option(
     "--compare-waiting-room",
     is_flag=True,
     help="Rehearse the sale twice, with the waiting room and without it (each its own "
@@ -909,6 +928,7 @@ def rehearse(
     redis_durable: bool | None,
     redis_sentinel: bool | None,
     waiting_room: str | None,
+    payments: str | None,
     compare_waiting_room: bool,
     loadgen_args: tuple[str, ...],
 ) -> None:
@@ -940,7 +960,7 @@ def rehearse(
     settings = load_settings()
     plan = plans.load_plan(Path(scenario_path)) if scenario_path else plans.default_plan()
     plan = plan.with_overrides(
-        sale={"stock": stock},
+        sale={"stock": stock, "payments": payments},
         pipeline={"workers": workers, "worker_concurrency": worker_concurrency},
         stripe_sim={"rate_limit": sim_rate_limit, "latency": sim_latency},
         loadgen={"customers": customers, "slo": list(slos) or None},

@@ -28,6 +28,9 @@ LIVE_KEY_PREFIXES = ("sk_live_", "rk_live_")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+PAYMENT_MODES = ("charges", "intents")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a flashsale component needs to know; build with from_env, change with replace."""
@@ -64,6 +67,10 @@ class Settings:
     max_in_flight: int = 96
     queue_wait_s: float = 30.0
 
+    # Which card object clients make, told in /session: "charges" (a token, charged with the
+    # Charges API) or "intents" (a PaymentMethod, paid with a PaymentIntent). The worker pays
+    # whatever an order carries: tok_ by Charges, pm_ by PaymentIntents.
+    payments: str = "charges"
     # The waiting room (server.waiting_room, core.waiting_room): off, or on with its rules.
     waiting_room: bool = False
     room_rate: float = 150.0  # admissions a second, all server processes together; 0: none
@@ -134,6 +141,7 @@ class Settings:
             ),
             waiting_room=environ.get("FLASHSALE_WAITING_ROOM", "off").lower()
             in ("1", "on", "true", "yes"),
+            payments=(environ.get("FLASHSALE_PAYMENTS") or defaults.payments).lower(),
         )
 
     def replace(self, **changes: object) -> Settings:
@@ -154,6 +162,10 @@ class Settings:
                     "reconcile and status take --allow-live-stripe to use it on purpose "
                     "(rehearse never does)"
                 )
+        if self.payments not in PAYMENT_MODES:
+            raise ConfigError(
+                f"payments must be one of {', '.join(PAYMENT_MODES)}, not {self.payments!r}"
+            )
         if self.notify not in ("queue", "http"):
             raise ConfigError(f"notify must be 'queue' or 'http', not {self.notify!r}")
         if self.sale_price <= 0:

@@ -108,14 +108,15 @@ class Pipeline:
     def charge(
         self,
         session: dict[str, Any],
-        token: str,
+        token: str | None,
         server_url: str | None = None,
         **extra: Any,
     ) -> httpx.Response:
+        """POST /charges; token None leaves the field out (for payment_method=...)."""
         body = {
             "customer_id": session["customer_id"],
             "room_token": session["room_token"],
-            "token": token,
+            **({"token": token} if token is not None else {}),
             **extra,
         }
         return self.http.post(f"{server_url or self.server_url}/charges", json=body)
@@ -266,9 +267,8 @@ def start_pipeline(
         raise
 
 
-@pytest.fixture(scope="module")
-def module_redis_url(redis_server: str) -> str:
-    """A database of our private Redis for one test module, flushed before use."""
+def fresh_database(redis_server: str) -> str:
+    """A database of our private Redis no one else uses, flushed before use."""
     url = f"{redis_server}/{next(_databases)}"
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -277,15 +277,24 @@ def module_redis_url(redis_server: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def module_redis_url(redis_server: str) -> str:
+    """A database of our private Redis for one test module, flushed before use."""
+    return fresh_database(redis_server)
+
+
+@pytest.fixture(scope="module")
 def pipeline_factory(
     module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., Pipeline]]:
-    """start(**options) -> Pipeline on this module's Redis database; all stopped after."""
+    """start(**options) -> Pipeline on this module's Redis database (or `redis_url`: two
+    pipelines on one database share the Celery queue, so one's worker would take the other's
+    orders); all stopped after."""
     started: list[Pipeline] = []
 
     def start(**options: Any) -> Pipeline:
         directory = tmp_path_factory.mktemp("pipeline")
-        pipeline = start_pipeline(directory, module_redis_url, **options)
+        url = options.pop("redis_url", module_redis_url)
+        pipeline = start_pipeline(directory, url, **options)
         started.append(pipeline)
         return pipeline
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from chromium import chromium
-from pipeline_fixtures import Pipeline
+from pipeline_fixtures import Pipeline, fresh_database
 
 from flashsale.core import keys
 from flashsale.ops.processes import Child, flashsale_argv
@@ -170,6 +170,37 @@ def test_keyboard_only_decline_shows_stripes_message_and_allows_another_card(
     page.locator("#pay").click()
     wait_state(page, "paid")
     assert len(orders_of(pipeline, stored(page)["customer_id"])) == 2
+
+
+@pytest.fixture(scope="module")
+def intents_pipeline(browser: Any, pipeline_factory: Any, redis_server: str) -> Pipeline:
+    """A server telling the page to make PaymentMethods (serve --payments intents), on a
+    database of its own (the module pipeline's worker must not take its orders)."""
+    return pipeline_factory(
+        server_flags=("--stock", str(STOCK), "--sku", "BROWSER-PI", "--payments", "intents"),
+        redis_url=fresh_database(redis_server),
+    )
+
+
+def test_on_payment_intents_the_page_pays_and_shows_a_decline(
+    intents_pipeline: Pipeline, open_page: Any
+) -> None:
+    page = open_page(intents_pipeline.server_url + "/")
+    fill_card(page, INSUFFICIENT_FUNDS_CARD)
+    page.locator("#pay").click()
+    wait_state(page, "declined")
+    assert "Your card has insufficient funds." in page.locator("#status").inner_text()
+    page.get_by_label("Card number").fill(SUCCESS_CARD)
+    page.locator("#pay").click()
+    wait_state(page, "paid")
+    shot(page, "paid-payment-intent")
+    declined, paid = orders_of(intents_pipeline, stored(page)["customer_id"])
+    (charge,) = intents_pipeline.sim_charges(paid)
+    assert charge["id"] == page.locator("#charge-id").inner_text()
+    # Paid through a PaymentIntent, from a PaymentMethod the page made with Stripe.js.
+    assert charge["payment_intent"].startswith("pi_") and charge["payment_method"].startswith("pm_")
+    (failed,) = intents_pipeline.sim_charges(declined)
+    assert failed["payment_intent"].startswith("pi_") and failed["status"] == "failed"
 
 
 def test_reload_while_pending_rejoins_and_shows_the_result_charging_once(

@@ -76,6 +76,7 @@ charge_fields = st.sampled_from(
         "customer_id",
         "room_token",
         "token",
+        "payment_method",
         "quantity",
         "amount",
         "price",
@@ -380,8 +381,11 @@ def test_fuzzed_charges_never_500_and_only_valid_orders_move_stock_or_money(
     # token may differ from the one issued only by bytes its decoder ignores (same customer).
     assert resolved.get("customer_id") == cast.mine["customer_id"]
     assert cast.owner_of(resolved.get("room_token")) == cast.mine["customer_id"]
-    assert isinstance(resolved.get("token"), str) and CARD_TOKEN.fullmatch(resolved["token"])
-    assert set(resolved) <= {"customer_id", "room_token", "token", "quantity"}
+    # Exactly one card: a token, or a PaymentMethod (pm_...).
+    cards = [resolved[name] for name in ("token", "payment_method") if name in resolved]
+    assert len(cards) == 1 and isinstance(cards[0], str) and CARD_TOKEN.fullmatch(cards[0])
+    assert "payment_method" not in resolved or cards[0].startswith("pm_")
+    assert set(resolved) <= {"customer_id", "room_token", "token", "payment_method", "quantity"}
     assert ledger.orders_of(cast.mine["customer_id"]) == [answer["order_id"]]
     final = wait_final(pipeline, cast.mine, answer["order_id"])
     quantity = final["quantity"]

@@ -130,27 +130,33 @@ class Customer:
         return session
 
     async def tokenize(self, session: dict[str, Any], card: TestCard | None = None) -> str:
+        """The card as Stripe holds it: a token (tok_...) or, where the server's session says
+        `"payments": "intents"`, a PaymentMethod (pm_...), made as Stripe.js makes them from
+        the card's number, or the test alias real test mode accepts instead."""
         card = card or self.card
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
+        intents = session.get("payments") == "intents"
         if tokenize_with_alias(self.kit.target.tokenize, api_base):
             if card.token is None:
                 raise self.finish("error", f"tokenize: test card {card.name} has no tok_ alias")
-            return card.token
+            return "pm_card_" + card.token[4:] if intents else card.token
         self.enter("tokenize")
+        year = datetime.date.today().year + 3
         try:
             answer = await self.send(
                 "tokenize",
                 "POST",
-                f"{api_base}/v1/tokens",
-                form=card_form(card.number, datetime.date.today().year + 3),
+                f"{api_base}/v1/payment_methods" if intents else f"{api_base}/v1/tokens",
+                form=(b"type=card&" if intents else b"") + card_form(card.number, year),
                 headers=(("Authorization", f"Bearer {session.get('publishable_key', '')}"),),
             )
         except HTTP_ERRORS as error:
             raise self.finish("error", f"tokenize: {describe(error)}") from None
         body = answer.body
-        if answer.status == 200 and str(body.get("id", "")).startswith("tok_"):
+        made = str(body.get("id", ""))
+        if answer.status == 200 and made.startswith("pm_" if intents else "tok_"):
             self.done("tokenize")
-            return str(body["id"])
+            return made
         stripe_error: dict[str, Any] = _error_of(body)
         if answer.status == 402 and stripe_error.get("type") == "card_error":
             # Stripe refused the card itself (e.g. incorrect_number): the customer is declined.
@@ -301,7 +307,7 @@ class Customer:
         order = {
             "customer_id": session["customer_id"],
             "room_token": session["room_token"],
-            "token": token,
+            ("payment_method" if token.startswith("pm_") else "token"): token,
             "quantity": 1,
         }
         if admission is not None:
@@ -492,14 +498,16 @@ class Customer:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def card_form(number: str, year: int) -> bytes:
-    """The form Stripe.js posts to /v1/tokens for a test card, encoded once per card."""
+    """The card fields Stripe.js posts for a test card (American Express takes a 4-digit CVC),
+    encoded once per card."""
     return urlencode(
         {
             "card[number]": number,
             "card[exp_month]": "12",
             "card[exp_year]": str(year),
-            "card[cvc]": "123",
+            "card[cvc]": "1234" if number.startswith(("34", "37")) else "123",
         }
     ).encode()
 

@@ -23,6 +23,7 @@ SALE_KEYS: dict[str, Check] = {
     "sku": (str, lambda v: bool(v.strip()), "a non-empty SKU"),
     "name": (str, lambda v: bool(v.strip()), "a non-empty name"),
     "max_quantity": (int, lambda v: 1 <= v <= 100, "a whole number from 1 to 100"),
+    "payments": (str, lambda v: v in ("charges", "intents"), "charges or intents"),
 }
 # Worker timings a fault rehearsal shortens (a killed worker's tasks return after
 # visibility_timeout), mapped onto `flashsale worker` flags; numbers of seconds, as those flags.

@@ -39,6 +39,7 @@ def new_session(ctx: ServerContext) -> dict[str, Any]:
         "publishable_key": settings.stripe_publishable_key,
         "stripe_api_base": settings.stripe_api_base,
         "stripe_js_url": settings.effective_stripe_js_url,
+        "payments": settings.payments,
         "sale": {
             "sku": settings.sale_sku,
             "name": settings.sale_name,

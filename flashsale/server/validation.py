@@ -12,8 +12,16 @@ from flask import Request
 
 # \Z, not $: `$` also matches before a final newline, and "tok_x\n" would pass as its own token.
 TOKEN_PATTERN = re.compile(r"(tok|src|card|pm)_[A-Za-z0-9_]{1,200}\Z")
-CHARGE_FIELDS = {"customer_id", "room_token", "token", "quantity", "admission_token"}
-REQUIRED_CHARGE_FIELDS = ("customer_id", "room_token", "token")
+PAYMENT_METHOD_PATTERN = re.compile(r"pm_[A-Za-z0-9_]{1,200}\Z")
+CHARGE_FIELDS = {
+    "customer_id",
+    "room_token",
+    "token",
+    "payment_method",
+    "quantity",
+    "admission_token",
+}
+REQUIRED_CHARGE_FIELDS = ("customer_id", "room_token")
 
 
 class ApiError(Exception):
@@ -33,7 +41,7 @@ class ApiError(Exception):
 class ChargeRequest:
     customer_id: str
     room_token: str
-    token: str
+    token: str  # the card: a token (tok_...) or a PaymentMethod (pm_...), see card_source
     quantity: int
     admission_token: str | None = None  # the waiting room's, when it is on
 
@@ -100,9 +108,7 @@ def parse_charge(request: Request, max_quantity: int) -> ChargeRequest:
     room_token = data["room_token"]
     if not isinstance(room_token, str) or not room_token:
         raise ApiError(400, "invalid_field", "room_token must be a non-empty string")
-    token = data["token"]
-    if not isinstance(token, str) or not TOKEN_PATTERN.match(token):
-        raise ApiError(400, "invalid_field", "token must be a Stripe card token such as tok_...")
+    token = card_source(data)
     quantity = parse_quantity(data.get("quantity", 1), max_quantity)
     admission_token = data.get("admission_token")
     if admission_token is not None and not isinstance(admission_token, str):
@@ -114,6 +120,26 @@ def parse_charge(request: Request, max_quantity: int) -> ChargeRequest:
         quantity=quantity,
         admission_token=admission_token,
     )
+
+
+def card_source(data: Mapping[str, Any]) -> str:
+    """The card the order pays with: a Stripe.js token (`token`, the seed's) or a PaymentMethod
+    (`payment_method`, for PaymentIntents); exactly one of them."""
+    given = [name for name in ("token", "payment_method") if name in data]
+    if len(given) != 1:
+        raise ApiError(
+            400,
+            "missing_field" if not given else "invalid_field",
+            "give the card as 'token' (tok_...) or 'payment_method' (pm_...), one of them",
+        )
+    value = data[given[0]]
+    if given == ["token"] and not (isinstance(value, str) and TOKEN_PATTERN.match(value)):
+        raise ApiError(400, "invalid_field", "token must be a Stripe card token such as tok_...")
+    if given == ["payment_method"] and not (
+        isinstance(value, str) and PAYMENT_METHOD_PATTERN.match(value)
+    ):
+        raise ApiError(400, "invalid_field", "payment_method must be a PaymentMethod id, pm_...")
+    return str(value)
 
 
 def parse_quantity(value: object, max_quantity: int) -> int:

@@ -23,6 +23,9 @@
 
   var embedded = JSON.parse(byId("flashsale-session").textContent);
   var sale = embedded.sale;
+  // "intents": the card becomes a PaymentMethod the worker pays with a PaymentIntent; else a
+  // token for the Charges API (the server's --payments).
+  var intents = embedded.payments === "intents";
   var root = byId("checkout");
   var form = byId("checkout-form");
   var pay = byId("pay");
@@ -324,7 +327,8 @@
       body: JSON.stringify({
         customer_id: tab.customer_id,
         room_token: tab.room_token,
-        token: inflight.token,
+        token: intents ? undefined : inflight.token,
+        payment_method: intents ? inflight.token : undefined,
         quantity: inflight.quantity,
         admission_token: tab.admission || undefined
       })
@@ -474,7 +478,9 @@
     phase = "tokenizing";
     setStatus("pending", "Securing your card…", "");
     refreshButton();
-    stripe.createToken(card).then(function (outcome) {
+    var made = intents ? stripe.createPaymentMethod({ type: "card", card: card }) :
+      stripe.createToken(card);
+    made.then(function (outcome) {
       if (outcome.error) {
         submitting = false;
         phase = "ready";
@@ -483,7 +489,9 @@
         cardErrors.textContent = outcome.error.message || "Check your card details.";
         return;
       }
-      tab.inflight = { token: outcome.token.id, quantity: parseInt(quantity.value, 10) || 1 };
+      // The card as Stripe holds it (tok_... or pm_...): resent as is after a connection problem.
+      var held = intents ? outcome.paymentMethod.id : outcome.token.id;
+      tab.inflight = { token: held, quantity: parseInt(quantity.value, 10) || 1 };
       tab.order_id = null;
       tab.result = null;
       writeStore();
