@@ -71,6 +71,9 @@ class Settings:
     # Charges API) or "intents" (a PaymentMethod, paid with a PaymentIntent). The worker pays
     # whatever an order carries: tok_ by Charges, pm_ by PaymentIntents.
     payments: str = "charges"
+    # The whsec_ secret Stripe signs webhook deliveries with (STRIPE_WEBHOOK_SECRET); empty:
+    # /stripe/webhook answers 503, as it cannot tell Stripe's events from anyone's.
+    stripe_webhook_secret: str = ""
     # The waiting room (server.waiting_room, core.waiting_room): off, or on with its rules.
     waiting_room: bool = False
     room_rate: float = 150.0  # admissions a second, all server processes together; 0: none
@@ -142,6 +145,8 @@ class Settings:
             waiting_room=environ.get("FLASHSALE_WAITING_ROOM", "off").lower()
             in ("1", "on", "true", "yes"),
             payments=(environ.get("FLASHSALE_PAYMENTS") or defaults.payments).lower(),
+            stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET")
+            or defaults.stripe_webhook_secret,
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -38,6 +38,16 @@ def notify_seen(nonce: str) -> str:
     return f"{PREFIX}notify-seen:{nonce[:64]}"
 
 
+def webhook_event_seen(event_id: str) -> str:
+    """A Stripe event already applied (Stripe delivers an event again until it hears 200)."""
+    return f"{PREFIX}webhook-event:{event_id[:64]}"
+
+
+def webhook_signature_seen(digest: str) -> str:
+    """A Stripe-Signature header already accepted: the same delivery sent again is a replay."""
+    return f"{PREFIX}webhook-signature:{digest[:64]}"
+
+
 def sku_state_counts(sku: str) -> str:
     """Orders per state of one sale (several sales can share a Redis)."""
     return f"{PREFIX}counts:{sku}"

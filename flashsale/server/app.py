@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from flashsale.core import events, store
 from flashsale.errors import ConfigError
-from flashsale.server import rooms
+from flashsale.server import rooms, webhooks
 from flashsale.server.admission import InFlightLimit
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
@@ -91,6 +91,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
     app.extensions["flashsale"] = ctx
     InFlightLimit(settings.max_in_flight, settings.queue_wait_s, metrics).install(app)
     app.register_blueprint(bp)
+    app.register_blueprint(webhooks.bp)
     register_handlers(socketio, ctx)
     register_error_handlers(app)
 

@@ -123,6 +123,15 @@ class ServerMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.webhooks = Counter(
+            "flashsale_stripe_webhooks",
+            "Stripe webhook deliveries to /stripe/webhook, by outcome: processed, already_final "
+            "(the worker finished it first), duplicate (an event already applied), ignored (a type "
+            "we do not act on), unknown_order, or refused (missing_signature, bad_signature, "
+            "stale_signature, replayed_signature, bad_payload, not_configured).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.room_admit_rate = Gauge(
             "flashsale_room_admit_rate",
             "The waiting room's admission rate (customers/s) as this process last set or saw "

@@ -1,0 +1,123 @@
+"""POST /stripe/webhook: Stripe's signed events finish orders paid with PaymentIntents.
+
+Verified with the stripe library (`stripe.Webhook.construct_event`, the whsec_ secret, Stripe's
+300 s tolerance); a delivery whose signature was already accepted is a replay and refused. An
+event is applied at most once by its id, in any order: an order takes one final state (the
+worker's answer or the event, whichever comes first), so a late, duplicated or reordered event
+changes nothing. An event for an order this Redis does not know is answered 200 and logged, or
+Stripe would retry it for days.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import stripe
+from flask import Blueprint, Response, jsonify, request
+
+from flashsale.core import events, keys, orders
+from flashsale.server.context import ServerContext, context
+from flashsale.server.validation import ApiError
+
+log = logging.getLogger("flashsale.server")
+bp = Blueprint("webhooks", __name__)
+
+SIGNATURE_TOLERANCE_S = 300  # Stripe's own default
+EVENT_MEMORY_S = 7 * 86400  # longer than Stripe retries an event (3 days)
+FINAL_EVENTS = {
+    "payment_intent.succeeded": events.SUCCEEDED,
+    "payment_intent.payment_failed": events.DECLINED,
+    "payment_intent.canceled": events.FAILED,
+}
+
+
+def refuse(ctx: ServerContext, status: int, outcome: str, message: str) -> ApiError:
+    ctx.metrics.webhooks.labels(outcome).inc()
+    log.warning("stripe webhook refused (%s): %s", outcome, message)
+    return ApiError(status, outcome, message)
+
+
+@bp.post("/stripe/webhook")
+def stripe_webhook() -> Response:
+    ctx = context()
+    secret = ctx.settings.stripe_webhook_secret
+    if not secret:
+        raise refuse(ctx, 503, "not_configured", "set STRIPE_WEBHOOK_SECRET to receive events")
+    header = request.headers.get("Stripe-Signature", "")
+    if not header:
+        raise refuse(ctx, 400, "missing_signature", "a Stripe-Signature header is required")
+    payload = request.get_data(cache=True)
+    try:
+        event = stripe.Webhook.construct_event(
+            payload, header, secret, tolerance=SIGNATURE_TOLERANCE_S
+        )
+    except stripe.SignatureVerificationError as error:
+        stale = "tolerance" in str(error).lower()
+        raise refuse(
+            ctx,
+            400,
+            "stale_signature" if stale else "bad_signature",
+            f"signed more than {SIGNATURE_TOLERANCE_S} s ago" if stale else "bad signature",
+        ) from None
+    except ValueError:
+        raise refuse(ctx, 400, "bad_payload", "the body is not a Stripe event") from None
+    digest = hashlib.sha256(header.encode()).hexdigest()
+    if not ctx.redis.set(
+        keys.webhook_signature_seen(digest), "1", nx=True, ex=2 * SIGNATURE_TOLERANCE_S
+    ):
+        raise refuse(ctx, 400, "replayed_signature", "this signed delivery was already received")
+    seen = keys.webhook_event_seen(event.id)
+    if ctx.redis.exists(seen):
+        outcome = "duplicate"
+    else:
+        outcome = apply(ctx, event.type, event.data.object.to_dict())
+        # After applying: a failure above leaves the event unseen, so Stripe's retry applies it.
+        ctx.redis.set(seen, outcome, ex=EVENT_MEMORY_S)
+    ctx.metrics.webhooks.labels(outcome).inc()
+    return jsonify({"received": True, "outcome": outcome})
+
+
+def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
+    """Finish the order the PaymentIntent paid for, as the event says it ended."""
+    status = FINAL_EVENTS.get(kind)
+    if status is None:
+        return "ignored"
+    order_id = (intent.get("metadata") or {}).get("order_id")
+    order = orders.find_order(ctx.redis, order_id) if isinstance(order_id, str) else None
+    if order is None:
+        log.warning(
+            "stripe webhook %s for PaymentIntent %s: no such order %r",
+            kind,
+            intent.get("id"),
+            order_id,
+        )
+        return "unknown_order"
+    charge = intent.get("latest_charge")
+    error = intent.get("last_payment_error") or {}
+    changed, order = orders.finalize(
+        ctx.redis,
+        order.order_id,
+        status,
+        charge_id=charge.get("id") if isinstance(charge, Mapping) else charge,
+        code=error.get("code") or ("payment_intent_canceled" if status == events.FAILED else None),
+        decline_code=error.get("decline_code"),
+        message=error.get("message")
+        or ("The payment was canceled." if status == events.FAILED else None),
+        sku=order.sku,
+    )
+    if not changed:
+        return "already_final"
+    log.info("order %s %s %s (webhook %s)", order.order_id, order.status, order.code or "", kind)
+    ctx.socketio.emit(
+        events.CHARGE_RESULT,
+        order.charge_result(),
+        to=events.room_for(order.customer_id),
+        namespace=events.NAMESPACE,
+    )
+    ctx.metrics.emits.labels(events.CHARGE_RESULT).inc()
+    if order.released:
+        ctx.stock_feed.changed(order.sku)
+    return "processed"

@@ -1,0 +1,198 @@
+"""POST /stripe/webhook on the real server, fed by the real simulator's signed deliveries:
+orders paid with PaymentIntents finished from Stripe's events alone (no worker answering), and
+forged, stale, replayed or unsigned deliveries refused and counted."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import stripe
+from pipeline_fixtures import Pipeline, receive_results
+
+from flashsale.ops.processes import free_port
+
+SECRET = "whsec_flashsale_webhook_test"
+PRICE = 4999
+
+
+@pytest.fixture(scope="module")
+def pipeline(pipeline_factory: Any) -> Pipeline:
+    """Server, simulator delivering every event to the server, and no worker: the orders below
+    are paid at the simulator directly, as the worker would pay them, and only the webhook
+    tells the server how they ended."""
+    port = free_port()
+    return pipeline_factory(
+        server_flags=("--port", str(port), "--stock", "100", "--price", str(PRICE)),
+        sim_flags=(
+            "--webhook",
+            f"http://127.0.0.1:{port}/stripe/webhook",
+            "--webhook-secret",
+            SECRET,
+        ),
+        with_worker=False,
+        env={"STRIPE_WEBHOOK_SECRET": SECRET},
+    )
+
+
+def wait_for(probe: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def webhook_count(pipeline: Pipeline, outcome: str) -> float:
+    text = httpx.get(f"{pipeline.server_url}/metrics").text
+    line = f'flashsale_stripe_webhooks_total{{outcome="{outcome}"}} '
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def place(pipeline: Pipeline, method: str) -> tuple[dict[str, Any], str]:
+    session = pipeline.session()
+    answer = pipeline.charge(session, None, payment_method=method)
+    assert answer.status_code == 202, answer.text
+    return session, answer.json()["order_id"]
+
+
+def pay_at_stripe(pipeline: Pipeline, order_id: str, method: str) -> None:
+    """The PaymentIntent the worker would make for the order (the test plays the worker)."""
+    client = stripe.StripeClient(
+        pipeline.env["STRIPE_SECRET_KEY"], base_addresses={"api": pipeline.sim_url}
+    )
+    # A decline raises; its payment_intent.payment_failed event says so to the server.
+    with contextlib.suppress(stripe.CardError):
+        client.v1.payment_intents.create(
+            params={
+                "amount": PRICE,
+                "currency": "usd",
+                "payment_method": method,
+                "confirm": True,
+                "metadata": {"order_id": order_id},
+            }
+        )
+
+
+def signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
+    """Stripe's scheme: HMAC-SHA256 of "t.payload" with the whsec_ secret."""
+    stamp = int(time.time()) if at is None else at
+    signature = hmac.new(
+        secret.encode(), f"{stamp}.".encode() + payload, hashlib.sha256
+    ).hexdigest()
+    return {"Stripe-Signature": f"t={stamp},v1={signature}", "Content-Type": "application/json"}
+
+
+def test_a_succeeded_event_pays_the_order_and_tells_the_room(pipeline: Pipeline) -> None:
+    session, order_id = place(pipeline, "pm_card_visa")
+    room = pipeline.connect(session)
+    try:
+        pay_at_stripe(pipeline, order_id, "pm_card_visa")
+        (result,) = receive_results(room, 1)
+    finally:
+        room.disconnect()
+    assert result["order_id"] == order_id and result["status"] == "succeeded"
+    assert result["charge_id"].startswith("ch_")
+    assert webhook_count(pipeline, "processed") >= 1
+
+
+def test_a_payment_failed_event_declines_with_the_cards_codes(pipeline: Pipeline) -> None:
+    stock = pipeline.session()["sale"]["stock_left"]
+    session, order_id = place(pipeline, "pm_card_chargeDeclinedInsufficientFunds")
+    pay_at_stripe(pipeline, order_id, "pm_card_chargeDeclinedInsufficientFunds")
+    state = pipeline.wait_final(session, order_id)
+    assert (state["status"], state["code"], state["decline_code"]) == (
+        "declined",
+        "card_declined",
+        "insufficient_funds",
+    )
+    assert pipeline.session()["sale"]["stock_left"] == stock  # the unit went back on sale
+
+
+def test_forged_stale_replayed_and_unsigned_deliveries_change_nothing(
+    pipeline: Pipeline,
+) -> None:
+    session, order_id = place(pipeline, "pm_card_visa")
+    event = {
+        "id": "evt_forged_1",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": "pi_forged",
+                "object": "payment_intent",
+                "status": "succeeded",
+                "latest_charge": "ch_forged",
+                "metadata": {"order_id": order_id},
+            }
+        },
+    }
+    payload = json.dumps(event).encode()
+    url = f"{pipeline.server_url}/stripe/webhook"
+    cases = {
+        "bad_signature": signed(payload, secret="whsec_someone_else"),
+        "stale_signature": signed(payload, at=int(time.time()) - 301),
+        "missing_signature": {"Content-Type": "application/json"},
+    }
+    for outcome, headers in cases.items():
+        before = webhook_count(pipeline, outcome)
+        answer = httpx.post(url, content=payload, headers=headers)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == outcome
+        assert webhook_count(pipeline, outcome) == before + 1
+    assert pipeline.order(session, order_id).json()["status"] == "pending"
+    # A genuine delivery, captured and sent again: the second is refused.
+    genuine = signed(payload)
+    first = httpx.post(url, content=payload, headers=genuine)
+    assert first.status_code == 200 and first.json()["outcome"] == "processed"
+    again = httpx.post(url, content=payload, headers=genuine)
+    assert again.status_code == 400 and again.json()["error"]["code"] == "replayed_signature"
+    # Stripe's own redelivery (a fresh signature) of an event already applied: 200, no change.
+    redelivered = httpx.post(url, content=payload, headers=signed(payload, at=int(time.time()) + 1))
+    assert redelivered.status_code == 200 and redelivered.json()["outcome"] == "duplicate"
+    assert pipeline.order(session, order_id).json()["charge_id"] == "ch_forged"
+
+
+def test_an_event_for_an_unknown_order_is_answered_200(pipeline: Pipeline) -> None:
+    event = {
+        "id": "evt_unknown_order",
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {"object": {"id": "pi_x", "object": "payment_intent", "metadata": {}}},
+    }
+    payload = json.dumps(event).encode()
+    answer = httpx.post(
+        f"{pipeline.server_url}/stripe/webhook", content=payload, headers=signed(payload)
+    )
+    assert answer.status_code == 200 and answer.json()["outcome"] == "unknown_order"
+
+
+def test_out_of_order_and_duplicated_events_change_nothing(pipeline: Pipeline) -> None:
+    """The simulator duplicates every event and holds every other back 1 s: each order still
+    ends once, as its PaymentIntent did."""
+    for change in ({"webhook_duplicate_rate": 1.0}, {"webhook_out_of_order_rate": 0.5}):
+        assert httpx.post(f"{pipeline.sim_url}/_sim/config", json=change).status_code == 200
+    try:
+        methods = ("pm_card_visa", "pm_card_chargeDeclined") * 3
+        placed = [place(pipeline, method) for method in methods]
+        for (_, order_id), method in zip(placed, methods, strict=True):
+            pay_at_stripe(pipeline, order_id, method)
+        finals = [pipeline.wait_final(session, order_id) for session, order_id in placed]
+        assert [f["status"] for f in finals] == ["succeeded", "declined"] * 3
+        wait_for(lambda: webhook_count(pipeline, "duplicate") >= 6, "the duplicates")
+        for (session, order_id), final in zip(placed, finals, strict=True):
+            assert pipeline.order(session, order_id).json() == final
+    finally:
+        httpx.post(
+            f"{pipeline.sim_url}/_sim/config",
+            json={"webhook_duplicate_rate": 0.0, "webhook_out_of_order_rate": 0.0},
+        )
