@@ -78,6 +78,40 @@ def scenario(tmp_path: Path, customers: int, rate: str) -> Path:
 
 
 @pytest.mark.slow
+def test_a_rehearsal_on_payment_intents_pays_through_them_and_hears_the_webhooks(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        flashsale_argv(
+            "rehearse",
+            "--scenario",
+            str(scenario(tmp_path, customers=40, rate="40/s")),
+            "--run-dir",
+            str(run_dir),
+            "--no-dashboard",
+            "--payments",
+            "intents",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    orders = report["reconciliation"]["orders"]
+    stripe_requests = report["counters"]["stripe"]["requests"]
+    # Customers made PaymentMethods (Stripe.js-style; those told sold out too), the worker one
+    # PaymentIntent per order.
+    assert sum(stripe_requests["POST /v1/payment_methods"].values()) >= orders
+    assert sum(stripe_requests["POST /v1/payment_intents"].values()) == orders
+    assert "POST /v1/charges" not in stripe_requests and "POST /v1/tokens" not in stripe_requests
+    # Every event was delivered, signed, and accepted (a refusal would be a 400 here).
+    webhooks = report["counters"]["server_responses"]["POST /stripe/webhook"]
+    assert set(webhooks) == {"200"} and webhooks["200"] >= 2 * orders
+    assert report["reconciliation"]["ok"] is True and report["passed"] is True
+
+
 def test_small_rehearsal_passes_and_reconciles(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     done = subprocess.run(

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import httpx
+
 from flashsale.core.store import SentinelAddress
 from flashsale.ops import sentinel
 from flashsale.ops.processes import Child, flashsale_argv, free_port, wait_for_redis
@@ -178,14 +180,36 @@ class LocalPipeline:
         self.say(f"stripe-sim: {self.sim_url}")
         return self.sim_url
 
-    def start_server(self, *flags: str, port: int = 0, wait: bool = True) -> Child:
-        """`flashsale serve` on port (0: a free one); the first server's URL is server_url."""
+    def start_server(
+        self, *flags: str, port: int = 0, wait: bool = True, webhook: bool = False
+    ) -> Child:
+        """`flashsale serve` on port (0: a free one); the first server's URL is server_url.
+        With `webhook`, the simulator delivers every event to its /stripe/webhook."""
         name = "server" if not self.of_kind("server") else f"server{len(self.of_kind('server'))}"
+        if webhook:
+            port = port or free_port()
+            self.register_webhook(f"http://127.0.0.1:{port}/stripe/webhook")
         argv = flashsale_argv("serve", "--port", str(port), *flags)
         child = self._start(name, "server", argv, flags)
         if wait:
             self.wait_ready(child)
         return child
+
+    def register_webhook(self, url: str) -> None:
+        """A webhook endpoint at the simulator, through Stripe's own API (POST
+        /v1/webhook_endpoints, as a merchant registers one); the servers started from now on
+        verify deliveries with the whsec_ secret it answers."""
+        if self.sim_url is None:
+            raise RuntimeError("start the simulator before registering a webhook")
+        answer = httpx.post(
+            f"{self.sim_url}/v1/webhook_endpoints",
+            data={"url": url, "enabled_events[]": "*"},
+            headers={"Authorization": f"Bearer {self.env['STRIPE_SECRET_KEY']}"},
+            timeout=10,
+        )
+        answer.raise_for_status()
+        self.env["STRIPE_WEBHOOK_SECRET"] = answer.json()["secret"]
+        self.say(f"stripe-sim: webhook -> {url}")
 
     def start_worker(
         self, *flags: str, env: Mapping[str, str] | None = None, wait: bool = True

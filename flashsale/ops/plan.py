@@ -79,6 +79,11 @@ class RehearsalPlan:
     waiting_room: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def payments(self) -> str:
+        """What customers pay with: 'charges' (tokens) or 'intents' (PaymentMethods)."""
+        return str(self.sale.get("payments", "charges"))
+
+    @property
     def room_on(self) -> bool:
         """A [waiting_room] table turns it on unless it says enabled = false."""
         return bool(self.waiting_room) and bool(self.waiting_room.get("enabled", True))

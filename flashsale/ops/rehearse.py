@@ -235,7 +235,9 @@ class Rehearsal:
             pipeline.start_redis(durable=self.redis_durable)
         if self.stripe == "sim":
             pipeline.start_simulator(*as_flags(self.plan.stripe_sim))
-        server = pipeline.start_server(*self.plan.server_flags(), wait=False)
+        # On PaymentIntents, fulfilment follows Stripe's signed events too, as Stripe advises.
+        webhook = self.stripe == "sim" and self.plan.payments == "intents"
+        server = pipeline.start_server(*self.plan.server_flags(), wait=False, webhook=webhook)
         workers = [pipeline.start_worker(*self.worker_flags(), wait=False)]
         workers += [
             pipeline.start_worker(*self.worker_flags(), wait=False)
