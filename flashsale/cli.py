@@ -592,6 +592,13 @@ def serve(
     "long, so its supervisor restarts it (Celery can reconnect without consuming); 0 = off.",
 )
 @click.option(
+    "--authentication-timeout",
+    default=None,
+    help="How long a customer has to finish 3D Secure; then the PaymentIntent is canceled and "
+    f"the unit goes back on sale [{Settings().authentication_timeout_s:g}s; env "
+    "FLASHSALE_AUTHENTICATION_TIMEOUT].",
+)
+@click.option(
     "--sweep-after",
     type=click.FloatRange(min=0),
     default=None,
@@ -616,6 +623,7 @@ def worker(
     stripe_rate: str | None,
     stripe_limit: str | None,
     stripe_endpoint_limit: str | None,
+    authentication_timeout: str | None,
     events: bool,
     stall_timeout: float,
     sweep_after: float | None,
@@ -639,6 +647,9 @@ def worker(
         stripe_rate=stripe_rate,
         stripe_limit=stripe_limit,
         stripe_endpoint_limit=stripe_endpoint_limit,
+        authentication_timeout_s=parse_duration(authentication_timeout, "--authentication-timeout")
+        if authentication_timeout
+        else None,
     )
     from flashsale.worker.main import run_worker
 

@@ -74,6 +74,9 @@ class Settings:
     # The whsec_ secret Stripe signs webhook deliveries with (STRIPE_WEBHOOK_SECRET); empty:
     # /stripe/webhook answers 503, as it cannot tell Stripe's events from anyone's.
     stripe_webhook_secret: str = ""
+    # How long a customer has to finish 3D Secure before the worker cancels the PaymentIntent
+    # (the sweeper looks again each sweep) and the unit goes back on sale.
+    authentication_timeout_s: float = 600.0
     # The waiting room (server.waiting_room, core.waiting_room): off, or on with its rules.
     waiting_room: bool = False
     room_rate: float = 150.0  # admissions a second, all server processes together; 0: none
@@ -147,6 +150,11 @@ class Settings:
             payments=(environ.get("FLASHSALE_PAYMENTS") or defaults.payments).lower(),
             stripe_webhook_secret=environ.get("STRIPE_WEBHOOK_SECRET")
             or defaults.stripe_webhook_secret,
+            authentication_timeout_s=parse_duration(
+                environ.get("FLASHSALE_AUTHENTICATION_TIMEOUT")
+                or f"{defaults.authentication_timeout_s:g}s",
+                "FLASHSALE_AUTHENTICATION_TIMEOUT",
+            ),
         )
 
     def replace(self, **changes: object) -> Settings:

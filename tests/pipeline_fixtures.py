@@ -241,8 +241,10 @@ def start_pipeline(
     sim_flags: tuple[str, ...] = (),
     with_worker: bool = True,
     env: dict[str, str] | None = None,
+    webhook: bool = False,
 ) -> Pipeline:
-    """Start sim, server and worker side by side (their start-ups overlap), wait for all."""
+    """Start sim, server and worker side by side (their start-ups overlap), wait for all;
+    with `webhook`, the simulator delivers its events to the server's /stripe/webhook."""
     local = LocalPipeline(
         directory,
         env={
@@ -255,7 +257,7 @@ def start_pipeline(
     pipeline = Pipeline(local)
     try:
         local.start_simulator(*sim_flags)
-        server = local.start_server(*server_flags, wait=False)
+        server = local.start_server(*server_flags, wait=False, webhook=webhook)
         if with_worker:
             worker = pipeline.start_worker(*worker_flags, wait=False)
         local.wait_ready(server)

@@ -27,6 +27,7 @@ SOCKET_IO = re.compile(r"/socket\.io/")
 RESULT_TIMEOUT_MS = 20_000
 SUCCESS_CARD = "4242424242424242"
 INSUFFICIENT_FUNDS_CARD = "4000000000009995"
+THREE_D_SECURE_CARD = "4000000000003220"
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,7 @@ def intents_pipeline(browser: Any, pipeline_factory: Any, redis_server: str) -> 
     return pipeline_factory(
         server_flags=("--stock", str(STOCK), "--sku", "BROWSER-PI", "--payments", "intents"),
         redis_url=fresh_database(redis_server),
+        webhook=True,  # after 3D Secure, Stripe's event finishes the order
     )
 
 
@@ -201,6 +203,28 @@ def test_on_payment_intents_the_page_pays_and_shows_a_decline(
     assert charge["payment_intent"].startswith("pi_") and charge["payment_method"].startswith("pm_")
     (failed,) = intents_pipeline.sim_charges(declined)
     assert failed["payment_intent"].startswith("pi_") and failed["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("button", "state", "shown"),
+    [
+        ("#complete", "paid", "Paid"),
+        ("#fail", "declined", "Your bank could not confirm this payment."),
+    ],
+)
+def test_a_3ds_card_goes_through_the_challenge_on_payment_intents(
+    intents_pipeline: Pipeline, open_page: Any, button: str, state: str, shown: str
+) -> None:
+    page = open_page(intents_pipeline.server_url + "/")
+    fill_card(page, THREE_D_SECURE_CARD)
+    page.locator("#pay").click()
+    frame = page.frame_locator("#stripe-sim-3ds-frame")
+    frame.locator(button).wait_for(timeout=RESULT_TIMEOUT_MS)
+    shot(page, "3ds-challenge-on-checkout")
+    frame.locator(button).click()
+    wait_state(page, state)
+    assert shown in page.locator("#status").inner_text()
+    shot(page, f"3ds-{state}")
 
 
 def test_reload_while_pending_rejoins_and_shows_the_result_charging_once(

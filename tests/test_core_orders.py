@@ -208,7 +208,7 @@ def test_iteration_and_replay_lists(client: Any) -> None:
     for n in range(20):
         place(client, token=f"tok_x{n}")
     orders.finalize(client, mine[1].order_id, orders.SUCCEEDED, charge_id="ch_9")
-    assert [o.order_id for o in orders.final_orders_of(client, customer)] == [mine[1].order_id]
+    assert [o.order_id for o in orders.orders_to_replay(client, customer)] == [mine[1].order_id]
     assert len(list(orders.iter_orders(client, batch=7))) == 23
     assert orders.count_by_state(client)["succeeded"] == 1
 

@@ -21,8 +21,9 @@ def has_row(text: str, *cells: str) -> bool:
     return re.search(r"[\s│┃]+".join(re.escape(c) for c in cells), text) is not None
 
 
-def sample_stats(room: bool = False) -> RunStats:
-    """300 customers, a tenth declined; with `room`, each waited in a waiting room first."""
+def sample_stats(room: bool = False, three_d_secure: bool = False) -> RunStats:
+    """300 customers, a tenth declined; with `room`, each waited in a waiting room first; with
+    `three_d_secure`, every other one authenticated."""
     stats = RunStats()
     for i in range(300):
         outcome = "declined" if i % 10 == 0 else "succeeded"
@@ -45,6 +46,8 @@ def sample_stats(room: bool = False) -> RunStats:
         if room:
             journey.phases.update(queue=1.5, checkout=0.25)
             journey.room.update(queued=1, position_updates=1)
+        if three_d_secure and i % 2:
+            journey.phases["authenticate"] = 0.9
         stats.record_arrival(journey.scheduled)
         stats.record(journey)
     stats.errors["session: http 503"] += 2
@@ -178,10 +181,14 @@ def test_html_report_is_self_contained_with_its_charts() -> None:
     assert "<script src" not in page
 
 
+@pytest.mark.parametrize("three_d_secure", [False, True])
 @pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 50)])
-def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int]) -> None:
+def test_dashboard_fits_each_terminal_with_every_name_whole(
+    size: tuple[int, int], three_d_secure: bool
+) -> None:
     width, height = size
-    stats = sample_stats(room=True)  # the embedded default runs a waiting room
+    # The embedded default runs a waiting room; on PaymentIntents some customers authenticate.
+    stats = sample_stats(room=True, three_d_secure=three_d_secure)
     snap = Snapshot(
         stats=stats,
         elapsed_s=12.5,
@@ -236,7 +243,9 @@ def test_dashboard_fits_each_terminal_with_every_name_whole(size: tuple[int, int
     # The compact view leaves out an optional outcome that did not happen (no one abandoned).
     outcomes = [o for o in OUTCOMES if o not in OPTIONAL_OUTCOMES]
     gates = ("e2e.p99<9s", "checkout.p99<2s", "server_errors.count==0", "retries.ratio<1%")
-    for name in (*outcomes, *PHASES, *gates):
+    # Every phase these customers went through (an authenticate row only with 3D Secure).
+    assert ("authenticate" in stats.shown_phases()) is three_d_secure
+    for name in (*outcomes, *stats.shown_phases(), *gates):
         assert re.search(rf"(^|[\s│]){re.escape(name)}($|[\s│])", text), (name, size, text)
     assert "…" not in text, text
     assert "process 1 CPU 95%" in text

@@ -1,5 +1,5 @@
 """Orders paid with a PaymentMethod: the worker confirms one PaymentIntent per order, on the real
-simulator, server and worker (issue 18's first step: no 3D Secure journey yet)."""
+simulator, server and worker (3D Secure: tests/test_pipeline_3ds.py)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,7 @@ DECLINES = {
     "pm_card_chargeDeclinedExpiredCard": ("expired_card", "expired_card"),
     "pm_card_chargeDeclinedIncorrectCvc": ("incorrect_cvc", "incorrect_cvc"),
     "pm_card_visa_chargeDeclinedVelocityLimitExceeded": ("card_declined", "card_velocity_exceeded"),
-    # Until the pipeline takes customers through 3D Secure, a card asking for it is declined
-    # as Stripe declines it for an integration that cannot (error_on_requires_action).
-    "pm_card_threeDSecure2Required": ("card_declined", "authentication_required"),
-}
+}  # 3D Secure cards: tests/test_pipeline_3ds.py
 
 
 @pytest.fixture(scope="module")

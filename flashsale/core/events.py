@@ -18,6 +18,9 @@ STOCK = "stock"  # {"sku": ..., "stock_left": ...} to stock_room(sku), coalesced
 QUEUE = "queue"  # {"position": n, "eta_s": s or None}, at least every QUEUE_UPDATE_S
 ADMITTED = "admitted"  # {"admission_token": ..., "hold_s": s}: a unit is held, pay now
 SOLD_OUT = "sold_out"  # {"sku": ...} to queue_room(sku): every unit is sold
+# {"order_id", "payment_intent", "client_secret"}: the card asks for 3D Secure; the page hands
+# the client secret to Stripe.js (handleNextAction), and the order ends once Stripe says so.
+ACTION_REQUIRED = "action_required"
 HOLD_LAPSED = "hold_lapsed"  # {"sku": ...}: the customer's hold ran out; the unit went back
 # client -> server: the customer leaves the queue, or gives back the unit they hold (a declined
 # customer who will not try another card), at once rather than after the grace. Data: the
@@ -30,6 +33,8 @@ SUCCEEDED = "succeeded"
 DECLINED = "declined"
 FAILED = "failed"
 FINAL_STATUSES = (SUCCEEDED, DECLINED, FAILED)
+# Not final: the customer must authenticate (3D Secure) before Stripe can say.
+REQUIRES_ACTION = "requires_action"
 
 
 def room_for(customer_id: str) -> str:
@@ -70,6 +75,14 @@ def charge_result(
         "code": code,
         "decline_code": decline_code,
         "message": message,
+    }
+
+
+def action_required(order_id: str, client_secret: str) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "payment_intent": client_secret.partition("_secret_")[0],
+        "client_secret": client_secret,
     }
 
 

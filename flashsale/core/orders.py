@@ -200,6 +200,9 @@ class Order:
     outcome_unknown: bool = False
     # Placed on a unit the waiting room held for the customer (core.waiting_room).
     held: bool = False
+    # The client secret of the PaymentIntent waiting for the customer's 3D Secure, while
+    # pending: replayed to the room on a (re)join; never shown by GET /orders.
+    action_secret: str | None = None
 
     @property
     def final(self) -> bool:
@@ -223,6 +226,12 @@ class Order:
             message=self.message,
         )
 
+    def action_required(self) -> dict[str, Any] | None:
+        """The action_required payload while the order waits for the customer's 3D Secure."""
+        if self.final or not self.action_secret:
+            return None
+        return events.action_required(self.order_id, self.action_secret)
+
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> Order:
         def optional(name: str) -> str | None:
@@ -237,6 +246,7 @@ class Order:
             currency=data["currency"],
             token=data.get("token", ""),
             status=data["status"],
+            action_secret=optional("action_secret"),
             created_at=float(data.get("created_at") or 0),
             updated_at=float(data.get("updated_at") or 0),
             attempts=int(data.get("attempts") or 0),
@@ -353,6 +363,22 @@ def mark_outcome_unknown(redis: Redis, order_id: str) -> None:
     redis.hset(keys.order(order_id), "outcome_unknown", "1")
 
 
+_RECORD_ACTION = """
+if redis.call('HGET', KEYS[1], 'status') == 'pending' then
+  redis.call('HSET', KEYS[1], 'action_secret', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def record_action(redis: Redis, order_id: str, client_secret: str) -> bool:
+    """Remember, on a pending order only, the PaymentIntent that waits for the customer."""
+    return bool(
+        redis.register_script(_RECORD_ACTION)(keys=[keys.order(order_id)], args=[client_secret])
+    )
+
+
 def record_attempt(redis: Redis, order_id: str) -> int:
     """Count one charge attempt (status and reconcile show it); returns the count."""
     return int(redis.hincrby(keys.order(order_id), "attempts", 1))
@@ -428,8 +454,9 @@ def customer_order_ids(redis: Redis, customer_id: str) -> list[str]:
     return [str(order_id) for order_id in redis.lrange(keys.customer_orders(customer_id), 0, -1)]
 
 
-def final_orders_of(redis: Redis, customer_id: str) -> list[Order]:
-    """The customer's orders that have a final state, oldest first (replayed on every join)."""
+def orders_to_replay(redis: Redis, customer_id: str) -> list[Order]:
+    """The customer's orders with something to tell on every join, oldest first: a final
+    state, or a PaymentIntent waiting for the customer's 3D Secure."""
     ids = customer_order_ids(redis, customer_id)
     if not ids:
         return []
@@ -437,7 +464,7 @@ def final_orders_of(redis: Redis, customer_id: str) -> list[Order]:
     for order_id in ids:
         pipe.hgetall(keys.order(order_id))
     found = [Order.from_hash(data) for data in pipe.execute() if data]
-    return [order for order in found if order.final]
+    return [order for order in found if order.final or order.action_secret]
 
 
 def iter_orders(redis: Redis, batch: int = 500) -> Iterator[Order]:

@@ -19,13 +19,18 @@ from flashsale.settings import Settings
 
 @dataclass(frozen=True)
 class ChargeOutcome:
-    """A final answer from Stripe about one order."""
+    """Stripe's answer about one order: final, or (requires_action) waiting for the customer."""
 
-    status: str  # succeeded | declined | failed
+    status: str  # succeeded | declined | failed | requires_action
     charge_id: str | None = None
     code: str | None = None
     decline_code: str | None = None
     message: str | None = None
+    client_secret: str | None = None  # requires_action: what the page gives Stripe.js
+
+    @property
+    def final(self) -> bool:
+        return self.status in events.FINAL_STATUSES
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +43,7 @@ class ChargeOutcome:
             code=data.get("code"),
             decline_code=data.get("decline_code"),
             message=data.get("message"),
+            client_secret=data.get("client_secret"),
         )
 
 
@@ -145,12 +151,8 @@ def charge_params(order: Order) -> dict[str, Any]:
 
 
 def intent_params(order: Order) -> dict[str, Any]:
-    """One PaymentIntent created and confirmed in one call for the order's PaymentMethod.
-
-    error_on_requires_action: the pipeline does not yet take the customer through 3D Secure
-    (issue 18, step 4), so a card that asks for it is declined authentication_required, as
-    Stripe documents for integrations that cannot handle customer actions, never left waiting.
-    """
+    """One PaymentIntent created and confirmed in one call for the order's PaymentMethod; a card
+    that asks for 3D Secure leaves it requires_action, for the customer's page to finish."""
     charge = charge_params(order)
     return {
         "amount": charge["amount"],
@@ -158,7 +160,6 @@ def intent_params(order: Order) -> dict[str, Any]:
         "payment_method": order.token,
         "payment_method_types": ["card"],
         "confirm": True,
-        "error_on_requires_action": True,
         "description": charge["description"],
         "metadata": charge["metadata"],
     }
@@ -232,6 +233,15 @@ def intent_outcome(intent: Mapping[str, Any]) -> ChargeOutcome:
     charge_id = charge.get("id") if isinstance(charge, Mapping) else charge
     if intent["status"] == "succeeded":
         return ChargeOutcome(status=events.SUCCEEDED, charge_id=charge_id)
+    if intent["status"] == "requires_action":
+        return ChargeOutcome(status=events.REQUIRES_ACTION, client_secret=intent["client_secret"])
+    if intent["status"] == "canceled":
+        return ChargeOutcome(
+            status=events.FAILED,
+            charge_id=charge_id,
+            code=ABANDONED,
+            message="The payment was not authenticated in time and was canceled.",
+        )
     error = intent.get("last_payment_error") or {}
     if intent["status"] == "requires_payment_method" and error:
         return ChargeOutcome(
@@ -245,6 +255,44 @@ def intent_outcome(intent: Mapping[str, Any]) -> ChargeOutcome:
     raise StripeUnavailable(
         f"PaymentIntent {intent.get('id')} is {intent['status']}, not final yet", False
     )
+
+
+ABANDONED = "authentication_abandoned"
+
+
+def current_intent(client: stripe.StripeClient, client_secret: str) -> ChargeOutcome:
+    """Where the order's PaymentIntent stands now (after the customer's 3D Secure). A replay
+    of the creating call would not say: Stripe answers a replay as it answered the first."""
+    intent_id = client_secret.partition("_secret_")[0]
+    try:
+        response = client.raw_request(
+            "get", f"/v1/payment_intents/{intent_id}", usage=["stripe_client"]
+        )
+    except stripe.StripeError as error:
+        raise StripeUnavailable(_describe(error), not_processed(error)) from error
+    return intent_outcome(response.data)
+
+
+def cancel_abandoned(client: stripe.StripeClient, client_secret: str) -> ChargeOutcome:
+    """Cancel a PaymentIntent whose customer never finished 3D Secure (its unit goes back);
+    when the customer finished meanwhile, Stripe refuses the cancel and its state is read."""
+    intent_id = client_secret.partition("_secret_")[0]
+    try:
+        response = client.raw_request(
+            "post",
+            f"/v1/payment_intents/{intent_id}/cancel",
+            cancellation_reason="abandoned",
+            usage=["stripe_client"],
+        )
+    except stripe.InvalidRequestError as error:
+        if error.code != "payment_intent_unexpected_state":
+            raise StripeUnavailable(_describe(error)) from error
+        response = client.raw_request(
+            "get", f"/v1/payment_intents/{intent_id}", usage=["stripe_client"]
+        )
+    except stripe.StripeError as error:
+        raise StripeUnavailable(_describe(error), not_processed(error)) from error
+    return intent_outcome(response.data)
 
 
 def not_processed(error: stripe.StripeError) -> bool:

@@ -69,6 +69,9 @@ class Customer:
         self.told_sold_out = False
         self.lapsed = False
         self.at_the_doors = False  # counted ready (Doors.arrive_ready)
+        # 3D Secure: the PaymentIntents the server said wait for this customer, and those done.
+        self.actions: dict[str, dict[str, Any]] = {}
+        self.authenticated: set[str] = set()
 
     # -- timing ----------------------------------------------------------------------------
 
@@ -335,6 +338,11 @@ class Customer:
         deadline = time.perf_counter() + self.kit.target.timeout_s
         check_at = time.perf_counter() + RESULT_CHECK_S
         while order_id not in self.results and not self.dropped:
+            if order_id in self.actions and order_id not in self.authenticated:
+                await self.authenticate(session, self.actions[order_id])
+                self.authenticated.add(order_id)
+                self.enter("result")
+                continue
             now = time.perf_counter()
             remaining = deadline - now
             if remaining <= 0:
@@ -423,6 +431,27 @@ class Customer:
             self.journey.retries[endpoint] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
 
+    async def authenticate(self, session: dict[str, Any], action: dict[str, Any]) -> None:
+        """Answer the card's 3D Secure challenge as the customer would in Stripe.js: the
+        simulator hosts it (POST .../complete). Real Stripe's challenge needs a browser."""
+        self.enter("authenticate")
+        api_base = str(session.get("stripe_api_base", "")).rstrip("/")
+        intent = str(action.get("payment_intent", ""))
+        secret = str(action.get("client_secret", ""))
+        try:
+            answer = await self.send(
+                "authenticate",
+                "POST",
+                f"{api_base}/3d_secure/{intent}/complete",
+                form=urlencode({"client_secret": secret}).encode(),
+                headers=(("Accept", "application/json"),),
+            )
+        except HTTP_ERRORS as error:
+            raise self.finish("error", f"authenticate: {describe(error)}") from None
+        if answer.status != 200:
+            raise self.finish("error", f"authenticate: http {answer.status}")
+        self.done("authenticate")
+
     async def poll_order(
         self, session: dict[str, Any], order_id: str, deadline: float
     ) -> dict[str, Any] | None:
@@ -456,6 +485,10 @@ class Customer:
             self.joined.set()
         elif name == events.CHARGE_RESULT:
             self.on_result(data)
+        elif name == events.ACTION_REQUIRED:
+            if isinstance(data, dict) and isinstance(data.get("order_id"), str):
+                self.actions.setdefault(data["order_id"], data)
+                self.news.set()
         elif name == events.QUEUE:
             self.journey.room["position_updates"] += 1
         elif name == events.ADMITTED:

@@ -19,7 +19,7 @@ from flashsale.loadgen.stats import (
     format_actual,
 )
 
-FUNNEL = ("session", "tokenize", "connect", "waiting", "queue", "submit", "result")
+FUNNEL = ("session", "tokenize", "connect", "waiting", "queue", "submit", "authenticate", "result")
 # Shown only while someone is in them: the doors' wait, and the waiting room's line.
 OPTIONAL_STAGES = ("waiting", "queue")
 # Shown in the compact view only when they happened: customers leaving a waiting room's line.
@@ -357,7 +357,10 @@ def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableTy
                 for r in snap.slo_results
             ),
         )
+    problems = [*snap.warnings, *(f"{n} x {e}" for e, n in stats.errors.most_common(3))]
+    problems += [f"integrity: {p}" for p in stats.integrity_problems[:1]]
     if snap.processes:
+        before = len(lines)
         items(
             "shards",
             *(
@@ -369,9 +372,11 @@ def render_compact(snap: Snapshot, width: int, height: int = 24) -> RenderableTy
                 for row in snap.processes
             ),
         )
-    problems = [*snap.warnings, *(f"{n} x {e}" for e, n in stats.errors.most_common(3))]
-    problems += [f"integrity: {p}" for p in stats.integrity_problems[:1]]
-    used = sum(part_height(part) for part in lines) + 2  # the panel's borders
+        used = sum(part_height(part) for part in lines) + 2  # the panel's borders
+        if problems and used >= height:
+            # No line left for the problems: they matter more than each shard's figures.
+            del lines[before:]
+    used = sum(part_height(part) for part in lines) + 2
     room = max(1, height - used)
     shown = problems[:room]
     if len(shown) < len(problems):  # the last line that fits says how many more there are

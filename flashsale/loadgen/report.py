@@ -13,6 +13,7 @@ from typing import Any
 
 from flashsale import outputs
 from flashsale.loadgen.stats import (
+    AUTHENTICATE,
     ENDPOINT_COLUMNS,
     OUTCOMES,
     OVERTOOK,
@@ -401,11 +402,13 @@ def load_sections(loaded: LoadReport) -> list[str]:
 
 
 def shown_phases(latency_ms: dict[str, dict[str, Any]]) -> list[str]:
-    """The phases a report has, without the waiting room's when no customer met one."""
+    """The phases a report has, without the waiting room's and 3D Secure's when no customer
+    went through them."""
+    optional = (*ROOM_PHASES, AUTHENTICATE)
     return [
         phase
         for phase in PHASES
-        if phase in latency_ms and (phase not in ROOM_PHASES or latency_ms[phase].get("count"))
+        if phase in latency_ms and (phase not in optional or latency_ms[phase].get("count"))
     ]
 
 

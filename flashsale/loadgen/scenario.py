@@ -65,6 +65,9 @@ TEST_CARDS: dict[str, TestCard] = {
             "declined",
         ),
         TestCard("fraudulent", "4100000000000019", "tok_radarBlock", "declined"),
+        # Asks for 3D Secure: on PaymentIntents the customer authenticates, then it succeeds;
+        # the Charges API cannot authenticate and declines it (authentication_required).
+        TestCard("three_d_secure", "4000000000003220", "tok_threeDSecure2Required", "succeeded"),
         # Fails the Luhn check: Stripe refuses it at tokenization, before any charge.
         TestCard("incorrect_number", "4242424242424241", None, "declined"),
     )

@@ -17,8 +17,20 @@ from flashsale.errors import ConfigError
 from flashsale.units import parse_duration
 
 # `queue` is the wait in the waiting room; `checkout` is from admitted to the answer.
-PHASES = ("session", "tokenize", "connect", "queue", "submit", "result", "checkout", "e2e")
+PHASES = (
+    "session",
+    "tokenize",
+    "connect",
+    "queue",
+    "submit",
+    "authenticate",
+    "result",
+    "checkout",
+    "e2e",
+)
 ROOM_PHASES = ("queue", "checkout")  # shown only for a run whose customers met a room
+# Shown only when some customer went through it: 3D Secure, on PaymentIntents.
+AUTHENTICATE = "authenticate"
 OUTCOMES = (
     "succeeded",
     "declined",
@@ -255,7 +267,12 @@ class RunStats:
     def shown_phases(self) -> tuple[str, ...]:
         """PHASES, without the waiting room's unless customers met one."""
         met_room = bool(self.room) or self.corrected["queue"].get_total_count() > 0
-        return tuple(p for p in PHASES if met_room or p not in ROOM_PHASES)
+        authenticated = self.corrected[AUTHENTICATE].get_total_count() > 0
+        return tuple(
+            p
+            for p in PHASES
+            if (met_room or p not in ROOM_PHASES) and (authenticated or p != AUTHENTICATE)
+        )
 
     def overtakes(self) -> int:
         """Customers admitted while someone who arrived over FAIRNESS_SLACK_S earlier still
@@ -480,7 +497,7 @@ class RunStats:
         return stats
 
 
-ENDPOINTS = ("session", "tokenize", "connect", "submit", "order_check")
+ENDPOINTS = ("session", "tokenize", "connect", "submit", "authenticate", "order_check")
 # The per-endpoint figures (endpoint_rows' keys) and their column titles, in table order.
 ENDPOINT_COLUMNS = (
     ("requests", "requests"),

@@ -259,6 +259,16 @@ def notify() -> Response:
     order = orders.find_order(ctx.redis, data["order_id"])
     if order is None:
         raise ApiError(404, "not_found", "no such order")
+    action = order.action_required()
+    if action is not None:
+        ctx.socketio.emit(
+            events.ACTION_REQUIRED,
+            action,
+            to=events.room_for(order.customer_id),
+            namespace=events.NAMESPACE,
+        )
+        ctx.metrics.emits.labels(events.ACTION_REQUIRED).inc()
+        return jsonify({"delivered": True, "order_id": order.order_id})
     if not order.final:
         raise ApiError(409, "not_final", "the order has no final state yet")
     ctx.socketio.emit(

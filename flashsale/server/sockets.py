@@ -42,13 +42,19 @@ def register_handlers(socketio: SocketIO, ctx: ServerContext) -> None:
                 socketio.emit(events.STOCK, payload, to=sid, ignore_queue=True)
                 metrics.emits.labels(events.STOCK).inc()
         try:
-            finished = orders.final_orders_of(ctx.redis, customer_id)
+            told = orders.orders_to_replay(ctx.redis, customer_id)
         except Exception as error:  # a replay failure must not kill the socket
             log.error("could not replay results of %s: %s", customer_id, error)
             return
-        for order in finished:
-            socketio.emit(events.CHARGE_RESULT, order.charge_result(), to=sid, ignore_queue=True)
-            metrics.emits.labels(events.CHARGE_RESULT).inc()
+        for order in told:
+            action = order.action_required()
+            name, payload = (
+                (events.ACTION_REQUIRED, action)
+                if action is not None
+                else (events.CHARGE_RESULT, order.charge_result())
+            )
+            socketio.emit(name, payload, to=sid, ignore_queue=True)
+            metrics.emits.labels(name).inc()
 
     def on_connect(sid: str, environ: object, auth: object = None) -> None:
         token = auth.get("room_token") if isinstance(auth, dict) else None

@@ -18,6 +18,8 @@ from flashsale.settings import Settings
 class Notifier(Protocol):
     def notify(self, order: Order) -> None: ...
 
+    def action_required(self, order: Order) -> None: ...
+
     def stock_changed(self, sku: str) -> None: ...
 
 
@@ -49,6 +51,16 @@ class QueueNotifier:
             namespace=events.NAMESPACE,
         )
 
+    def action_required(self, order: Order) -> None:
+        payload = order.action_required()
+        if payload is not None:
+            self.manager.emit(
+                events.ACTION_REQUIRED,
+                payload,
+                room=events.room_for(order.customer_id),
+                namespace=events.NAMESPACE,
+            )
+
 
 class HttpNotifier:
     """The original design's hop: POST the order id, HMAC-signed, to the server's /notify."""
@@ -57,6 +69,10 @@ class HttpNotifier:
         self.url = f"{server_url.rstrip('/')}/notify"
         self.secret = secret
         self.client = httpx.Client(timeout=timeout_s)
+
+    def action_required(self, order: Order) -> None:
+        """The same hop: /notify sends a pending order's action_required from Redis."""
+        self.notify(order)
 
     def notify(self, order: Order) -> None:
         # Only the order id travels: the server sends what Redis holds, so a replayed or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
@@ -189,6 +190,33 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         )
         return "unknown"
 
+    def await_customer(order: orders.Order, outcome: ChargeOutcome) -> str:
+        """The card asks for 3D Secure: tell the customer's page (again, on a sweep: a page that
+        reconnected is told on its join anyway) and leave the order pending. Stripe's event
+        finishes it (server /stripe/webhook), or the sweeper's next run reads the PaymentIntent;
+        one left unauthenticated past authentication_timeout is canceled and its unit released."""
+        assert outcome.client_secret is not None
+        if order.action_secret is None:
+            orders.record_action(context.redis, order.order_id, outcome.client_secret)
+            order = dataclasses.replace(order, action_secret=outcome.client_secret)
+        age = time.time() - order.created_at
+        if age > settings.authentication_timeout_s:
+            final = payments.cancel_abandoned(context.stripe, outcome.client_secret)
+            if final.final:
+                log.warning(
+                    "order %s: 3D Secure not finished after %.0fs: %s",
+                    order.order_id,
+                    age,
+                    final.code or final.status,
+                )
+                process_response.apply_async(
+                    queue=jobs.RESULTS_QUEUE,
+                    **jobs.publish_options(order.order_id, final.as_dict(), order.sku),
+                )
+                return final.status
+        context.notifier.action_required(order)
+        return events.REQUIRES_ACTION
+
     @app.task(name=jobs.PROCESS_RESPONSE, bind=True, max_retries=settings.charge_max_retries)
     def process_response(
         self: Task, order_id: str, outcome: dict[str, Any], sku: str | None = None
@@ -243,7 +271,13 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 # The key is read once at start: after Stripe refused it, every call would be
                 # refused too. Stop charging; each order fails at once with the same clear code.
                 raise StripeAuthError("the secret key was refused earlier in this worker")
-            outcome = payments.charge_order(context.stripe, order)
+            outcome = (
+                payments.current_intent(context.stripe, order.action_secret)
+                if order.action_secret
+                else payments.charge_order(context.stripe, order)
+            )
+            if outcome.status == events.REQUIRES_ACTION:
+                return await_customer(order, outcome)
         except StripeAuthError as error:
             if not context.auth_failure_logged.is_set():
                 context.auth_failure_logged.set()

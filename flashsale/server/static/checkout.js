@@ -87,6 +87,8 @@
   var phase = room && !tab.admission ? "queued" : "ready";
   // The client-side in-flight guard: one payment at a time, whatever fires the submit event.
   var submitting = false;
+  var actions = {};        // action_required payloads by order id (3D Secure)
+  var authenticating = {};  // orders whose challenge is on screen or answered
   var results = {};  // charge_result by order id; one may arrive before /charges answers
 
   // --- presentation ---------------------------------------------------------------------------
@@ -211,6 +213,12 @@
     if (result.status === "succeeded") {
       phase = "paid";
       setStatus("paid", "Paid. Thank you!", "Charge ", result.charge_id);
+    } else if (result.status === "declined" &&
+               result.code === "payment_intent_authentication_failure") {
+      // Stripe's message here is for developers; the customer needs to know what happened.
+      phase = "declined";
+      setStatus("declined", "Card not authenticated",
+        "Your bank could not confirm this payment. You can try again or use another card.");
     } else if (result.status === "declined") {
       phase = "declined";
       setStatus("declined", "Card declined",
@@ -343,7 +351,11 @@
         writeStore();
         if (results[body.order_id]) showResult(results[body.order_id], false);
         else if (body.status && body.status !== "pending") loadOrder(body.order_id);
-        else showPending();
+        else {
+          showPending();
+          // The room may have asked for 3D Secure before this answer arrived.
+          if (actions[body.order_id]) authenticate(actions[body.order_id]);
+        }
         return;
       }
       tab.inflight = null;
@@ -457,6 +469,27 @@
     updateStock(0);
   });
   socket.on("hold_lapsed", showLapsed);
+  // 3D Secure: the card asks the customer to authenticate; Stripe.js shows its challenge. The
+  // result still comes as charge_result, once Stripe tells the server how the payment ended.
+  socket.on("action_required", function (action) {
+    if (!action || !action.order_id) return;
+    actions[action.order_id] = action;  // kept: the order id may not be known here yet
+    if (action.order_id === tab.order_id && busy()) authenticate(action);
+  });
+
+  function authenticate(action) {
+    if (results[action.order_id] || authenticating[action.order_id]) return;  // a replay
+    authenticating[action.order_id] = true;
+    setStatus("pending", "Confirm the payment with your bank…", "");
+    stripe.handleNextAction({ clientSecret: action.client_secret }).then(function () {
+      // Declined or not, the answer comes from the server (charge_result).
+      if (!results[action.order_id]) setStatus("pending", "Payment pending…", "");
+    }, function () {
+      authenticating[action.order_id] = false;
+      showFailed("Connection problem", "We could not reach your bank. Please try again.");
+    });
+  }
+
   socket.on("charge_result", function (result) {
     if (!result || !result.order_id) return;
     results[result.order_id] = result;
