@@ -9,12 +9,12 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import stripe
+from conftest import wait_until
 from pipeline_fixtures import Pipeline, receive_results
 
 from flashsale.ops.processes import free_port
@@ -40,16 +40,6 @@ def pipeline(pipeline_factory: Any) -> Pipeline:
         with_worker=False,
         env={"STRIPE_WEBHOOK_SECRET": SECRET},
     )
-
-
-def wait_for(probe: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def webhook_count(pipeline: Pipeline, outcome: str) -> float:
@@ -188,7 +178,7 @@ def test_out_of_order_and_duplicated_events_change_nothing(pipeline: Pipeline) -
             pay_at_stripe(pipeline, order_id, method)
         finals = [pipeline.wait_final(session, order_id) for session, order_id in placed]
         assert [f["status"] for f in finals] == ["succeeded", "declined"] * 3
-        wait_for(lambda: webhook_count(pipeline, "duplicate") >= 6, "the duplicates")
+        wait_until(lambda: webhook_count(pipeline, "duplicate") >= 6, "the duplicates")
         for (session, order_id), final in zip(placed, finals, strict=True):
             assert pipeline.order(session, order_id).json() == final
     finally:

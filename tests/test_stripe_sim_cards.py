@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
+from conftest import wait_until
 
 from flashsale.settings import SIM_PUBLISHABLE_KEY
 
@@ -263,16 +264,6 @@ def test_3ds_cards_ask_for_the_challenge_and_the_others_do_not(
             assert asked == (row["three_d_secure"] == "required"), (alias, intent.status)
 
 
-def wait_for(probe: Callable[[], Any], what: str, timeout_s: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def events_of(client: stripe.StripeClient, kind: str) -> list[Any]:
     return list(client.v1.events.list(params={"type": kind, "limit": 100}).data)
 
@@ -299,7 +290,7 @@ def test_dispute_cards_succeed_then_are_disputed(sim: str, client: stripe.Stripe
             ]
             return found if len(found) >= count else []
 
-        found = wait_for(disputes, f"the dispute of {alias}")
+        found = wait_until(disputes, f"the dispute of {alias}")
         assert len(found) == count
         dispute = client.v1.disputes.retrieve(found[0].id)
         assert (dispute.reason, dispute.status, dispute.amount) == (reason, status, 2000)
@@ -310,7 +301,7 @@ def test_dispute_cards_succeed_then_are_disputed(sim: str, client: stripe.Stripe
     assert len(listed) >= 5
     # An early fraud warning is not a dispute.
     _, warned = charge_with(client, "tok_createIssuerFraudRecord")
-    warning = wait_for(
+    warning = wait_until(
         lambda: [
             e.data.object
             for e in events_of(client, "radar.early_fraud_warning.created")
@@ -328,7 +319,7 @@ def test_async_refund_cards_settle_later(client: stripe.StripeClient) -> None:
     _, pending = charge_with(client, "tok_pendingRefund")
     refund = client.v1.refunds.create(params={"charge": pending.id})
     assert refund.status == "pending"
-    settled = wait_for(
+    settled = wait_until(
         lambda: client.v1.refunds.retrieve(refund.id).status == "succeeded", "pending -> succeeded"
     )
     assert settled
@@ -336,7 +327,7 @@ def test_async_refund_cards_settle_later(client: stripe.StripeClient) -> None:
     refund = client.v1.refunds.create(params={"charge": failing.id})
     assert refund.status == "succeeded"
     assert client.v1.charges.retrieve(failing.id).amount_refunded == 2000
-    wait_for(lambda: client.v1.refunds.retrieve(refund.id).status == "failed", "the failure")
+    wait_until(lambda: client.v1.refunds.retrieve(refund.id).status == "failed", "the failure")
     failed = client.v1.refunds.retrieve(refund.id)
     assert failed.failure_reason == "unknown"
     assert client.v1.charges.retrieve(failing.id).amount_refunded == 0

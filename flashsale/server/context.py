@@ -12,6 +12,7 @@ from flask import current_app
 from flask_socketio import SocketIO
 
 from flashsale.core import broker, events, inventory, jobs
+from flashsale.core.orders import Order
 from flashsale.core.stock_feed import StockFeed
 from flashsale.server.metrics import ServerMetrics
 from flashsale.server.waiting_room import WaitingRoom
@@ -27,6 +28,25 @@ class ServerContext:
     socketio: SocketIO
     stock_feed: StockFeed
     room: WaitingRoom | None = None  # when the waiting room is on
+
+    def tell_customer(self, order: Order) -> bool:
+        """Send the order's news to its customer's room, what Redis holds: the final result,
+        or the 3D Secure its PaymentIntent waits for; a released unit goes to the stock
+        watchers too. False when there is nothing to tell yet."""
+        action = order.action_required()
+        if action is not None:
+            name, payload = events.ACTION_REQUIRED, action
+        elif order.final:
+            name, payload = events.CHARGE_RESULT, order.charge_result()
+        else:
+            return False
+        self.socketio.emit(
+            name, payload, to=events.room_for(order.customer_id), namespace=events.NAMESPACE
+        )
+        self.metrics.emits.labels(name).inc()
+        if order.final and order.released:
+            self.stock_feed.changed(order.sku)
+        return True
 
     def enqueue_charge(self, order_id: str) -> None:
         """Hand the order to the worker (by task name: the server does not import the worker)."""

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Blueprint, Response, jsonify, render_template, request
 
-from flashsale.core import events, inventory, keys, orders, signing
+from flashsale.core import inventory, keys, orders, signing
 from flashsale.errors import NotHeld, OrderInProgress, SoldOut
 from flashsale.server.context import ServerContext, context
 from flashsale.server.validation import (
@@ -259,28 +259,9 @@ def notify() -> Response:
     order = orders.find_order(ctx.redis, data["order_id"])
     if order is None:
         raise ApiError(404, "not_found", "no such order")
-    action = order.action_required()
-    if action is not None:
-        ctx.socketio.emit(
-            events.ACTION_REQUIRED,
-            action,
-            to=events.room_for(order.customer_id),
-            namespace=events.NAMESPACE,
-        )
-        ctx.metrics.emits.labels(events.ACTION_REQUIRED).inc()
-        return jsonify({"delivered": True, "order_id": order.order_id})
-    if not order.final:
+    # In http mode the worker has no message queue: the server also tells the stock watchers.
+    if not ctx.tell_customer(order):
         raise ApiError(409, "not_final", "the order has no final state yet")
-    ctx.socketio.emit(
-        events.CHARGE_RESULT,
-        order.charge_result(),
-        to=events.room_for(order.customer_id),
-        namespace=events.NAMESPACE,
-    )
-    ctx.metrics.emits.labels(events.CHARGE_RESULT).inc()
-    if order.released:
-        # In http mode the worker has no message queue, so the server tells the stock watchers.
-        ctx.stock_feed.changed(order.sku)
     return jsonify({"delivered": True, "order_id": order.order_id})
 
 

@@ -111,13 +111,5 @@ def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
     if not changed:
         return "already_final"
     log.info("order %s %s %s (webhook %s)", order.order_id, order.status, order.code or "", kind)
-    ctx.socketio.emit(
-        events.CHARGE_RESULT,
-        order.charge_result(),
-        to=events.room_for(order.customer_id),
-        namespace=events.NAMESPACE,
-    )
-    ctx.metrics.emits.labels(events.CHARGE_RESULT).inc()
-    if order.released:
-        ctx.stock_feed.changed(order.sku)
+    ctx.tell_customer(order)
     return "processed"
