@@ -109,6 +109,37 @@ def test_a_payment_failed_event_declines_with_the_cards_codes(pipeline: Pipeline
     assert pipeline.session()["sale"]["stock_left"] == stock  # the unit went back on sale
 
 
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("abandoned", "authentication_abandoned"),
+        ("requested_by_customer", "payment_intent_canceled"),
+    ],
+)
+def test_a_canceled_event_fails_the_order_with_the_code_the_worker_would_give(
+    pipeline: Pipeline, reason: str, code: str
+) -> None:
+    """The worker's cancel and the webhook race to finish an abandoned 3D Secure order: both
+    read the PaymentIntent the same way, so whichever wins tells the customer the same thing."""
+    session, order_id = place(pipeline, "pm_card_threeDSecure2Required")
+    client = stripe.StripeClient(
+        pipeline.env["STRIPE_SECRET_KEY"], base_addresses={"api": pipeline.sim_url}
+    )
+    intent = client.v1.payment_intents.create(
+        params={
+            "amount": PRICE,
+            "currency": "usd",
+            "payment_method": "pm_card_threeDSecure2Required",
+            "confirm": True,
+            "metadata": {"order_id": order_id},
+        }
+    )
+    assert intent.status == "requires_action"
+    client.v1.payment_intents.cancel(intent.id, params={"cancellation_reason": reason})
+    state = pipeline.wait_final(session, order_id)
+    assert (state["status"], state["code"]) == ("failed", code)
+
+
 def test_forged_stale_replayed_and_unsigned_deliveries_change_nothing(
     pipeline: Pipeline,
 ) -> None:

@@ -236,11 +236,14 @@ def intent_outcome(intent: Mapping[str, Any]) -> ChargeOutcome:
     if intent["status"] == "requires_action":
         return ChargeOutcome(status=events.REQUIRES_ACTION, client_secret=intent["client_secret"])
     if intent["status"] == "canceled":
+        abandoned = intent.get("cancellation_reason") == "abandoned"
         return ChargeOutcome(
             status=events.FAILED,
             charge_id=charge_id,
-            code=ABANDONED,
-            message="The payment was not authenticated in time and was canceled.",
+            code=ABANDONED if abandoned else CANCELED,
+            message="The payment was not authenticated in time and was canceled."
+            if abandoned
+            else "The payment was canceled.",
         )
     error = intent.get("last_payment_error") or {}
     if intent["status"] == "requires_payment_method" and error:
@@ -257,7 +260,8 @@ def intent_outcome(intent: Mapping[str, Any]) -> ChargeOutcome:
     )
 
 
-ABANDONED = "authentication_abandoned"
+ABANDONED = "authentication_abandoned"  # we canceled it: the customer left 3D Secure
+CANCELED = "payment_intent_canceled"  # canceled for any other reason (e.g. in the Dashboard)
 
 
 def current_intent(client: stripe.StripeClient, client_secret: str) -> ChargeOutcome:

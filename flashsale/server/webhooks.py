@@ -18,7 +18,7 @@ from typing import Any
 import stripe
 from flask import Blueprint, Response, jsonify, request
 
-from flashsale.core import events, keys, orders
+from flashsale.core import keys, orders, payments
 from flashsale.server.context import ServerContext, context
 from flashsale.server.validation import ApiError
 
@@ -27,11 +27,10 @@ bp = Blueprint("webhooks", __name__)
 
 SIGNATURE_TOLERANCE_S = 300  # Stripe's own default
 EVENT_MEMORY_S = 7 * 86400  # longer than Stripe retries an event (3 days)
-FINAL_EVENTS = {
-    "payment_intent.succeeded": events.SUCCEEDED,
-    "payment_intent.payment_failed": events.DECLINED,
-    "payment_intent.canceled": events.FAILED,
-}
+# The events that end a PaymentIntent; its snapshot in the event says how (payments.intent_outcome).
+FINAL_EVENTS = frozenset(
+    {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
+)
 
 
 def refuse(ctx: ServerContext, status: int, outcome: str, message: str) -> ApiError:
@@ -82,8 +81,7 @@ def stripe_webhook() -> Response:
 
 def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
     """Finish the order the PaymentIntent paid for, as the event says it ended."""
-    status = FINAL_EVENTS.get(kind)
-    if status is None:
+    if kind not in FINAL_EVENTS:
         return "ignored"
     order_id = (intent.get("metadata") or {}).get("order_id")
     order = orders.find_order(ctx.redis, order_id) if isinstance(order_id, str) else None
@@ -95,17 +93,21 @@ def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
             order_id,
         )
         return "unknown_order"
-    charge = intent.get("latest_charge")
-    error = intent.get("last_payment_error") or {}
+    try:
+        outcome = payments.intent_outcome(intent)
+    except payments.StripeUnavailable:
+        outcome = None
+    if outcome is None or not outcome.final:
+        log.warning("stripe webhook %s: PaymentIntent %s is not final", kind, intent.get("id"))
+        return "not_final"
     changed, order = orders.finalize(
         ctx.redis,
         order.order_id,
-        status,
-        charge_id=charge.get("id") if isinstance(charge, Mapping) else charge,
-        code=error.get("code") or ("payment_intent_canceled" if status == events.FAILED else None),
-        decline_code=error.get("decline_code"),
-        message=error.get("message")
-        or ("The payment was canceled." if status == events.FAILED else None),
+        outcome.status,
+        charge_id=outcome.charge_id,
+        code=outcome.code,
+        decline_code=outcome.decline_code,
+        message=outcome.message,
         sku=order.sku,
     )
     if not changed:
