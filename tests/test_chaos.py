@@ -126,6 +126,30 @@ def test_fault_keeps_every_promise(tmp_path: Path, spec: str) -> None:
 
 
 @pytest.mark.chaos
+def test_webhook_faults_on_payment_intents_keep_every_promise(tmp_path: Path) -> None:
+    """`rehearse --payments intents --chaos webhook-...`: Stripe's events come late, twice,
+    out of order or never while 3D Secure customers wait for them; every order still ends once
+    (a lost event's order is finished by the sweeper reading its PaymentIntent)."""
+    plan = chaos_plan().with_overrides(
+        sale={"payments": "intents"},
+        loadgen={"cards": "visa=60,three_d_secure=30,insufficient_funds=10"},
+    )
+    spec = ",".join(f"webhook-{fault}@4s:6s" for fault in ("drop", "duplicate", "reorder", "delay"))
+    run_dir = tmp_path / "run"
+    report = rehearse(run_dir, spec, plan=plan)
+    assert_promises_kept(report)
+    assert report["loadgen"]["latency_ms"]["authenticate"]["count"] > 0
+    sent = report["counters"]["stripe"]["webhooks"]
+    assert sent["dropped"] > 0 and sent["duplicated"] > 0 and sent["held_back"] > 0, sent
+    assert sent["gave_up"] == 0, sent
+    taken = report["counters"]["server_webhooks"]
+    assert taken.get("duplicate", 0) > 0 and taken.get("processed", 0) > 0, taken
+    # Orders whose finishing event was dropped were finished by the sweeper.
+    logs = "".join(path.read_text() for path in (run_dir / "logs").glob("worker*.log"))
+    assert "sweeper re-queued" in logs
+
+
+@pytest.mark.chaos
 def test_durable_redis_restart_mid_sale_keeps_orders_stock_and_queue(tmp_path: Path) -> None:
     """With AOF, a Redis restart (clean shutdown) mid-sale keeps every order, the stock counter
     and the queued charges, and the sale reconciles as if nothing happened: a worker that Celery
@@ -225,6 +249,7 @@ def test_chaos_mistakes_are_one_line_usage_errors(tmp_path: Path) -> None:
     ("args", "says"),
     [
         (["--chaos", "failover-redis@5s"], "failover-redis needs Redis under Sentinel"),
+        (["--chaos", "webhook-drop@5s:2s"], "only --payments intents receives"),
         (["--redis-sentinel", "--chaos", "restart-redis@5s"], "under --redis-sentinel use"),
         (["--redis-sentinel", "--redis-url", "redis://127.0.0.1:1/0"], "redis+sentinel://"),
     ],

@@ -28,6 +28,10 @@ SIM_CHANGES: dict[str, dict[str, Any]] = {
     "sim-5xx": {"error_rate": 1.0},
     "sim-latency": {"latency": "1500ms"},
     "sim-drop": {"drop_rate": 0.5},
+    "webhook-delay": {"webhook_latency": "5s"},
+    "webhook-drop": {"webhook_drop_rate": 0.5},
+    "webhook-duplicate": {"webhook_duplicate_rate": 0.5},
+    "webhook-reorder": {"webhook_out_of_order_rate": 0.5},
 }
 
 

@@ -28,6 +28,8 @@ class Counters:
 
     server_responses: dict[str, dict[str, int]] = field(default_factory=dict)  # route -> status
     server_redis_errors: dict[str, int] = field(default_factory=dict)  # kind -> count
+    # Stripe events the server's /stripe/webhook took, by outcome (processed, duplicate, ...).
+    server_webhooks: dict[str, int] = field(default_factory=dict)
     stripe: dict[str, Any] = field(default_factory=dict)
     worker_stripe_retries: int = 0
     unavailable: list[str] = field(default_factory=list)
@@ -62,12 +64,36 @@ def collect(server_url: str, sim_url: str | None, log_dir: Path) -> Counters:
                 "dropped_connections": stats.get("dropped_connections", 0),
                 "idempotent_replays": stats.get("idempotent_replays", 0),
                 "idempotency_conflicts": stats.get("idempotency_conflicts", 0),
+                # Deliveries (delivered, dropped, duplicated, held_back, retries, gave_up) and
+                # their lag, event created -> answered 200 by the server, which has then applied it.
+                "webhooks": stats.get("webhooks", {}),
             }
     counters.worker_stripe_retries = sum(
         len(RETRY_LINE.findall(path.read_text(errors="replace")))
         for path in sorted(log_dir.glob("worker*.log"))
     )
     return counters
+
+
+def webhook_summary(stripe: dict[str, Any], server_webhooks: dict[str, int]) -> str | None:
+    """One line on the webhooks of the sale, as the simulator sent them and the server took
+    them; None when there were none (the Charges path)."""
+    sent = stripe.get("webhooks") or {}
+    if not sent.get("endpoints") and not server_webhooks:
+        return None
+    faults = ", ".join(
+        f"{name.replace('_', ' ')} {sent.get(name, 0)}"
+        for name in ("dropped", "duplicated", "held_back", "retries", "gave_up")
+    )
+    lag = sent.get("lag_s") or {}
+    lag_text = (
+        f"; lag event -> applied median {lag['median']:g} s, max {lag['max']:g} s" if lag else ""
+    )
+    taken = ", ".join(f"{k} {v}" for k, v in sorted(server_webhooks.items()) if v) or "none"
+    return (
+        f"Stripe delivered {sent.get('delivered', 0)} webhook events ({faults}){lag_text}; "
+        f"the server took: {taken}"
+    )
 
 
 def read_metrics(text: str, counters: Counters) -> None:
@@ -81,6 +107,9 @@ def read_metrics(text: str, counters: Counters) -> None:
             elif sample.name == "flashsale_redis_errors_total":
                 kinds = counters.server_redis_errors
                 kinds[labels["kind"]] = kinds.get(labels["kind"], 0) + int(sample.value)
+            elif sample.name == "flashsale_stripe_webhooks_total":
+                hooks = counters.server_webhooks
+                hooks[labels["outcome"]] = hooks.get(labels["outcome"], 0) + int(sample.value)
     counters.server_responses = {key: dict(statuses) for key, statuses in responses.items()}
 
 

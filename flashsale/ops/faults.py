@@ -23,6 +23,7 @@ class FaultKind:
     duration: str  # "required" | "forbidden" | "optional"
     summary: str
     simulator: bool = False  # acts on the Stripe simulator (not real test mode)
+    webhooks: bool = False  # acts on webhook deliveries: only the PaymentIntents path has them
 
 
 FAULT_KINDS: dict[str, FaultKind] = {
@@ -86,6 +87,36 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "required",
             "simulator commits half the charges but drops the connection before answering, "
             "for DURATION",
+            True,
+        ),
+        FaultKind(
+            "webhook-delay",
+            "required",
+            "simulator delivers each webhook event 5 s late, for DURATION",
+            True,
+            True,
+        ),
+        FaultKind(
+            "webhook-drop",
+            "required",
+            "simulator never delivers half the webhook events made during DURATION (the "
+            "sweeper must read those PaymentIntents)",
+            True,
+            True,
+        ),
+        FaultKind(
+            "webhook-duplicate",
+            "required",
+            "simulator delivers half the webhook events made during DURATION twice",
+            True,
+            True,
+        ),
+        FaultKind(
+            "webhook-reorder",
+            "required",
+            "simulator holds back half the webhook events made during DURATION, so later "
+            "ones overtake them",
+            True,
             True,
         ),
     )
@@ -155,9 +186,17 @@ def parse_spec(spec: str) -> list[Fault]:
     return sorted(faults, key=lambda fault: fault.start_s)
 
 
-def check_target(faults: list[Fault], has_simulator: bool, sentinel: bool = False) -> None:
-    """Refuse, before anything starts, faults this pipeline cannot take."""
+def check_target(
+    faults: list[Fault], has_simulator: bool, sentinel: bool = False, webhooks: bool = False
+) -> None:
+    """Refuse, before anything starts, faults this pipeline cannot take (a fault with nothing
+    to act on would be a rehearsal that cannot fail)."""
     names = {fault.name for fault in faults}
+    hooks = sorted(name for name in names if FAULT_KINDS[name].webhooks)
+    if hooks and not webhooks:
+        raise ConfigError(
+            f"{', '.join(hooks)} act on webhooks, which only --payments intents receives"
+        )
     if "failover-redis" in names and not sentinel:
         raise ConfigError("failover-redis needs Redis under Sentinel: add --redis-sentinel")
     if "restart-redis" in names and sentinel:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from flashsale import outputs
 from flashsale.loadgen.report import chart_data, load_sections, page, section, table
+from flashsale.ops.counters import webhook_summary
 
 if TYPE_CHECKING:  # rehearse writes this report: at run time it imports us
     from flashsale.ops.rehearse import RehearsalResult
@@ -125,6 +126,9 @@ def other_side(document: dict[str, Any]) -> str:
         ["Stripe dropped connections", stripe.get("dropped_connections", "?")],
         ["Stripe idempotent replays", stripe.get("idempotent_replays", "?")],
     ]
+    hooks = webhook_summary(stripe, counters.get("server_webhooks") or {})
+    if hooks:
+        figures.append(["webhooks", hooks])
     if document.get("counters_not_comparable"):
         figures.append(["not compared with customers", document["counters_not_comparable"]])
     for problem in counters.get("unavailable", []):

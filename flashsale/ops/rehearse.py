@@ -35,7 +35,9 @@ from flashsale.settings import Settings
 
 # Faults that strand a worker's unacknowledged tasks until the broker's visibility timeout: a
 # fault rehearsal shortens it (and what it must exceed) unless the scenario sets them.
-REDELIVERY_FAULTS = {"kill-worker", "restart-redis", "failover-redis"}
+# Faults whose repair waits for the visibility timeout (a redelivered task, or the sweeper
+# reading the PaymentIntent of an order whose webhook was lost).
+REDELIVERY_FAULTS = {"kill-worker", "restart-redis", "failover-redis", "webhook-drop"}
 FAST_REDELIVERY = {"visibility_timeout": 12, "stripe_timeout": 4, "retry_backoff_max": 4}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_OUTPUT = outputs.EXIT_OUTPUT
@@ -128,7 +130,12 @@ class Rehearsal:
             )
         spec = chaos or plan.chaos
         self.faults: list[Fault] = parse_spec(spec) if spec else []
-        check_target(self.faults, has_simulator=stripe == "sim", sentinel=self.redis_sentinel)
+        check_target(
+            self.faults,
+            has_simulator=stripe == "sim",
+            sentinel=self.redis_sentinel,
+            webhooks=plan.payments == "intents",
+        )
         if redis_url and any(fault.name == "restart-redis" for fault in self.faults):
             raise ConfigError("restart-redis needs the private Redis of rehearse, not --redis-url")
         if {fault.name for fault in self.faults} & REDELIVERY_FAULTS and not any(

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from flashsale.loadgen.report import LoadReport, shown_phases
 from flashsale.loadgen.stats import ENDPOINT_COLUMNS
-from flashsale.ops.counters import Counters
+from flashsale.ops.counters import Counters, webhook_summary
 from flashsale.ops.reconcile import Reconciliation
 from flashsale.ops.rehearse import RehearsalResult, verdict_line
 from flashsale.ops.status import Status
@@ -230,6 +230,9 @@ def other_side(counters: Counters) -> Text:
         f"{_counts(counters.server_redis_errors)}; workers retried Stripe "
         f"{counters.worker_stripe_retries} times; Stripe answered 429 {limited} times"
     )
+    hooks = webhook_summary(stripe, counters.server_webhooks)
+    if hooks:
+        line += f"\n{hooks}"
     if counters.unavailable:
         line += f" (not read: {'; '.join(counters.unavailable)})"
     return Text(line)

@@ -126,9 +126,11 @@ class ServerMetrics:
         self.webhooks = Counter(
             "flashsale_stripe_webhooks",
             "Stripe webhook deliveries to /stripe/webhook, by outcome: processed, already_final "
-            "(the worker finished it first), duplicate (an event already applied), ignored (a type "
-            "we do not act on), unknown_order, or refused (missing_signature, bad_signature, "
-            "stale_signature, replayed_signature, bad_payload, not_configured).",
+            "(the worker finished it first), duplicate (an event already applied), "
+            "replayed_signature (a signed delivery received before: a replay, or Stripe's "
+            "duplicate in the same second; 200, nothing changed), ignored (a type we do not act "
+            "on), unknown_order, or refused (missing_signature, bad_signature, stale_signature, "
+            "bad_payload, not_configured).",
             ["outcome"],
             registry=self.registry,
         )

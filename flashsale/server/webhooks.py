@@ -1,11 +1,12 @@
 """POST /stripe/webhook: Stripe's signed events finish orders paid with PaymentIntents.
 
 Verified with the stripe library (`stripe.Webhook.construct_event`, the whsec_ secret, Stripe's
-300 s tolerance); a delivery whose signature was already accepted is a replay and refused. An
-event is applied at most once by its id, in any order: an order takes one final state (the
-worker's answer or the event, whichever comes first), so a late, duplicated or reordered event
-changes nothing. An event for an order this Redis does not know is answered 200 and logged, or
-Stripe would retry it for days.
+300 s tolerance). A delivery whose exact signature was already received (a replay, or Stripe's
+own duplicate signed in the same second) is counted and changes nothing. An event is applied at
+most once by its id, in any order: an order takes one final state (the worker's answer or the
+event, whichever comes first), so a late, duplicated or reordered event changes nothing. An
+event for an order this Redis does not know is answered 200 and logged, or Stripe would retry
+it for days.
 """
 
 from __future__ import annotations
@@ -64,12 +65,16 @@ def stripe_webhook() -> Response:
     except ValueError:
         raise refuse(ctx, 400, "bad_payload", "the body is not a Stripe event") from None
     digest = hashlib.sha256(header.encode()).hexdigest()
+    seen = keys.webhook_event_seen(event.id)
     if not ctx.redis.set(
         keys.webhook_signature_seen(digest), "1", nx=True, ex=2 * SIGNATURE_TOLERANCE_S
     ):
-        raise refuse(ctx, 400, "replayed_signature", "this signed delivery was already received")
-    seen = keys.webhook_event_seen(event.id)
-    if ctx.redis.exists(seen):
+        # A captured delivery sent again, or Stripe's own duplicate signed in the same second
+        # (Stripe sends some events twice; the two cannot be told apart): counted, changes
+        # nothing, and 200, or Stripe would retry and mark the endpoint failing.
+        outcome = "replayed_signature"
+        log.warning("stripe webhook %s: a signed delivery already received", event.id)
+    elif ctx.redis.exists(seen):
         outcome = "duplicate"
     else:
         outcome = apply(ctx, event.type, event.data.object.to_dict())
