@@ -80,6 +80,10 @@ CANCEL_REASONS = ("duplicate", "fraudulent", "requested_by_customer", "abandoned
 CAPTURE_PARAMS = {"amount_to_capture", "metadata", "expand"}
 GET_PARAMS = {"client_secret", "expand"}
 EXPANDABLE = frozenset({"latest_charge", "payment_method"})
+# One frozenset object per subset of EXPANDABLE: a stored answer (idempotency) keeps the
+# expansion it was given, and a new empty frozenset each would be 216 B per PaymentIntent.
+NO_EXPANSION: frozenset[str] = frozenset()
+_EXPANSIONS: dict[frozenset[str], frozenset[str]] = {NO_EXPANSION: NO_EXPANSION}
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 AUTHENTICATION_FAILED = (
     "The provided PaymentMethod has failed authentication. You can provide payment_method_data "
@@ -216,10 +220,10 @@ class IntentEndpoints:
         if method is not None:
             intent.status = REQUIRES_CONFIRMATION
         self.ledger.payment_intents.add(intent.id, intent)
-        self.events.publish("payment_intent.created", intent)
+        created = self._publish("payment_intent.created", intent)
         if confirm:
             return self._confirm(intent, params, expand)
-        return 200, IntentView(intent.snapshot(), expand)
+        return 200, IntentView(created, expand)
 
     def get_intent(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, GET_PARAMS)
@@ -250,8 +254,9 @@ class IntentEndpoints:
         intent.canceled_at = int(time.time())
         intent.cancellation_reason = reason
         intent.next_action = None
-        self.events.publish("payment_intent.canceled", intent)
-        return 200, IntentView(intent.snapshot(), read_expand(params))
+        return 200, IntentView(
+            self._publish("payment_intent.canceled", intent), read_expand(params)
+        )
 
     def capture_intent(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, CAPTURE_PARAMS)
@@ -275,8 +280,9 @@ class IntentEndpoints:
         intent.amount_received = intent.amount if amount is None else amount
         intent.status = SUCCEEDED
         self.events.publish("charge.captured", charge)
-        self.events.publish("payment_intent.succeeded", intent)
-        return 200, IntentView(intent.snapshot(), read_expand(params))
+        return 200, IntentView(
+            self._publish("payment_intent.succeeded", intent), read_expand(params)
+        )
 
     def list_intents(self, params: Params, ident: str | None, caller: Caller) -> Result:
         refuse_unknown(params, LIST_PARAMS)
@@ -330,11 +336,10 @@ class IntentEndpoints:
             if off_session or refuse_action:
                 # Nobody is there to authenticate: the issuer declines, as Stripe documents.
                 return self._settle(intent, method, None, DECLINES["authentication_required"])
-            self._ask_for_authentication(intent)
-            return 200, IntentView(intent.snapshot(), expand)
+            return 200, IntentView(self._ask_for_authentication(intent), expand)
         return self._settle(intent, method, None, method.card.profile.decline, expand)
 
-    def _ask_for_authentication(self, intent: PaymentIntent) -> None:
+    def _ask_for_authentication(self, intent: PaymentIntent) -> PaymentIntent:
         self.challenges["asked"] += 1
         intent.status = REQUIRES_ACTION
         url = f"{self.public_url}{CHALLENGE_PATH}{intent.id}?" + urlencode(
@@ -350,7 +355,14 @@ class IntentEndpoints:
                 "type": "use_stripe_sdk",
                 "use_stripe_sdk": {"type": "three_d_secure_redirect", "stripe_js": url},
             }
-        self.events.publish("payment_intent.requires_action", intent)
+        return self._publish("payment_intent.requires_action", intent)
+
+    def _publish(self, type: str, intent: PaymentIntent) -> PaymentIntent:
+        """Publish the PaymentIntent's event; the event's snapshot is also the answer's (and
+        so the idempotent replay's): one copy of the object as it is now, not two."""
+        snapshot = self.events.publish(type, intent).snapshot
+        assert isinstance(snapshot, PaymentIntent)
+        return snapshot
 
     def _settle(
         self,
@@ -358,7 +370,7 @@ class IntentEndpoints:
         method: PaymentMethod,
         three_d_secure: str | None,
         decline: object,
-        expand: frozenset[str] = frozenset(),
+        expand: frozenset[str] = NO_EXPANSION,
     ) -> Result:
         """Authorize on the card: a charge records the outcome, success or decline."""
         card = method.card
@@ -390,16 +402,17 @@ class IntentEndpoints:
                 **error.body()["error"],  # type: ignore[dict-item]
                 "payment_method": render_payment_method(method),
             }
-            self.events.publish("payment_intent.payment_failed", intent)
-            return 402, IntentView(intent.snapshot(), expand, error)
+            return 402, IntentView(
+                self._publish("payment_intent.payment_failed", intent), expand, error
+            )
         if intent.capture_method == "manual":
             intent.status = REQUIRES_CAPTURE
-            self.events.publish("payment_intent.amount_capturable_updated", intent)
-        else:
-            intent.status = SUCCEEDED
-            intent.amount_received = intent.amount
-            self.events.publish("payment_intent.succeeded", intent)
-        return 200, IntentView(intent.snapshot(), expand)
+            return 200, IntentView(
+                self._publish("payment_intent.amount_capturable_updated", intent), expand
+            )
+        intent.status = SUCCEEDED
+        intent.amount_received = intent.amount
+        return 200, IntentView(self._publish("payment_intent.succeeded", intent), expand)
 
     def finish_challenge(self, ident: str, secret: str | None, passed: bool) -> Result:
         """The customer completed or failed the 3D Secure challenge of a PaymentIntent."""
@@ -407,7 +420,7 @@ class IntentEndpoints:
         if intent is None or secret != intent.client_secret:
             raise no_such("payment_intent", ident, "intent")
         if intent.status != REQUIRES_ACTION:
-            return 200, IntentView(intent.snapshot(), frozenset())  # already answered
+            return 200, IntentView(intent.snapshot(), NO_EXPANSION)  # already answered
         method = intent.payment_method
         assert method is not None
         if passed:
@@ -426,8 +439,7 @@ class IntentEndpoints:
             "payment_method": render_payment_method(method),
             "type": "invalid_request_error",
         }
-        self.events.publish("payment_intent.payment_failed", intent)
-        return 200, IntentView(intent.snapshot(), frozenset())
+        return 200, IntentView(self._publish("payment_intent.payment_failed", intent), NO_EXPANSION)
 
     def challenge_page(self, ident: str, secret: str | None) -> str:
         """The hosted challenge, like Stripe's test page: one button passes, one fails."""
@@ -494,7 +506,8 @@ def read_expand(params: Params, prefix: str = "") -> frozenset[str]:
         if name not in EXPANDABLE:
             raise invalid(f"This property cannot be expanded ({path}).", "expand")
         fields.add(name)
-    return frozenset(fields)
+    found = frozenset(fields)
+    return _EXPANSIONS.setdefault(found, found)
 
 
 def unexpected_state(intent: PaymentIntent, verb: str, allowed: tuple[str, ...]) -> StripeApiError:
