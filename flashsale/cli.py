@@ -1020,20 +1020,30 @@ def rehearse(
 @click.option("--redis-url", help="Redis of the sale (env FLASHSALE_REDIS_URL).")
 @click.option("--stripe-api-base", help="The simulator's URL or https://api.stripe.com.")
 @click.option("--sku", help="SKU of the sale.")
+@click.option(
+    "--since",
+    metavar="DURATION|TIME",
+    help="Read only Stripe objects created in the last DURATION (e.g. 2h, 90m) or since an "
+    "ISO 8601 TIME (e.g. 2026-12-03T14:00:00Z, the doors' opening): a sale on an account "
+    "other sales or integrations share. [default: every object on the account]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON.")
 @allow_live_option
 def reconcile(
     redis_url: str | None,
     stripe_api_base: str | None,
     sku: str | None,
+    since: str | None,
     as_json: bool,
     allow_live_stripe: bool | None,
 ) -> None:
-    """Compare the orders in Redis with the charges at Stripe; exit 1 on any discrepancy.
+    """Compare the orders in Redis with the charges and PaymentIntents at Stripe; exit 1 on
+    any discrepancy.
 
     Finds orders with no charge, charges with no order, orders charged more than once,
     paid orders whose charge did not succeed (and the reverse), amount mismatches,
-    units sold vs stock, and customers who never got a final result.
+    units sold vs stock, customers who never got a final result, and PaymentIntents of orders
+    left open at Stripe (requires_action, requires_confirmation, processing).
     """
     import json
 
@@ -1042,6 +1052,7 @@ def reconcile(
     from flashsale.core import store
     from flashsale.ops.reconcile import reconcile_live
     from flashsale.ops.views import reconciliation_details, reconciliation_table
+    from flashsale.units import parse_since
 
     settings = load_settings(
         redis_url=redis_url,
@@ -1051,7 +1062,7 @@ def reconcile(
     )
     client = store.connect(settings.redis_url)
     store.check(client)
-    result = reconcile_live(settings, client)
+    result = reconcile_live(settings, client, None if since is None else parse_since(since))
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:

@@ -4,14 +4,17 @@ A duration always carries its unit ('250ms', '60s', '2m'); a bare number other t
 with the unit to write, because flags once disagreed on what one meant (milliseconds for the
 simulator's latency, seconds for loadgen's timeout). A bare rate is per second everywhere.
 Options typed as plain numbers (`--drain-timeout 60`, `--stripe-timeout 10`) say "seconds" in
-their help, and so does every scenario key that takes one.
+their help, and so does every scenario key that takes one. A moment (`reconcile --since`) is a
+duration ago or an ISO 8601 time.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 import re
+import time
 from dataclasses import dataclass
 
 from flashsale.errors import ConfigError
@@ -139,3 +142,22 @@ def parse_spread(text: object, what: str, *, maximum_s: float) -> Spread:
     if not 0 < given["p50"] <= given["p99"]:
         raise ConfigError(f"{what} needs 0 < p50 <= p99, not {text!r}")
     return Spread(p50_s=given["p50"], p99_s=given["p99"], max_s=maximum_s)
+
+
+def parse_since(text: str, what: str = "--since") -> int:
+    """'2h' (that long ago) or an ISO 8601 time ('2026-12-03T14:00:00Z') -> a Unix time;
+    a time without its zone is UTC."""
+    try:
+        return int(time.time() - parse_duration(text, what))
+    except ConfigError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{what} must be a duration (2h, 90m) or an ISO 8601 time "
+            f"(2026-12-03T14:00:00Z), not {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from typing import Any
 
 import pytest
 import stripe
+from conftest import wait_until
 
-from flashsale.core import inventory, orders, store
+from flashsale.core import inventory, ledger, orders, store
 from flashsale.ops.processes import flashsale_argv
+from flashsale.ops.reconcile import reconcile
 from flashsale.settings import SIM_PUBLISHABLE_KEY, SIM_SECRET_KEY
 
 SKU = "RECON-1"
@@ -61,7 +64,7 @@ def charge(
     return str(created.id)
 
 
-def run_reconcile(sale: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def run_reconcile(sale: dict[str, Any], *flags: str) -> tuple[int, dict[str, Any]]:
     env = {
         **os.environ,
         "FLASHSALE_REDIS_URL": sale["redis_url"],
@@ -70,7 +73,7 @@ def run_reconcile(sale: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         "STRIPE_PUBLISHABLE_KEY": SIM_PUBLISHABLE_KEY,
     }
     done = subprocess.run(
-        flashsale_argv("reconcile", "--sku", SKU, "--json"),
+        flashsale_argv("reconcile", "--sku", SKU, "--json", *flags),
         env=env,
         capture_output=True,
         text=True,
@@ -184,6 +187,119 @@ def test_orders_closed_without_stripe_answer_are_listed(sale: dict[str, Any]) ->
     assert code == 1
     assert result["orders_closed_without_answer"] == [unanswered.order_id]
     assert result["discrepancies"]["orders_closed_without_stripe_answer"] == 1
+
+
+def pay_with_intent(sale: dict[str, Any], order_id: str, method: str) -> Any:
+    """The PaymentIntent the worker makes for an order (the test plays the worker)."""
+    try:
+        return sale["stripe"].v1.payment_intents.create(
+            params={
+                "amount": PRICE,
+                "currency": "usd",
+                "payment_method": method,
+                "confirm": True,
+                "metadata": {"order_id": order_id},
+            },
+            options={"idempotency_key": f"pi-{order_id}"},
+        )
+    except stripe.CardError as error:
+        return error.error.payment_intent  # type: ignore[union-attr]
+
+
+def test_payment_intents_are_matched_and_one_left_open_is_named(sale: dict[str, Any]) -> None:
+    paid = place(sale, "paid")
+    intent = pay_with_intent(sale, paid.order_id, "pm_card_visa")
+    orders.finalize(sale["redis"], paid.order_id, orders.SUCCEEDED, charge_id=intent.latest_charge)
+    declined = place(sale, "declined")
+    pay_with_intent(sale, declined.order_id, "pm_card_chargeDeclined")
+    orders.finalize(sale["redis"], declined.order_id, orders.DECLINED)
+    # The worker gave up on a 3D Secure order without canceling its PaymentIntent: the
+    # customer could still authenticate it and be charged for an order that says failed.
+    left = place(sale, "left")
+    open_intent = pay_with_intent(sale, left.order_id, "pm_card_threeDSecure2Required")
+    assert open_intent.status == "requires_action"
+    orders.finalize(sale["redis"], left.order_id, orders.FAILED, code="authentication_abandoned")
+
+    code, result = run_reconcile(sale)
+
+    assert code == 1
+    assert result["payment_intents"] == 3
+    assert result["payment_intents_by_status"] == {
+        "requires_action": 1,
+        "requires_payment_method": 1,
+        "succeeded": 1,
+    }
+    assert result["payment_intents_left_open"] == [open_intent.id]
+    assert result["discrepancies"]["payment_intents_left_open"] == 1
+    # The rest agrees: each charge the PaymentIntents made is its order's.
+    assert {k: v for k, v in result["discrepancies"].items() if v} == {
+        "payment_intents_left_open": 1
+    }
+
+    sale["stripe"].v1.payment_intents.cancel(open_intent.id)
+    code, result = run_reconcile(sale)
+    assert code == 0 and result["payment_intents_left_open"] == []
+
+
+def test_a_charge_is_its_payment_intents_orders_even_without_metadata() -> None:
+    """Reconcile does not rely on Stripe copying the PaymentIntent's metadata to its charge."""
+    order = orders.Order(
+        order_id="ord_1",
+        customer_id="c1",
+        sku=SKU,
+        quantity=1,
+        amount=PRICE,
+        currency="usd",
+        token="pm_card_visa",
+        status=orders.SUCCEEDED,
+    )
+    charge_record = ledger.ChargeRecord("ch_1", None, "succeeded", PRICE, False, None, 0, "pi_1")
+    intent = ledger.IntentRecord("pi_1", "ord_1", "succeeded", PRICE, "ch_1")
+    result = reconcile(
+        [order], [charge_record], sku=SKU, stock_initial=1, stock_left=0, intents=[intent]
+    )
+    assert result.ok(), result.discrepancies()
+    without = reconcile([order], [charge_record], sku=SKU, stock_initial=1, stock_left=0)
+    assert without.orders_without_charge == ["ord_1"]
+
+
+def test_since_leaves_out_what_stripe_created_before_the_window(sale: dict[str, Any]) -> None:
+    stray = charge(sale, "ord_of_an_earlier_sale", key="k-earlier")
+    created = sale["stripe"].v1.charges.retrieve(stray).created
+    # Stripe's times are whole seconds: a window from the next second leaves the stray out.
+    wait_until(lambda: time.time() >= created + 1, timeout_s=5, what="the next second")
+    paid = place(sale, "now")
+    orders.finalize(
+        sale["redis"],
+        paid.order_id,
+        orders.SUCCEEDED,
+        charge_id=charge(sale, paid.order_id, key="k-now"),
+    )
+
+    code, result = run_reconcile(sale)
+    assert code == 1 and result["charges_without_order"] == [stray]
+    window = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created + 1))
+    code, result = run_reconcile(sale, "--since", window)
+    assert code == 0, result["discrepancies"]
+    assert result["charges"] == 1 and result["since"] == created + 1
+    code, result = run_reconcile(sale, "--since", "1h")  # a window that holds both
+    assert code == 1 and result["charges"] == 2
+
+
+def test_a_bad_since_is_one_clear_line(sale: dict[str, Any]) -> None:
+    done = subprocess.run(
+        flashsale_argv("reconcile", "--since", "yesterday"),
+        env={
+            **os.environ,
+            "FLASHSALE_REDIS_URL": sale["redis_url"],
+            "STRIPE_API_BASE": sale["sim"],
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--since must be a duration (2h, 90m) or an ISO 8601 time" in done.stderr
 
 
 def test_unreachable_redis_is_one_clear_line(stripe_sim: str) -> None:

@@ -110,6 +110,12 @@ def test_a_rehearsal_on_payment_intents_pays_through_them_and_hears_the_webhooks
     webhooks = report["counters"]["server_responses"]["POST /stripe/webhook"]
     assert set(webhooks) == {"200"} and webhooks["200"] >= 2 * orders
     assert report["reconciliation"]["ok"] is True and report["passed"] is True
+    # Reconcile matched every order to its PaymentIntent, none left open, in the sale's window.
+    reconciliation = report["reconciliation"]
+    assert reconciliation["payment_intents"] == orders
+    assert reconciliation["payment_intents_left_open"] == []
+    assert 0 < time.time() - reconciliation["since"] < 240  # from this rehearsal's start
+    assert "PaymentIntents (" in done.stdout
 
 
 def test_small_rehearsal_passes_and_reconciles(tmp_path: Path) -> None:

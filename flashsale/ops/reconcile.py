@@ -1,16 +1,18 @@
-"""Reconcile the orders in Redis against the charges at Stripe, and name every discrepancy."""
+"""Reconcile the orders in Redis against the charges and PaymentIntents at Stripe, and name
+every discrepancy."""
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from redis import Redis
 
 from flashsale.core import inventory, ledger, orders, payments, waiting_room
-from flashsale.core.ledger import ChargeRecord
+from flashsale.core.ledger import ChargeRecord, IntentRecord
 from flashsale.settings import Settings
 
 
@@ -23,6 +25,10 @@ class Reconciliation:
     charges: int = 0
     orders_by_state: dict[str, int] = field(default_factory=dict)
     charges_by_status: dict[str, int] = field(default_factory=dict)
+    payment_intents: int = 0  # of this sale's orders (metadata[order_id])
+    payment_intents_by_status: dict[str, int] = field(default_factory=dict)
+    # Only Stripe's created[gte] window was read (a Unix time), when the sale was scoped.
+    since: int | None = None
     stock_initial: int | None = None
     stock_left: int = 0
     units_sold: int = 0
@@ -44,6 +50,9 @@ class Reconciliation:
     customers_without_final_result: list[str] = field(default_factory=list)
     # Orders the worker closed as failed without Stripe ever answering (stripe_no_answer).
     orders_closed_without_answer: list[str] = field(default_factory=list)
+    # PaymentIntents of orders that never ended at Stripe (requires_action, processing, ...):
+    # a customer could still authenticate one, and be charged, whatever the order says.
+    payment_intents_left_open: list[str] = field(default_factory=list)
 
     @property
     def oversold(self) -> int:
@@ -82,9 +91,23 @@ class Reconciliation:
             "amount_mismatches": len(self.amount_mismatches),
             "customers_without_final_result": len(self.customers_without_final_result),
             "orders_closed_without_stripe_answer": len(self.orders_closed_without_answer),
+            "payment_intents_left_open": len(self.payment_intents_left_open),
             "oversold_units": self.oversold,
             "stock_unaccounted_units": abs(self.stock_unaccounted),
         }
+
+    def payment_intents_summary(self) -> str:
+        """The sale's PaymentIntents by status, and the window read, for the summaries."""
+        part = ""
+        if self.payment_intents:
+            by_status = ", ".join(
+                f"{status} {n}" for status, n in sorted(self.payment_intents_by_status.items())
+            )
+            part = f"{self.payment_intents} PaymentIntents ({by_status}); "
+        if self.since is not None:
+            shown = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.since))
+            part += f"Stripe read from {shown} UTC; "
+        return part
 
     def ok(self) -> bool:
         return not any(self.discrepancies().values())
@@ -107,14 +130,30 @@ def reconcile(
     stock_initial: int | None,
     stock_left: int,
     units_held: int = 0,
+    intents: Iterable[IntentRecord] = (),
 ) -> Reconciliation:
-    """Pure comparison of orders and charges; the I/O lives in reconcile_live()."""
+    """Pure comparison of orders, charges and PaymentIntents; the I/O lives in
+    reconcile_live(). A charge a PaymentIntent made belongs to the PaymentIntent's order (its
+    metadata names it even where the charge's does not)."""
     result = Reconciliation(
         sku=sku, stock_initial=stock_initial, stock_left=stock_left, units_held=units_held
     )
+    order_of_intent: dict[str, str] = {}
+    intents_by_status: dict[str, int] = defaultdict(int)
+    for intent in intents:
+        if intent.order_id is None:
+            continue  # not one of ours
+        order_of_intent[intent.intent_id] = intent.order_id
+        result.payment_intents += 1
+        intents_by_status[intent.status] += 1
+        if intent.open:
+            result.payment_intents_left_open.append(intent.intent_id)
+    result.payment_intents_by_status = dict(intents_by_status)
     by_order: dict[str, list[ChargeRecord]] = defaultdict(list)
     charges_by_status: dict[str, int] = defaultdict(int)
     for charge in charges:
+        if charge.order_id is None and charge.payment_intent in order_of_intent:
+            charge = replace(charge, order_id=order_of_intent[charge.payment_intent])
         result.charges += 1
         charges_by_status[charge.status] += 1
         if charge.order_id is None:
@@ -161,10 +200,12 @@ def reconcile(
     return result
 
 
-def reconcile_live(settings: Settings, redis: Redis) -> Reconciliation:
-    """Read every order from Redis and every charge from Stripe, then compare them."""
+def reconcile_live(settings: Settings, redis: Redis, since: int | None = None) -> Reconciliation:
+    """Read every order from Redis and every charge and PaymentIntent from Stripe (created at
+    or after `since`, a Unix time, when given), then compare them."""
     client = payments.make_client(settings)
-    charge_list = list(ledger.iter_charges(client))
+    charge_list = list(ledger.iter_charges(client, since))
+    intent_list = list(ledger.iter_payment_intents(client, since))
     sku = settings.sale_sku
     result = reconcile(
         orders.iter_orders(redis),
@@ -173,7 +214,9 @@ def reconcile_live(settings: Settings, redis: Redis) -> Reconciliation:
         stock_initial=inventory.initial_stock(redis, sku),
         stock_left=inventory.stock_left(redis, sku),
         units_held=waiting_room.units_held(redis, sku),
+        intents=intent_list,
     )
+    result.since = since
     if waiting_room.exists(redis, sku):
         result.room = waiting_room.counts(redis, sku)
     return result

@@ -83,7 +83,9 @@ def reconciliation(result: RehearsalResult) -> str:
     )
     sold_out = result.loadgen_report.outcomes.get("sold_out", 0) if result.loadgen_report else 0
     summary = (
-        f"{rec.orders} orders, {rec.charges} charges; sold {rec.units_sold} of "
+        f"{rec.orders} orders, {rec.charges} charges; "
+        + rec.payment_intents_summary()
+        + f"sold {rec.units_sold} of "
         f"{rec.stock_initial}, {rec.stock_left} left"
         + (f", {rec.units_held} held by the waiting room" if rec.units_held else "")
         + (f" while {sold_out} customers were told sold out" if rec.stock_left and sold_out else "")

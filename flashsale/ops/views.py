@@ -31,7 +31,8 @@ def reconciliation_table(rec: Reconciliation) -> Table:
     table.caption = (
         f"{rec.orders} orders ({_counts(rec.orders_by_state)}), "
         f"{rec.charges} charges ({_counts(rec.charges_by_status)}); "
-        f"sold {rec.units_sold} of {rec.stock_initial if rec.stock_initial is not None else '?'}"
+        + rec.payment_intents_summary()
+        + f"sold {rec.units_sold} of {rec.stock_initial if rec.stock_initial is not None else '?'}"
         f", {rec.stock_left} left"
         + (f", {rec.units_held} held by the waiting room" if rec.units_held else "")
         + (f" (sell-through {rec.sell_through:.1%})" if rec.sell_through is not None else "")
@@ -64,6 +65,7 @@ def reconciliation_details(rec: Reconciliation, limit: int = 10) -> RenderableTy
         "amount mismatches": rec.amount_mismatches,
         "customers without a final result": rec.customers_without_final_result,
         "closed without Stripe's answer": rec.orders_closed_without_answer,
+        "PaymentIntent left open": rec.payment_intents_left_open,
     }
     for name, ids in listed.items():
         for item in ids[:limit]:
@@ -163,7 +165,9 @@ def verdict_panel(result: RehearsalResult) -> Panel:
         parts.append(
             Text(
                 f"{rec.orders} orders ({_counts(rec.orders_by_state)}); {rec.charges} charges "
-                f"({_counts(rec.charges_by_status)}); sold {rec.units_sold} of "
+                f"({_counts(rec.charges_by_status)}); "
+                + rec.payment_intents_summary()
+                + f"sold {rec.units_sold} of "
                 f"{rec.stock_initial}, {rec.stock_left} left" + unsold_note(rec.stock_left, report)
             )
         )
