@@ -11,6 +11,11 @@ not ends the ramp. CPU milliseconds per checkout for each component come from /p
 Then --notify http (the original design's HTTP callback per result) against the default
 message-queue path at the same rate in the same run: server CPU per checkout and e2e p99.
 
+With --payments-runs N: the two payment paths at --compare-rate, alternating, each run in a fresh
+pipeline: Charges (a token, POST /v1/charges), PaymentIntents (a PaymentMethod, one confirmed
+PaymentIntent, the webhook deliveries to the server) and PaymentIntents with 10% 3D Secure cards
+(the generator answers the challenge): CPU per checkout per component and e2e p99, medians.
+
 Prints every step and the command that reproduces it. Never asserts.
 """
 
@@ -46,13 +51,17 @@ def start_app(
     concurrency: int,
     notify: str,
     worker_flags: tuple[str, ...] = (),
+    payments: str = "charges",
 ) -> None:
-    """(Re)start server and workers for one sale; redis and the simulator stay."""
+    """(Re)start server and workers for one sale; redis and the simulator stay. On
+    PaymentIntents the simulator delivers its events to the server's /stripe/webhook."""
     pipeline.stop_kind("worker")
     pipeline.stop_kind("server")
     flags = ("--notify", notify)
     pipeline.start_server(
-        *("--workers", str(server_workers), "--sku", sku, "--stock", "100000000", *flags)
+        *("--workers", str(server_workers), "--sku", sku, "--stock", "100000000", *flags),
+        *("--payments", payments),
+        webhook=payments == "intents",
     )
     pipeline.env["FLASHSALE_SERVER_URL"] = pipeline.server_url
     started = [
@@ -70,6 +79,7 @@ def run_step(
     tag: str,
     processes: int = 1,
     tokenize: str = "raw",
+    cards: str = "visa",
 ) -> dict[str, Any]:
     """One open-model loadgen run at rate; its report plus CPU ms per checkout per component."""
     report_path = pipeline.log_dir / f"loadgen-{tag}.json"
@@ -84,7 +94,7 @@ def run_step(
             "--duration",
             f"{duration_s:g}s",
             "--cards",
-            "visa",
+            cards,
             "--tokenize",
             tokenize,
             "--timeout",
@@ -159,6 +169,9 @@ def main() -> None:
     parser.add_argument(
         "--tokenize", choices=["raw", "test-tokens"], default="raw", help="loadgen --tokenize"
     )
+    parser.add_argument(
+        "--payments-runs", type=int, default=0, help="runs of each payment path (0: none)"
+    )
     parser.add_argument("--skip-ramp", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
@@ -212,6 +225,7 @@ def main() -> None:
                     compare[notify].append(step)
     finally:
         pipeline.stop()
+    paths = compare_payments(log_dir, args, shape) if args.payments_runs else {}
 
     print()
     print(
@@ -240,7 +254,63 @@ def main() -> None:
             f"(http/queue = {server['http'] / max(server['queue'], 1e-9):.2f}x); e2e p99 queue "
             f"{p99['queue']:.0f} ms vs http {p99['http']:.0f} ms"
         )
+    if paths:
+        print_payments(paths, args)
     print_provenance()
+
+
+# name -> (serve --payments, loadgen --cards)
+PAYMENT_PATHS = {
+    "charges": ("charges", "visa"),
+    "intents": ("intents", "visa"),
+    "intents+3ds10%": ("intents", "visa=90,three_d_secure=10"),
+}
+
+
+def compare_payments(
+    log_dir: Path, args: argparse.Namespace, shape: tuple[int, int, int]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each payment path at --compare-rate, alternating, each run in a fresh pipeline (a fresh
+    ledger and no webhook endpoint left from another run)."""
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in PAYMENT_PATHS}
+    for run in range(args.payments_runs):
+        for name, (payments, cards) in PAYMENT_PATHS.items():
+            pipeline = start_pipeline(log_dir / f"payments-{run}-{name.replace('%', '')}")
+            try:
+                start_app(pipeline, "BENCH-PAY", *shape, notify="queue", payments=payments)
+                step = run_step(
+                    pipeline,
+                    args.compare_rate,
+                    args.duration,
+                    f"{name}-{run}",
+                    tokenize=args.tokenize,
+                    cards=cards,
+                )
+            finally:
+                pipeline.stop()
+            print(f"payments {name}: {describe(step)}", flush=True)
+            steps[name].append(step)
+    return steps
+
+
+def print_payments(paths: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    print(
+        f"payment paths at {args.compare_rate:g}/s, medians of {args.payments_runs} alternating "
+        "runs (CPU ms per checkout):"
+    )
+    for name, steps in paths.items():
+        parts = {
+            component: statistics.median(step["cpu_ms"][component] for step in steps)
+            for component in steps[0]["cpu_ms"]
+        }
+        total = sum(parts.values())
+        p99 = statistics.median(step["p99"] for step in steps)
+        failures = [step["failures"] for step in steps if step["failures"]]
+        cpu = ", ".join(f"{component} {ms:.2f}" for component, ms in parts.items())
+        print(
+            f"  {name:>15}: total {total:.2f} ({cpu}); e2e p99 {p99:.0f} ms"
+            + (f"; failures {failures}" if failures else "")
+        )
 
 
 if __name__ == "__main__":

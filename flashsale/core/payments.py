@@ -260,6 +260,14 @@ def intent_outcome(intent: Mapping[str, Any]) -> ChargeOutcome:
     )
 
 
+# The Stripe events that end a PaymentIntent: what the server's /stripe/webhook acts on, and so
+# the only ones its endpoint subscribes to (Stripe: "only subscribe to the events your
+# integration requires"; every other delivery costs the server a request for nothing).
+FINISHING_EVENTS = (
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "payment_intent.canceled",
+)
 ABANDONED = "authentication_abandoned"  # we canceled it: the customer left 3D Secure
 CANCELED = "payment_intent_canceled"  # canceled for any other reason (e.g. in the Dashboard)
 

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import httpx
 
+from flashsale.core import payments
 from flashsale.core.store import SentinelAddress
 from flashsale.ops import sentinel
 from flashsale.ops.processes import Child, flashsale_argv, free_port, wait_for_redis
@@ -197,13 +198,14 @@ class LocalPipeline:
 
     def register_webhook(self, url: str) -> None:
         """A webhook endpoint at the simulator, through Stripe's own API (POST
-        /v1/webhook_endpoints, as a merchant registers one); the servers started from now on
-        verify deliveries with the whsec_ secret it answers."""
+        /v1/webhook_endpoints, as a merchant registers one), for the events that end a
+        PaymentIntent; the servers started from now on verify deliveries with the whsec_
+        secret it answers."""
         if self.sim_url is None:
             raise RuntimeError("start the simulator before registering a webhook")
         answer = httpx.post(
             f"{self.sim_url}/v1/webhook_endpoints",
-            data={"url": url, "enabled_events[]": "*"},
+            data={"url": url, "enabled_events[]": list(payments.FINISHING_EVENTS)},
             headers={"Authorization": f"Bearer {self.env['STRIPE_SECRET_KEY']}"},
             timeout=10,
         )

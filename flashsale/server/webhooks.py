@@ -28,10 +28,6 @@ bp = Blueprint("webhooks", __name__)
 
 SIGNATURE_TOLERANCE_S = 300  # Stripe's own default
 EVENT_MEMORY_S = 7 * 86400  # longer than Stripe retries an event (3 days)
-# The events that end a PaymentIntent; its snapshot in the event says how (payments.intent_outcome).
-FINAL_EVENTS = frozenset(
-    {"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.canceled"}
-)
 
 
 def refuse(ctx: ServerContext, status: int, outcome: str, message: str) -> ApiError:
@@ -86,7 +82,7 @@ def stripe_webhook() -> Response:
 
 def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
     """Finish the order the PaymentIntent paid for, as the event says it ended."""
-    if kind not in FINAL_EVENTS:
+    if kind not in payments.FINISHING_EVENTS:
         return "ignored"
     order_id = (intent.get("metadata") or {}).get("order_id")
     order = orders.find_order(ctx.redis, order_id) if isinstance(order_id, str) else None
