@@ -686,7 +686,11 @@ def worker(
 )
 @click.option(
     "--cards",
-    help="Test-card mix, e.g. visa=85,insufficient_funds=5 "
+    help="Test-card mix, e.g. visa=85,insufficient_funds=5. On --payments intents the 3D "
+    "Secure cards say what the customer does: three_d_secure (authenticates, paid), "
+    "three_d_secure_failed (fails the challenge), three_d_secure_abandoned (leaves the page; "
+    "the worker cancels after its --authentication-timeout), three_d_secure_then_declined "
+    "(authenticates, then insufficient_funds) "
     "[visa=85,insufficient_funds=5,generic_decline=5,expired_card=3,incorrect_cvc=2].",
 )
 @click.option(

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import wait_until
 from pipeline_fixtures import Pipeline
 
 from flashsale.core import events
@@ -167,3 +168,35 @@ def test_loadgen_customers_authenticate_in_their_own_phase(pipeline: Pipeline, t
     assert report["outcomes"]["succeeded"] == 20
     authenticate = report["latency_ms"]["authenticate"]
     assert authenticate["count"] == 10 and authenticate["p50"] > 0
+
+
+def test_loadgen_customers_fail_abandon_or_are_declined_after_authenticating(
+    pipeline: Pipeline, tmp_path
+) -> None:
+    """The card mix says what each 3D Secure customer does: fail the challenge (declined),
+    leave the page (abandoned: the worker cancels the PaymentIntent after its authentication
+    timeout and the unit goes back), or authenticate a card the issuer then declines."""
+    stock = pipeline.session()["sale"]["stock_left"]
+    report_path = tmp_path / "load.json"
+    cards = "three_d_secure_failed=1,three_d_secure_abandoned=1,three_d_secure_then_declined=1"
+    done = subprocess.run(
+        flashsale_argv(
+            "loadgen",
+            *("--url", pipeline.server_url, "--customers", "6", "--rate", "20/s"),
+            *("--cards", cards, "--no-dashboard"),
+            *("--report", str(report_path), "--max-cpu", "101"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(report_path.read_text())
+    outcomes = {k: v for k, v in report["outcomes"].items() if v}
+    assert outcomes == {"declined": 4, "abandoned": 2}, done.stdout[-2000:]
+    # Two failed challenges, two that passed and were declined; nobody answered the other two.
+    assert report["latency_ms"]["authenticate"]["count"] == 4
+    # The abandoned customers' PaymentIntents are canceled and their units return.
+    wait_until(
+        lambda: pipeline.session()["sale"]["stock_left"] == stock,
+        what="the abandoned customers' units back on sale",
+    )

@@ -54,6 +54,7 @@ class Customer:
     def __init__(self, kit: Kit, index: int, card: TestCard, scheduled: float) -> None:
         self.kit = kit
         self.card = card
+        self.paying_with = card  # the card of the attempt in progress (a retry may change it)
         self.journey = Journey(index=index, card=card.name, scheduled=scheduled, started=scheduled)
         self.phase: str | None = None
         self.phase_started = 0.0
@@ -136,7 +137,7 @@ class Customer:
         """The card as Stripe holds it: a token (tok_...) or, where the server's session says
         `"payments": "intents"`, a PaymentMethod (pm_...), made as Stripe.js makes them from
         the card's number, or the test alias real test mode accepts instead."""
-        card = card or self.card
+        card = self.paying_with = card or self.card
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
         intents = session.get("payments") == "intents"
         if tokenize_with_alias(self.kit.target.tokenize, api_base):
@@ -433,7 +434,11 @@ class Customer:
 
     async def authenticate(self, session: dict[str, Any], action: dict[str, Any]) -> None:
         """Answer the card's 3D Secure challenge as the customer would in Stripe.js: the
-        simulator hosts it (POST .../complete). Real Stripe's challenge needs a browser."""
+        simulator hosts it (POST .../complete or .../fail). Real Stripe's challenge needs a
+        browser. A customer whose card says `abandon` leaves the page instead."""
+        challenge = self.paying_with.challenge
+        if challenge == "abandon":
+            raise self.finish("abandoned")
         self.enter("authenticate")
         api_base = str(session.get("stripe_api_base", "")).rstrip("/")
         intent = str(action.get("payment_intent", ""))
@@ -442,7 +447,7 @@ class Customer:
             answer = await self.send(
                 "authenticate",
                 "POST",
-                f"{api_base}/3d_secure/{intent}/complete",
+                f"{api_base}/3d_secure/{intent}/{challenge}",
                 form=urlencode({"client_secret": secret}).encode(),
                 headers=(("Accept", "application/json"),),
             )

@@ -30,7 +30,11 @@ class TestCard:
     name: str
     number: str
     token: str | None  # None: Stripe has no ready-made token for it (it fails at tokenization)
-    expect: str  # the outcome a customer sees with this card: succeeded | declined
+    expect: str  # the outcome a customer sees with this card: succeeded | declined | abandoned
+    # What the customer does when the card asks for 3D Secure (on PaymentIntents): complete
+    # the challenge, fail it, or leave the page without answering (the worker cancels the
+    # PaymentIntent after its --authentication-timeout and the unit goes back).
+    challenge: str = "complete"
 
 
 # Stripe's documented test cards (docs.stripe.com/testing), keyed by the code they produce.
@@ -68,6 +72,27 @@ TEST_CARDS: dict[str, TestCard] = {
         # Asks for 3D Secure: on PaymentIntents the customer authenticates, then it succeeds;
         # the Charges API cannot authenticate and declines it (authentication_required).
         TestCard("three_d_secure", "4000000000003220", "tok_threeDSecure2Required", "succeeded"),
+        TestCard(
+            "three_d_secure_failed",
+            "4000000000003220",
+            "tok_threeDSecure2Required",
+            "declined",
+            challenge="fail",
+        ),
+        TestCard(
+            "three_d_secure_abandoned",
+            "4000000000003220",
+            "tok_threeDSecure2Required",
+            "abandoned",
+            challenge="abandon",
+        ),
+        # Authenticates, then the issuer declines it (insufficient_funds), as Stripe documents.
+        TestCard(
+            "three_d_secure_then_declined",
+            "4000008260003178",
+            "tok_authenticationRequiredChargeDeclinedInsufficientFunds",
+            "declined",
+        ),
         # Fails the Luhn check: Stripe refuses it at tokenization, before any charge.
         TestCard("incorrect_number", "4242424242424241", None, "declined"),
     )

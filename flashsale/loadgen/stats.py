@@ -38,7 +38,7 @@ OUTCOMES = (
     "failed",
     "timeout",
     "disconnected",
-    "abandoned",  # left the waiting room's queue out of patience
+    "abandoned",  # left: the waiting room's queue out of patience, or a 3D Secure challenge
     "error",
 )
 # What customers did in a waiting room, counted (Journey.room).
