@@ -7,6 +7,9 @@ create_charge through Celery) and lets the workers drain them. Once with the sha
 budget (`--stripe-rate auto`: 99% of the simulator's limit) and once without (`off`), each on
 a fresh database and simulator.
 
+`--method pm_card_visa` places the orders with a PaymentMethod, so the workers pay each with one
+confirmed PaymentIntent (POST /v1/payment_intents) instead of a charge.
+
 Figures: charges per second while draining (succeeded orders / time from the first to the last
 final order) as a share of the limit, 429s the simulator answered, failed orders, worker CPU ms
 per order. Prints the command that reproduces them. Never asserts.
@@ -29,12 +32,13 @@ from celery import Celery
 from provenance import print_provenance
 
 from flashsale.core import inventory, jobs, orders
+from flashsale.core.stripe_limits import endpoint_limit_of, parse_limit
 from flashsale.ops.pipeline import LocalPipeline
 
 SKU = "BENCH-BUDGET"
 
 
-def place_burst(redis_url: str, customers: int) -> None:
+def place_burst(redis_url: str, customers: int, method: str) -> None:
     """What POST /charges does per customer, as fast as one process can: order, then enqueue."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     producer = Celery("bench-producer", set_as_current=False)
@@ -48,7 +52,7 @@ def place_burst(redis_url: str, customers: int) -> None:
             placed = orders.place_order(
                 client,
                 customer_id=str(uuid.uuid4()),
-                token="tok_visa",
+                token=method,
                 sku=SKU,
                 quantity=1,
                 unit_price=4999,
@@ -83,7 +87,7 @@ def run_mode(pipeline: LocalPipeline, stripe_rate: str, args: argparse.Namespace
             pipeline.wait_ready(worker)
         cpu_before = pipeline.cpu_seconds()["worker"]
         started_at = time.monotonic()
-        place_burst(pipeline.redis_url, args.customers)
+        place_burst(pipeline.redis_url, args.customers, args.method)
         placed_s = time.monotonic() - started_at
         deadline = started_at + args.timeout
         while time.monotonic() < deadline:
@@ -131,6 +135,11 @@ def main() -> None:
         help="simulator --endpoint-rate-limit (auto: Stripe's 25/s per endpoint with test/live)",
     )
     parser.add_argument("--modes", default="auto,off", help="--stripe-rate values to compare")
+    parser.add_argument(
+        "--method",
+        default="tok_visa",
+        help="what each order pays with: tok_visa (a charge) or pm_card_visa (a PaymentIntent)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="runs of each mode")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to drain, max")
     parser.add_argument(
@@ -138,9 +147,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    limit = {"live": 100.0, "test": 25.0}.get(args.limit)
-    if limit is None and args.limit != "off":
-        limit = float(args.limit)
+    # The limit that binds: the account's, or Stripe's per-endpoint one where lower (the
+    # workers repeat one operation, POST /v1/charges or /v1/payment_intents).
+    account = parse_limit(args.limit, "--limit")
+    endpoint = endpoint_limit_of(args.limit, args.endpoint_limit)
+    bounds = [bound for bound in (account, endpoint) if bound]
+    limit = min(bounds) if bounds else None
     log_dir = Path(tempfile.mkdtemp(prefix="flashsale-bench-budget-"))
     pipeline = LocalPipeline(log_dir, env={"STRIPE_SECRET_KEY": "sk_test_bench_budget"})
     results: dict[str, list[dict[str, Any]]] = {}
@@ -164,8 +176,9 @@ def main() -> None:
         pipeline.stop()
     print()
     print(
-        f"{args.customers} orders, {args.workers} workers x {args.concurrency} threads, simulator "
-        f"--rate-limit {args.limit}; logs {log_dir}"
+        f"{args.customers} orders paid with {args.method}, {args.workers} workers x "
+        f"{args.concurrency} threads, simulator --rate-limit {args.limit} --endpoint-rate-limit "
+        f"{args.endpoint_limit}; logs {log_dir}"
     )
     for mode, rows in results.items():
         rate = statistics.median(row["charges_per_s"] for row in rows)

@@ -448,3 +448,29 @@ def test_compare_waiting_room_runs_the_sale_both_ways_side_by_side(tmp_path: Pat
     page = (run_dir / "comparison.html").read_text()
     assert 'href="room-on/report.html"' in page and 'href="room-off/report.html"' in page
     assert processes_of(run_dir) == []
+
+
+def test_3d_secure_cards_are_refused_against_real_test_mode(tmp_path: Path) -> None:
+    """Real Stripe shows its challenge in a browser only: a rehearsal on real test mode whose
+    customers would answer the simulator's challenge is refused before anything starts."""
+    path = tmp_path / "team.toml"
+    path.write_text(VALID + 'cards = "visa=9,three_d_secure=1"\n')
+    run_dir = tmp_path / "run"
+    env = {
+        **os.environ,
+        "STRIPE_SECRET_KEY": "sk_test_flashsale_never_sent",
+        "STRIPE_PUBLISHABLE_KEY": "pk_test_flashsale_never_sent",
+        "STRIPE_API_BASE": "https://api.stripe.com",
+    }
+    done = subprocess.run(
+        flashsale_argv(
+            "rehearse", "--scenario", str(path), "--run-dir", str(run_dir), "--stripe", "test"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "three_d_secure ask for 3D Secure" in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()

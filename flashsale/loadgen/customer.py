@@ -436,7 +436,7 @@ class Customer:
         """Answer the card's 3D Secure challenge as the customer would in Stripe.js: the
         simulator hosts it (POST .../complete or .../fail). Real Stripe's challenge needs a
         browser. A customer whose card says `abandon` leaves the page instead."""
-        challenge = self.paying_with.challenge
+        challenge = self.paying_with.challenge or "complete"
         if challenge == "abandon":
             raise self.finish("abandoned")
         self.enter("authenticate")

@@ -31,10 +31,11 @@ class TestCard:
     number: str
     token: str | None  # None: Stripe has no ready-made token for it (it fails at tokenization)
     expect: str  # the outcome a customer sees with this card: succeeded | declined | abandoned
-    # What the customer does when the card asks for 3D Secure (on PaymentIntents): complete
-    # the challenge, fail it, or leave the page without answering (the worker cancels the
-    # PaymentIntent after its --authentication-timeout and the unit goes back).
-    challenge: str = "complete"
+    # A card that asks for 3D Secure (on PaymentIntents): what its customer does with the
+    # challenge: complete it, fail it, or leave the page without answering (the worker cancels
+    # the PaymentIntent after its --authentication-timeout and the unit goes back). None: the
+    # card asks for none.
+    challenge: str | None = None
 
 
 # Stripe's documented test cards (docs.stripe.com/testing), keyed by the code they produce.
@@ -71,7 +72,13 @@ TEST_CARDS: dict[str, TestCard] = {
         TestCard("fraudulent", "4100000000000019", "tok_radarBlock", "declined"),
         # Asks for 3D Secure: on PaymentIntents the customer authenticates, then it succeeds;
         # the Charges API cannot authenticate and declines it (authentication_required).
-        TestCard("three_d_secure", "4000000000003220", "tok_threeDSecure2Required", "succeeded"),
+        TestCard(
+            "three_d_secure",
+            "4000000000003220",
+            "tok_threeDSecure2Required",
+            "succeeded",
+            challenge="complete",
+        ),
         TestCard(
             "three_d_secure_failed",
             "4000000000003220",
@@ -92,6 +99,7 @@ TEST_CARDS: dict[str, TestCard] = {
             "4000008260003178",
             "tok_authenticationRequiredChargeDeclinedInsufficientFunds",
             "declined",
+            challenge="complete",
         ),
         # Fails the Luhn check: Stripe refuses it at tokenization, before any charge.
         TestCard("incorrect_number", "4242424242424241", None, "declined"),
@@ -157,6 +165,10 @@ class CardMix:
         for card in self.first(count):
             counts[card.name] += 1
         return counts
+
+    def challenges(self) -> list[str]:
+        """The cards of the mix that ask for 3D Secure."""
+        return [card.name for card, _ in self.weights if card.challenge is not None]
 
     def spec(self) -> str:
         return ",".join(f"{card.name}={weight}" for card, weight in self.weights)

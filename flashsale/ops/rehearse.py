@@ -161,6 +161,13 @@ class Rehearsal:
         except ConfigError as error:
             given = " with the options after --" if self.loadgen_options else ""
             raise ConfigError(f"scenario {plan.name} [loadgen]{given}: {error}") from None
+        challenged = self.load_config.cards.challenges()
+        if stripe == "test" and challenged:
+            raise ConfigError(
+                f"--stripe test: {', '.join(challenged)} ask for 3D Secure, whose challenge "
+                "real Stripe shows in a browser only (the load generator answers the "
+                "simulator's); drop them from the card mix"
+            )
         self.console = console
         self.dashboard = dashboard
         self.drain_timeout_s = drain_timeout_s
