@@ -170,6 +170,10 @@ def test_forged_stale_replayed_and_unsigned_deliveries_change_nothing(
         answer = httpx.post(url, content=payload, headers=headers)
         assert answer.status_code == 400 and answer.json()["error"]["code"] == outcome
         assert webhook_count(pipeline, outcome) == before + 1
+    # Signed with the right secret, but not an event (no id, type, data.object): refused.
+    for body in (b'{"id": "evt_x", "type": "payment_intent.succeeded"}', b"[1, 2]", b"{"):
+        answer = httpx.post(url, content=body, headers=signed(body))
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_payload"
     assert pipeline.order(session, order_id).json()["status"] == "pending"
     # A genuine delivery, captured and sent again: counted, and it changes nothing. (200: the
     # same bytes are also what Stripe's duplicate of an event in the same second looks like.)
