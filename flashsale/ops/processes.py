@@ -36,10 +36,14 @@ class Child:
         self.log_path = Path(log_path)
         self.env = dict(os.environ if env is None else env)
         self.process: subprocess.Popen[bytes] | None = None
+        self.log_start = 0
 
     def start(self) -> Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        # The log is appended to (a restarted server keeps one): what this start prints begins
+        # here, so waiting for its ready line never finds the one a previous run printed.
+        self.log_start = log.tell()
         try:
             self.process = subprocess.Popen(
                 self.argv,
@@ -65,7 +69,7 @@ class Child:
         """Wait until the log shows pattern; fail with the log's last lines if it dies or stalls."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            match = pattern.search(self.log_text())
+            match = pattern.search(self.output_since_start())
             if match:
                 return match
             if not self.alive():
@@ -83,6 +87,15 @@ class Child:
     def wait_listening(self, timeout_s: float = 30.0) -> str:
         """Wait for the child's 'listening on URL' line and return the URL."""
         return self.wait_for(LISTENING, timeout_s).group(1)
+
+    def output_since_start(self) -> str:
+        """What this run of the process has printed (the log file may hold earlier runs)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def log_text(self) -> str:
         try:
