@@ -428,9 +428,10 @@ def room_options(command: Any) -> Any:
     type=click.Choice(["charges", "intents"]),
     default=None,
     help="What the checkout page (and the load generator) make of the card, told in /session: "
-    "'charges', a token the worker charges with the Charges API; 'intents', a PaymentMethod "
-    "the worker pays with one PaymentIntent. Orders carrying either are paid either way "
-    "[charges; env FLASHSALE_PAYMENTS].",
+    "'intents', a PaymentMethod the worker pays with one PaymentIntent (Stripe's recommended "
+    "integration; give STRIPE_WEBHOOK_SECRET for /stripe/webhook); 'charges', a token the "
+    "worker charges with the Charges API. Orders carrying either are paid either way "
+    "[intents; env FLASHSALE_PAYMENTS].",
 )
 @room_options
 @pipeline_options
@@ -504,6 +505,13 @@ def serve(
     settings, note = settings.with_served_secret(host)
     if note:
         click.echo(f"flashsale serve: {note}", err=True)
+    if settings.payments == "intents" and not settings.stripe_webhook_secret:
+        click.echo(
+            "flashsale serve: no STRIPE_WEBHOOK_SECRET: /stripe/webhook answers 503, so orders "
+            "waiting for 3D Secure finish only when the workers' sweeper reads their "
+            "PaymentIntent (--sweep-after); give the whsec_ secret of your webhook endpoint",
+            err=True,
+        )
     if workers > 1:
         # gunicorn's master stays unpatched; each worker patches gevent before building the app.
         from flashsale.server.serving import serve_workers
@@ -913,9 +921,9 @@ def loadgen_agent(redis_url: str, name: str | None, loglevel: str) -> None:
     "--payments",
     type=click.Choice(["charges", "intents"]),
     default=None,
-    help="How customers pay: 'charges' (a token, the Charges API) or 'intents' (a "
-    "PaymentMethod, one PaymentIntent confirmed by the worker) [the scenario's [sale] payments; "
-    "charges].",
+    help="How customers pay: 'intents' (a PaymentMethod, one PaymentIntent confirmed by the "
+    "worker, fulfilment from Stripe's signed events) or 'charges' (a token, the Charges API) "
+    "[the scenario's [sale] payments; intents].",
 )
 @click.option(
     "--compare-waiting-room",

@@ -67,10 +67,11 @@ class Settings:
     max_in_flight: int = 96
     queue_wait_s: float = 30.0
 
-    # Which card object clients make, told in /session: "charges" (a token, charged with the
-    # Charges API) or "intents" (a PaymentMethod, paid with a PaymentIntent). The worker pays
-    # whatever an order carries: tok_ by Charges, pm_ by PaymentIntents.
-    payments: str = "charges"
+    # Which card object clients make, told in /session: "intents" (a PaymentMethod, paid with a
+    # PaymentIntent: what Stripe recommends) or "charges" (a token, charged with the Charges
+    # API, which Stripe lists as deprecated for creating payments). The worker pays whatever an
+    # order carries: pm_ by PaymentIntents, tok_ by Charges.
+    payments: str = "intents"
     # The whsec_ secret Stripe signs webhook deliveries with (STRIPE_WEBHOOK_SECRET); empty:
     # /stripe/webhook answers 503, as it cannot tell Stripe's events from anyone's.
     stripe_webhook_secret: str = ""

@@ -8,6 +8,7 @@ import subprocess
 import time
 from typing import Any
 
+import httpx
 import pytest
 import stripe
 from conftest import wait_until
@@ -213,6 +214,16 @@ def test_payment_intents_are_matched_and_one_left_open_is_named(sale: dict[str, 
     declined = place(sale, "declined")
     pay_with_intent(sale, declined.order_id, "pm_card_chargeDeclined")
     orders.finalize(sale["redis"], declined.order_id, orders.DECLINED)
+    # 3D Secure failed: Stripe declines with no charge; the PaymentIntent records the decline.
+    unauthenticated = place(sale, "unauthenticated")
+    challenged = pay_with_intent(sale, unauthenticated.order_id, "pm_card_threeDSecure2Required")
+    failed = httpx.post(
+        f"{sale['sim']}/3d_secure/{challenged.id}/fail",
+        data={"client_secret": challenged.client_secret},
+        headers={"Accept": "application/json"},
+    )
+    assert failed.status_code == 200, failed.text
+    orders.finalize(sale["redis"], unauthenticated.order_id, orders.DECLINED)
     # The worker gave up on a 3D Secure order without canceling its PaymentIntent: the
     # customer could still authenticate it and be charged for an order that says failed.
     left = place(sale, "left")
@@ -223,10 +234,10 @@ def test_payment_intents_are_matched_and_one_left_open_is_named(sale: dict[str, 
     code, result = run_reconcile(sale)
 
     assert code == 1
-    assert result["payment_intents"] == 3
+    assert result["payment_intents"] == 4
     assert result["payment_intents_by_status"] == {
         "requires_action": 1,
-        "requires_payment_method": 1,
+        "requires_payment_method": 2,
         "succeeded": 1,
     }
     assert result["payment_intents_left_open"] == [open_intent.id]

@@ -80,8 +80,8 @@ class RehearsalPlan:
 
     @property
     def payments(self) -> str:
-        """What customers pay with: 'charges' (tokens) or 'intents' (PaymentMethods)."""
-        return str(self.sale.get("payments", "charges"))
+        """What customers pay with: 'intents' (PaymentMethods) or 'charges' (tokens)."""
+        return str(self.sale.get("payments", Settings().payments))
 
     @property
     def room_on(self) -> bool:

@@ -139,11 +139,13 @@ def reconcile(
         sku=sku, stock_initial=stock_initial, stock_left=stock_left, units_held=units_held
     )
     order_of_intent: dict[str, str] = {}
+    orders_with_intent: set[str] = set()
     intents_by_status: dict[str, int] = defaultdict(int)
     for intent in intents:
         if intent.order_id is None:
             continue  # not one of ours
         order_of_intent[intent.intent_id] = intent.order_id
+        orders_with_intent.add(intent.order_id)
         result.payment_intents += 1
         intents_by_status[intent.status] += 1
         if intent.open:
@@ -177,8 +179,17 @@ def reconcile(
                 result.units_reserved += order.quantity
         if order.status == orders.PENDING:
             pending_customers.add(order.customer_id)
-        # A declined charge is recorded at Stripe as a failed charge, so both need one.
-        if order.status in (orders.SUCCEEDED, orders.DECLINED) and not found:
+        # A declined charge is recorded at Stripe as a failed charge, so both need one; but a
+        # PaymentIntent whose 3D Secure failed declines with no charge at all: its
+        # PaymentIntent is the record of the decline.
+        declined_by_intent = (
+            order.status == orders.DECLINED and order.order_id in orders_with_intent
+        )
+        if (
+            order.status in (orders.SUCCEEDED, orders.DECLINED)
+            and not found
+            and not declined_by_intent
+        ):
             result.orders_without_charge.append(order.order_id)
         if len(found) > 1:
             result.orders_charged_twice[order.order_id] = [c.charge_id for c in found]
