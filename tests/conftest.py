@@ -62,6 +62,30 @@ def wait_until(probe: Callable[[], Any], what: str, timeout_s: float = 15.0) -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def pay_as_the_worker(
+    client: stripe.StripeClient,
+    order_id: str,
+    method: str,
+    amount: int,
+    key: str | None = None,
+) -> Any:
+    """The PaymentIntent the worker makes for an order, for a test that plays the worker; a
+    declined one is returned too (Stripe raises the decline, with the PaymentIntent in it)."""
+    try:
+        return client.v1.payment_intents.create(
+            params={
+                "amount": amount,
+                "currency": "usd",
+                "payment_method": method,
+                "confirm": True,
+                "metadata": {"order_id": order_id},
+            },
+            options={"idempotency_key": key} if key else {},
+        )
+    except stripe.CardError as error:
+        return error.error.payment_intent  # type: ignore[union-attr]
+
+
 def start_sim(log_dir: Path, *args: str) -> tuple[Child, str]:
     """Start `flashsale stripe-sim` on port 0; return the child and its base URL."""
     child = Child(

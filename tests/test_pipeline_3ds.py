@@ -150,21 +150,28 @@ def test_an_abandoned_challenge_is_canceled_and_the_unit_returns(pipeline: Pipel
     assert pipeline.session()["sale"]["stock_left"] == stock
 
 
-def test_loadgen_customers_authenticate_in_their_own_phase(pipeline: Pipeline, tmp_path) -> None:
+def run_loadgen(
+    pipeline: Pipeline, tmp_path: Any, customers: int, cards: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`flashsale loadgen` against the pipeline; its exit and its report."""
     report_path = tmp_path / "load.json"
     done = subprocess.run(
         flashsale_argv(
             "loadgen",
-            *("--url", pipeline.server_url, "--customers", "20", "--rate", "20/s"),
-            *("--cards", "three_d_secure=1,visa=1", "--no-dashboard"),
+            *("--url", pipeline.server_url, "--customers", str(customers), "--rate", "20/s"),
+            *("--cards", cards, "--no-dashboard"),
             *("--report", str(report_path), "--max-cpu", "101"),
         ),
         capture_output=True,
         text=True,
         timeout=120,
     )
+    return done, json.loads(report_path.read_text())
+
+
+def test_loadgen_customers_authenticate_in_their_own_phase(pipeline: Pipeline, tmp_path) -> None:
+    done, report = run_loadgen(pipeline, tmp_path, 20, "three_d_secure=1,visa=1")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    report = json.loads(report_path.read_text())
     assert report["outcomes"]["succeeded"] == 20
     authenticate = report["latency_ms"]["authenticate"]
     assert authenticate["count"] == 10 and authenticate["p50"] > 0
@@ -177,20 +184,8 @@ def test_loadgen_customers_fail_abandon_or_are_declined_after_authenticating(
     leave the page (abandoned: the worker cancels the PaymentIntent after its authentication
     timeout and the unit goes back), or authenticate a card the issuer then declines."""
     stock = pipeline.session()["sale"]["stock_left"]
-    report_path = tmp_path / "load.json"
     cards = "three_d_secure_failed=1,three_d_secure_abandoned=1,three_d_secure_then_declined=1"
-    done = subprocess.run(
-        flashsale_argv(
-            "loadgen",
-            *("--url", pipeline.server_url, "--customers", "6", "--rate", "20/s"),
-            *("--cards", cards, "--no-dashboard"),
-            *("--report", str(report_path), "--max-cpu", "101"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    report = json.loads(report_path.read_text())
+    done, report = run_loadgen(pipeline, tmp_path, 6, cards)
     outcomes = {k: v for k, v in report["outcomes"].items() if v}
     assert outcomes == {"declined": 4, "abandoned": 2}, done.stdout[-2000:]
     # Two failed challenges, two that passed and were declined; nobody answered the other two.

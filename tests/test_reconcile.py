@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-from conftest import wait_until
+from conftest import pay_as_the_worker, wait_until
 
 from flashsale.core import inventory, ledger, orders, store
 from flashsale.ops.processes import flashsale_argv
@@ -191,20 +191,7 @@ def test_orders_closed_without_stripe_answer_are_listed(sale: dict[str, Any]) ->
 
 
 def pay_with_intent(sale: dict[str, Any], order_id: str, method: str) -> Any:
-    """The PaymentIntent the worker makes for an order (the test plays the worker)."""
-    try:
-        return sale["stripe"].v1.payment_intents.create(
-            params={
-                "amount": PRICE,
-                "currency": "usd",
-                "payment_method": method,
-                "confirm": True,
-                "metadata": {"order_id": order_id},
-            },
-            options={"idempotency_key": f"pi-{order_id}"},
-        )
-    except stripe.CardError as error:
-        return error.error.payment_intent  # type: ignore[union-attr]
+    return pay_as_the_worker(sale["stripe"], order_id, method, PRICE, key=f"pi-{order_id}")
 
 
 def test_payment_intents_are_matched_and_one_left_open_is_named(sale: dict[str, Any]) -> None:

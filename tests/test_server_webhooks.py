@@ -4,7 +4,6 @@ forged, stale, replayed or unsigned deliveries refused and counted."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -14,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import stripe
-from conftest import wait_until
+from conftest import pay_as_the_worker, wait_until
 from pipeline_fixtures import Pipeline, receive_results
 
 from flashsale.ops.processes import free_port
@@ -56,22 +55,16 @@ def place(pipeline: Pipeline, method: str) -> tuple[dict[str, Any], str]:
     return session, answer.json()["order_id"]
 
 
-def pay_at_stripe(pipeline: Pipeline, order_id: str, method: str) -> None:
-    """The PaymentIntent the worker would make for the order (the test plays the worker)."""
-    client = stripe.StripeClient(
+def stripe_client(pipeline: Pipeline) -> stripe.StripeClient:
+    return stripe.StripeClient(
         pipeline.env["STRIPE_SECRET_KEY"], base_addresses={"api": pipeline.sim_url}
     )
-    # A decline raises; its payment_intent.payment_failed event says so to the server.
-    with contextlib.suppress(stripe.CardError):
-        client.v1.payment_intents.create(
-            params={
-                "amount": PRICE,
-                "currency": "usd",
-                "payment_method": method,
-                "confirm": True,
-                "metadata": {"order_id": order_id},
-            }
-        )
+
+
+def pay_at_stripe(pipeline: Pipeline, order_id: str, method: str) -> Any:
+    """The PaymentIntent the worker would make for the order (the test plays the worker); a
+    decline's payment_intent.payment_failed event says so to the server."""
+    return pay_as_the_worker(stripe_client(pipeline), order_id, method, PRICE)
 
 
 def signed(payload: bytes, secret: str = SECRET, at: int | None = None) -> dict[str, str]:
@@ -122,20 +115,11 @@ def test_a_canceled_event_fails_the_order_with_the_code_the_worker_would_give(
     """The worker's cancel and the webhook race to finish an abandoned 3D Secure order: both
     read the PaymentIntent the same way, so whichever wins tells the customer the same thing."""
     session, order_id = place(pipeline, "pm_card_threeDSecure2Required")
-    client = stripe.StripeClient(
-        pipeline.env["STRIPE_SECRET_KEY"], base_addresses={"api": pipeline.sim_url}
-    )
-    intent = client.v1.payment_intents.create(
-        params={
-            "amount": PRICE,
-            "currency": "usd",
-            "payment_method": "pm_card_threeDSecure2Required",
-            "confirm": True,
-            "metadata": {"order_id": order_id},
-        }
-    )
+    intent = pay_at_stripe(pipeline, order_id, "pm_card_threeDSecure2Required")
     assert intent.status == "requires_action"
-    client.v1.payment_intents.cancel(intent.id, params={"cancellation_reason": reason})
+    stripe_client(pipeline).v1.payment_intents.cancel(
+        intent.id, params={"cancellation_reason": reason}
+    )
     state = pipeline.wait_final(session, order_id)
     assert (state["status"], state["code"]) == ("failed", code)
 
