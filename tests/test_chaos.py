@@ -249,7 +249,10 @@ def test_chaos_mistakes_are_one_line_usage_errors(tmp_path: Path) -> None:
     ("args", "says"),
     [
         (["--chaos", "failover-redis@5s"], "failover-redis needs Redis under Sentinel"),
-        (["--chaos", "webhook-drop@5s:2s"], "only --payments intents receives"),
+        (
+            ["--payments", "charges", "--chaos", "webhook-drop@5s:2s"],
+            "only --payments intents receives",
+        ),
         (["--redis-sentinel", "--chaos", "restart-redis@5s"], "under --redis-sentinel use"),
         (["--redis-sentinel", "--redis-url", "redis://127.0.0.1:1/0"], "redis+sentinel://"),
     ],
