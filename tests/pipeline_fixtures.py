@@ -136,11 +136,13 @@ class Pipeline:
             time.sleep(0.05)
         raise AssertionError(f"order {order_id} still pending after {timeout_s}s")
 
-    def connect(self, session: dict[str, Any]) -> socketio.SimpleClient:
+    def connect(
+        self, session: dict[str, Any], server_url: str | None = None
+    ) -> socketio.SimpleClient:
         """A websocket-only Socket.IO client in the customer's room (JOINED already received)."""
         client = socketio.SimpleClient()
         client.connect(
-            self.server_url,
+            server_url or self.server_url,
             auth={"room_token": session["room_token"]},
             transports=["websocket"],
             wait_timeout=10,

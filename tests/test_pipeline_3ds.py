@@ -150,6 +150,63 @@ def test_an_abandoned_challenge_is_canceled_and_the_unit_returns(pipeline: Pipel
     assert pipeline.session()["sale"]["stock_left"] == stock
 
 
+def next_event(client: Any, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The next `name` event in a customer's socket, whatever came before it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            event = client.receive(timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            break
+        if event[0] == name:
+            return dict(event[1])
+    raise AssertionError(f"no {name} within {timeout_s}s")
+
+
+def test_an_abandoned_challenge_in_the_waiting_room_admits_the_next_customer(
+    pipeline: Pipeline,
+) -> None:
+    """One unit, two customers queued: the first is admitted, meets 3D Secure and closes the
+    tab. The worker cancels the PaymentIntent after its authentication timeout, the unit comes
+    back to the room, and the second customer is admitted and pays for it."""
+    sku = f"ROOM-3DS-{time.monotonic_ns()}"
+    url = pipeline.add_server(
+        *("--sku", sku, "--stock", "1", "--ignore-ledger", "--payments", "intents"),
+        *("--waiting-room", "on", "--retry-window", "1s", "--room-grace", "1s"),
+    )
+    first_session, second_session = pipeline.session(url), pipeline.session(url)
+    first = pipeline.connect(first_session, url)
+    second = pipeline.connect(second_session, url)
+    try:
+        admission = next_event(first, events.ADMITTED)["admission_token"]
+        answer = pipeline.charge(
+            first_session,
+            None,
+            url,
+            payment_method="pm_card_threeDSecure2Required",
+            admission_token=admission,
+        )
+        assert answer.status_code == 202, answer.text
+        order_id = answer.json()["order_id"]
+        receive(first, events.ACTION_REQUIRED, order_id)
+        first.disconnect()  # nobody will answer the challenge
+        admitted = next_event(second, events.ADMITTED, timeout_s=40)
+        paid = pipeline.charge(
+            second_session,
+            None,
+            url,
+            payment_method="pm_card_visa",
+            admission_token=admitted["admission_token"],
+        )
+        assert paid.status_code == 202, paid.text
+        result = receive(second, events.CHARGE_RESULT, paid.json()["order_id"])
+    finally:
+        second.disconnect()
+    assert result["status"] == "succeeded"
+    abandoned = pipeline.order(first_session, order_id).json()
+    assert (abandoned["status"], abandoned["code"]) == ("failed", "authentication_abandoned")
+
+
 def run_loadgen(
     pipeline: Pipeline, tmp_path: Any, customers: int, cards: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
