@@ -32,17 +32,19 @@ def pipeline(pipeline_factory: Any) -> Pipeline:
     )
 
 
-def receive(client: Any, name: str, order_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The next `name` event of this order in the customer's room."""
+def receive(
+    client: Any, name: str, order_id: str | None = None, timeout_s: float = 20.0
+) -> dict[str, Any]:
+    """The next `name` event in the customer's room (of this order, when given)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             event = client.receive(timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             break
-        if event[0] == name and event[1].get("order_id") == order_id:
+        if event[0] == name and order_id in (None, event[1].get("order_id")):
             return dict(event[1])
-    raise AssertionError(f"no {name} for order {order_id}")
+    raise AssertionError(f"no {name} for order {order_id} within {timeout_s}s")
 
 
 def order_with_action(pipeline: Pipeline, method: str) -> tuple[dict, Any, str, dict]:
@@ -150,19 +152,6 @@ def test_an_abandoned_challenge_is_canceled_and_the_unit_returns(pipeline: Pipel
     assert pipeline.session()["sale"]["stock_left"] == stock
 
 
-def next_event(client: Any, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    """The next `name` event in a customer's socket, whatever came before it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            event = client.receive(timeout=max(0.1, deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        if event[0] == name:
-            return dict(event[1])
-    raise AssertionError(f"no {name} within {timeout_s}s")
-
-
 def test_an_abandoned_challenge_in_the_waiting_room_admits_the_next_customer(
     pipeline: Pipeline,
 ) -> None:
@@ -178,7 +167,7 @@ def test_an_abandoned_challenge_in_the_waiting_room_admits_the_next_customer(
     first = pipeline.connect(first_session, url)
     second = pipeline.connect(second_session, url)
     try:
-        admission = next_event(first, events.ADMITTED)["admission_token"]
+        admission = receive(first, events.ADMITTED)["admission_token"]
         answer = pipeline.charge(
             first_session,
             None,
@@ -190,7 +179,7 @@ def test_an_abandoned_challenge_in_the_waiting_room_admits_the_next_customer(
         order_id = answer.json()["order_id"]
         receive(first, events.ACTION_REQUIRED, order_id)
         first.disconnect()  # nobody will answer the challenge
-        admitted = next_event(second, events.ADMITTED, timeout_s=40)
+        admitted = receive(second, events.ADMITTED, timeout_s=40)
         paid = pipeline.charge(
             second_session,
             None,
