@@ -252,7 +252,7 @@ def test_a_charge_is_its_payment_intents_orders_even_without_metadata() -> None:
         status=orders.SUCCEEDED,
     )
     charge_record = ledger.ChargeRecord("ch_1", None, "succeeded", PRICE, False, None, 0, "pi_1")
-    intent = ledger.IntentRecord("pi_1", "ord_1", "succeeded", PRICE, "ch_1")
+    intent = ledger.IntentRecord("pi_1", "ord_1", "succeeded")
     result = reconcile(
         [order], [charge_record], sku=SKU, stock_initial=1, stock_left=0, intents=[intent]
     )

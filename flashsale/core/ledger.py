@@ -68,8 +68,6 @@ class IntentRecord:
     intent_id: str
     order_id: str | None
     status: str
-    amount: int
-    charge_id: str | None
 
     @property
     def open(self) -> bool:
@@ -84,8 +82,6 @@ class IntentRecord:
             intent_id=intent["id"],
             order_id=metadata.get("order_id") or None,
             status=intent.get("status", ""),
-            amount=int(intent.get("amount", 0)),
-            charge_id=_id_of(intent.get("latest_charge")),
         )
 
 

@@ -139,18 +139,17 @@ def reconcile(
         sku=sku, stock_initial=stock_initial, stock_left=stock_left, units_held=units_held
     )
     order_of_intent: dict[str, str] = {}
-    orders_with_intent: set[str] = set()
     intents_by_status: dict[str, int] = defaultdict(int)
     for intent in intents:
         if intent.order_id is None:
             continue  # not one of ours
         order_of_intent[intent.intent_id] = intent.order_id
-        orders_with_intent.add(intent.order_id)
         result.payment_intents += 1
         intents_by_status[intent.status] += 1
         if intent.open:
             result.payment_intents_left_open.append(intent.intent_id)
     result.payment_intents_by_status = dict(intents_by_status)
+    orders_with_intent = set(order_of_intent.values())
     by_order: dict[str, list[ChargeRecord]] = defaultdict(list)
     charges_by_status: dict[str, int] = defaultdict(int)
     for charge in charges:

@@ -129,7 +129,8 @@ class ServerMetrics:
             "(the worker finished it first), duplicate (an event already applied), "
             "replayed_signature (a signed delivery received before: a replay, or Stripe's "
             "duplicate in the same second; 200, nothing changed), ignored (a type we do not act "
-            "on), unknown_order, or refused (missing_signature, bad_signature, stale_signature, "
+            "on), not_final (an event whose PaymentIntent has not ended), unknown_order, or "
+            "refused (missing_signature, bad_signature, stale_signature, "
             "bad_payload, not_configured).",
             ["outcome"],
             registry=self.registry,
