@@ -65,7 +65,8 @@ def collect(server_url: str, sim_url: str | None, log_dir: Path) -> Counters:
                 "idempotent_replays": stats.get("idempotent_replays", 0),
                 "idempotency_conflicts": stats.get("idempotency_conflicts", 0),
                 # Deliveries (delivered, dropped, duplicated, held_back, retries, gave_up) and
-                # their lag, event created -> answered 200 by the server, which has then applied it.
+                # their lag, event created -> answered 200 by the server (which had applied it or
+                # found its order already final).
                 "webhooks": stats.get("webhooks", {}),
             }
     counters.worker_stripe_retries = sum(
@@ -87,7 +88,7 @@ def webhook_summary(stripe: dict[str, Any], server_webhooks: dict[str, int]) -> 
     )
     lag = sent.get("lag_s") or {}
     lag_text = (
-        f"; lag event -> applied median {lag['median']:g} s, max {lag['max']:g} s" if lag else ""
+        f"; lag event -> answered median {lag['median']:g} s, max {lag['max']:g} s" if lag else ""
     )
     taken = ", ".join(f"{k} {v}" for k, v in sorted(server_webhooks.items()) if v) or "none"
     return (
