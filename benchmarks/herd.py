@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from probes import HealthProber
 from provenance import fmt, print_provenance
+from trees import generator_env, tree_env
 
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.processes import Child, flashsale_argv
@@ -72,12 +73,6 @@ class Sampler:
         return (cpu1 - cpu0) / (t1 - t0) * 100
 
 
-def tree_env(tree: str | None) -> dict[str, str]:
-    """The environment that makes a process import flashsale from tree: first on the path, and
-    not the current directory (`python -m` would put it first)."""
-    return {"PYTHONPATH": tree, "PYTHONSAFEPATH": "1"} if tree else {}
-
-
 def start_pipeline(directory: Path, customers: int, args: argparse.Namespace, tree: str | None):
     pipeline = LocalPipeline(directory, env=tree_env(tree))
     pipeline.start_redis()
@@ -102,7 +97,7 @@ def run_herd(
         with start_pipeline(directory, customers, args, tree) as pipeline:
             report_path = directory / "loadgen.json"
             # The generator is this tree's, whichever tree the pipeline runs.
-            env = {k: v for k, v in pipeline.env.items() if k not in tree_env("-")}
+            env = generator_env(pipeline.env)
             loadgen = Child(
                 "loadgen",
                 flashsale_argv(
@@ -162,7 +157,10 @@ def describe(row: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--customers", default="2000,5000", help="herd sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=1, help="runs per size and tree (median)")
     parser.add_argument("--gather-rate", default="200/s", help="arrivals while the crowd gathers")

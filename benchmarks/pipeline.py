@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from provenance import print_provenance
+from trees import generator_env, tree_env
 
 from flashsale.ops.pipeline import LocalPipeline
 from flashsale.ops.processes import Child, flashsale_argv
 
 
-def start_pipeline(directory: Path) -> LocalPipeline:
-    """Redis and a simulator with no latency and no limit; sales get their servers later."""
-    pipeline = LocalPipeline(directory)
+def start_pipeline(directory: Path, tree: str | None = None) -> LocalPipeline:
+    """Redis and a simulator with no latency and no limit; sales get their servers later. With
+    a tree, the pipeline runs that checkout's flashsale (benchmarks/trees.py)."""
+    pipeline = LocalPipeline(directory, env=tree_env(tree))
     pipeline.start_redis()
     pipeline.start_simulator("--rate-limit", "off", "--latency", "0")
     return pipeline
@@ -106,7 +108,7 @@ def run_step(
             str(processes),
         ),
         pipeline.log_dir / f"loadgen-{tag}.log",
-        env=pipeline.env,
+        env=generator_env(pipeline.env),
     )
     before = pipeline.cpu_seconds()
     loadgen_cpu, _ = loadgen.run_measured(duration_s + 120, every_s=0.2)
@@ -155,7 +157,10 @@ def describe(step: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--rates", default="50,100,150,200,250,300", help="steps, per second")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per step")
     parser.add_argument("--p99-limit", type=float, default=1000.0, help="ms")
@@ -171,6 +176,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--payments-runs", type=int, default=0, help="runs of each payment path (0: none)"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(PAYMENT_PATHS),
+        help="payment paths --payments-runs compares, comma-separated",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="a checkout whose pipeline --payments-runs also runs, alternating with this one",
     )
     parser.add_argument("--skip-ramp", action="store_true")
     parser.add_argument("--skip-compare", action="store_true")
@@ -270,26 +285,38 @@ PAYMENT_PATHS = {
 def compare_payments(
     log_dir: Path, args: argparse.Namespace, shape: tuple[int, int, int]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each payment path at --compare-rate, alternating, each run in a fresh pipeline (a fresh
-    ledger and no webhook endpoint left from another run)."""
-    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in PAYMENT_PATHS}
+    """Each payment path of --paths at --compare-rate, alternating (with --baseline, each path
+    on the baseline tree, then on this one), each run in a fresh pipeline (a fresh ledger and no
+    webhook endpoint left from another run)."""
+    trees: list[tuple[str, str | None]] = [("", None)]
+    if args.baseline:
+        trees.insert(0, ("@baseline", str(Path(args.baseline).resolve())))
+    names = args.paths.split(",")
+    unknown = sorted(set(names) - set(PAYMENT_PATHS))
+    if unknown:
+        raise SystemExit(f"--paths: no such path {unknown}; known: {', '.join(PAYMENT_PATHS)}")
+    steps: dict[str, list[dict[str, Any]]] = {}
     for run in range(args.payments_runs):
-        for name, (payments, cards) in PAYMENT_PATHS.items():
-            pipeline = start_pipeline(log_dir / f"payments-{run}-{name.replace('%', '')}")
-            try:
-                start_app(pipeline, "BENCH-PAY", *shape, notify="queue", payments=payments)
-                step = run_step(
-                    pipeline,
-                    args.compare_rate,
-                    args.duration,
-                    f"{name}-{run}",
-                    tokenize=args.tokenize,
-                    cards=cards,
-                )
-            finally:
-                pipeline.stop()
-            print(f"payments {name}: {describe(step)}", flush=True)
-            steps[name].append(step)
+        for name in names:
+            payments, cards = PAYMENT_PATHS[name]
+            for suffix, tree in trees:
+                label = f"{name}{suffix}"
+                directory = log_dir / f"payments-{run}-{label.replace('%', '').replace('@', '-')}"
+                pipeline = start_pipeline(directory, tree)
+                try:
+                    start_app(pipeline, "BENCH-PAY", *shape, notify="queue", payments=payments)
+                    step = run_step(
+                        pipeline,
+                        args.compare_rate,
+                        args.duration,
+                        f"{label}-{run}",
+                        tokenize=args.tokenize,
+                        cards=cards,
+                    )
+                finally:
+                    pipeline.stop()
+                print(f"payments {label}: {describe(step)}", flush=True)
+                steps.setdefault(label, []).append(step)
     return steps
 
 
@@ -308,7 +335,7 @@ def print_payments(paths: dict[str, list[dict[str, Any]]], args: argparse.Namesp
         failures = [step["failures"] for step in steps if step["failures"]]
         cpu = ", ".join(f"{component} {ms:.2f}" for component, ms in parts.items())
         print(
-            f"  {name:>15}: total {total:.2f} ({cpu}); e2e p99 {p99:.0f} ms"
+            f"  {name:>24}: total {total:.2f} ({cpu}); e2e p99 {p99:.0f} ms"
             + (f"; failures {failures}" if failures else "")
         )
 
