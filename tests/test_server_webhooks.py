@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -208,3 +210,46 @@ def test_out_of_order_and_duplicated_events_change_nothing(pipeline: Pipeline) -
             f"{pipeline.sim_url}/_sim/config",
             json={"webhook_duplicate_rate": 0.0, "webhook_out_of_order_rate": 0.0},
         )
+
+
+def test_one_event_delivered_many_times_at_once_is_taken_once(pipeline: Pipeline) -> None:
+    """Twenty deliveries of one event at the same moment, each signed afresh (as Stripe's
+    retries are): one finishes the order, the other nineteen are duplicates. Recording the
+    event and finishing its order are one Redis step, so no two deliveries both take it."""
+    pipeline.sim_config(webhook_drop_rate=1.0)  # the test delivers the event itself
+    try:
+        session, order_id = place(pipeline, "pm_card_visa")
+        intent = pay_at_stripe(pipeline, order_id, "pm_card_visa")
+    finally:
+        pipeline.sim_config(webhook_drop_rate=0.0)
+    listed = httpx.get(
+        f"{pipeline.sim_url}/v1/events",
+        params={"type": "payment_intent.succeeded", "limit": 100},
+        auth=(pipeline.env["STRIPE_SECRET_KEY"], ""),
+    )
+    event = next(e for e in listed.json()["data"] if e["data"]["object"]["id"] == intent.id)
+    payload = json.dumps(event).encode()
+    before = {o: webhook_count(pipeline, o) for o in ("processed", "duplicate", "already_final")}
+    now = int(time.time())
+    all_connected = threading.Barrier(20)
+
+    def deliver(age_s: int) -> str:
+        with httpx.Client(base_url=pipeline.server_url, timeout=30) as client:
+            client.get("/healthz")  # connected before the deliveries start together
+            all_connected.wait()
+            answer = client.post(
+                "/stripe/webhook", content=payload, headers=signed(payload, at=now - age_s)
+            )
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["outcome"])
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = sorted(pool.map(deliver, range(20)))
+    assert outcomes == ["duplicate"] * 19 + ["processed"]
+    assert pipeline.wait_final(session, order_id)["status"] == "succeeded"
+    after = {o: webhook_count(pipeline, o) for o in before}
+    assert {o: after[o] - before[o] for o in before} == {
+        "processed": 1,
+        "duplicate": 19,
+        "already_final": 0,
+    }

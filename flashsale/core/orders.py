@@ -94,53 +94,60 @@ return {'created', tostring(left)}
 """
 )
 
-_FINALIZE = (
+# The final-state rules as one Lua function, so that a script which must finish an order in the
+# same atomic step as something else (a webhook delivery recorded: core.webhook_deliveries)
+# embeds them instead of repeating them. K and A are the keys and args finalize_call builds.
+FINALIZE_LUA = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: order, stock, counts, pending index, sku counts, room holds, room state
--- ARGV: final status, updated_at, charge_id, code, decline_code, message, order id
+-- K: order, stock, counts, pending index, sku counts, room holds, room state
+-- A: final status, updated_at, charge_id, code, decline_code, message, order id
 -- Returns {outcome, the order hash as stored now}, so the caller needs no second read.
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then
-  return {'missing'}
-end
-if current ~= 'pending' then
-  return {'unchanged', redis.call('HGETALL', KEYS[1])}
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'charge_id', ARGV[3],
-  'code', ARGV[4], 'decline_code', ARGV[5], 'message', ARGV[6])
-redis.call('HINCRBY', KEYS[3], 'pending', -1)
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('HINCRBY', KEYS[5], 'pending', -1)
-redis.call('HINCRBY', KEYS[5], ARGV[1], 1)
-redis.call('ZREM', KEYS[4], ARGV[7])
-local held = redis.call('HGET', KEYS[1], 'held') == '1'
-local customer = redis.call('HGET', KEYS[1], 'customer_id')
-if ARGV[1] == 'succeeded' then
-  if held then
-    redis.call('ZREM', KEYS[6], customer)  -- the held unit is sold
+local function finalize_order(K, A)
+  local current = redis.call('HGET', K[1], 'status')
+  if not current then
+    return {'missing'}
   end
-else
-  local retry_ms = 0
-  if held then
-    retry_ms = tonumber(redis.call('HGET', KEYS[7], 'retry_ms') or '0') or 0
+  if current ~= 'pending' then
+    return {'unchanged', redis.call('HGETALL', K[1])}
   end
-  if retry_ms > 0 and redis.call('ZSCORE', KEYS[6], customer) then
-    -- The unit stays the customer's for a while, to pay with another card.
-    local clock = redis.call('TIME')
-    local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-    redis.call('ZADD', KEYS[6], 'XX', now_ms + retry_ms, customer)
-  else
+  redis.call('HSET', K[1], 'status', A[1], 'updated_at', A[2], 'charge_id', A[3],
+    'code', A[4], 'decline_code', A[5], 'message', A[6])
+  redis.call('HINCRBY', K[3], 'pending', -1)
+  redis.call('HINCRBY', K[3], A[1], 1)
+  redis.call('HINCRBY', K[5], 'pending', -1)
+  redis.call('HINCRBY', K[5], A[1], 1)
+  redis.call('ZREM', K[4], A[7])
+  local held = redis.call('HGET', K[1], 'held') == '1'
+  local customer = redis.call('HGET', K[1], 'customer_id')
+  if A[1] == 'succeeded' then
     if held then
-      redis.call('ZREM', KEYS[6], customer)
+      redis.call('ZREM', K[6], customer)  -- the held unit is sold
     end
-    release(KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'quantity')))
-    redis.call('HSET', KEYS[1], 'released', '1')
+  else
+    local retry_ms = 0
+    if held then
+      retry_ms = tonumber(redis.call('HGET', K[7], 'retry_ms') or '0') or 0
+    end
+    if retry_ms > 0 and redis.call('ZSCORE', K[6], customer) then
+      -- The unit stays the customer's for a while, to pay with another card.
+      local clock = redis.call('TIME')
+      local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+      redis.call('ZADD', K[6], 'XX', now_ms + retry_ms, customer)
+    else
+      if held then
+        redis.call('ZREM', K[6], customer)
+      end
+      release(K[2], tonumber(redis.call('HGET', K[1], 'quantity')))
+      redis.call('HSET', K[1], 'released', '1')
+    end
   end
+  return {'transitioned', redis.call('HGETALL', K[1])}
 end
-return {'transitioned', redis.call('HGETALL', KEYS[1])}
 """
 )
+
+_FINALIZE = FINALIZE_LUA + "return finalize_order(KEYS, ARGV)"
 
 _CLAIM_STALE = """
 -- KEYS: pending index
@@ -405,31 +412,57 @@ def finalize(
     check_transition(PENDING, status)
     if sku is None:
         sku = load_order(redis, order_id).sku
-    result = redis.register_script(_FINALIZE)(
-        keys=[
-            keys.order(order_id),
-            keys.stock(sku),
-            keys.state_counts(),
-            keys.pending_orders(),
-            keys.sku_state_counts(sku),
-            keys.room_holds(sku),
-            keys.room_state(sku),
-        ],
-        args=[
-            status,
-            repr(time.time()),
-            charge_id or "",
-            code or "",
-            decline_code or "",
-            (message or "")[:500],
-            order_id,
-        ],
+    script_keys, args = finalize_call(
+        order_id,
+        status,
+        sku=sku,
+        charge_id=charge_id,
+        code=code,
+        decline_code=decline_code,
+        message=message,
     )
+    result = redis.register_script(_FINALIZE)(keys=script_keys, args=args)
     if result[0] == "missing":
         raise OrderNotFound(f"no order {order_id}")
-    fields = result[1]
-    stored = dict(zip(fields[::2], fields[1::2], strict=True))
-    return result[0] == "transitioned", Order.from_hash(stored)
+    return result[0] == "transitioned", order_from_reply(result[1])
+
+
+def finalize_call(
+    order_id: str,
+    status: str,
+    *,
+    sku: str,
+    charge_id: str | None = None,
+    code: str | None = None,
+    decline_code: str | None = None,
+    message: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """The keys and args of FINALIZE_LUA's finalize_order for this final state."""
+    check_transition(PENDING, status)
+    script_keys = [
+        keys.order(order_id),
+        keys.stock(sku),
+        keys.state_counts(),
+        keys.pending_orders(),
+        keys.sku_state_counts(sku),
+        keys.room_holds(sku),
+        keys.room_state(sku),
+    ]
+    args = [
+        status,
+        repr(time.time()),
+        charge_id or "",
+        code or "",
+        decline_code or "",
+        (message or "")[:500],
+        order_id,
+    ]
+    return script_keys, args
+
+
+def order_from_reply(fields: list[str]) -> Order:
+    """An order from a script's HGETALL reply (a flat field, value list)."""
+    return Order.from_hash(dict(zip(fields[::2], fields[1::2], strict=True)))
 
 
 def claim_stale_pending(

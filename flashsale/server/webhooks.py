@@ -6,7 +6,8 @@ whose exact signature was already received (a replay, or Stripe's own duplicate 
 same second) is counted and changes nothing. An event is applied at most once by its id, in any
 order: an order takes one final state (the worker's answer or the event, whichever comes first),
 so a late, duplicated or reordered event changes nothing. An event for an order this Redis does
-not know is answered 200 and logged, or Stripe would retry it for days.
+not know is answered 200 and logged, or Stripe would retry it for days. All of that is one Redis
+step per delivery (core.webhook_deliveries).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import stripe
 from flask import Blueprint, Response, jsonify, request
 
-from flashsale.core import keys, orders, payments
+from flashsale.core import orders, payments, webhook_deliveries
 from flashsale.server.context import ServerContext, context
 from flashsale.server.validation import ApiError
 
@@ -63,22 +64,36 @@ def stripe_webhook() -> Response:
         ) from None
     except ValueError:
         raise refuse(ctx, 400, "bad_payload", "the body is not a Stripe event") from None
-    digest = hashlib.sha256(header.encode()).hexdigest()
-    seen = keys.webhook_event_seen(event["id"])
-    if not ctx.redis.set(
-        keys.webhook_signature_seen(digest), "1", nx=True, ex=2 * SIGNATURE_TOLERANCE_S
-    ):
+    kind, intent = event["type"], event["data"]["object"]
+    finish, decided = final_state(ctx, kind, intent)
+    delivery = webhook_deliveries.record(
+        ctx.redis,
+        signature_digest=hashlib.sha256(header.encode()).hexdigest(),
+        event_id=event["id"],
+        signature_memory_s=2 * SIGNATURE_TOLERANCE_S,
+        event_memory_s=EVENT_MEMORY_S,
+        finish=finish,
+        outcome=decided,
+    )
+    outcome = delivery.outcome
+    if outcome == webhook_deliveries.REPLAYED_SIGNATURE:
         # A captured delivery sent again, or Stripe's own duplicate signed in the same second
         # (Stripe sends some events twice; the two cannot be told apart): counted, changes
         # nothing, and 200, or Stripe would retry and mark the endpoint failing.
-        outcome = "replayed_signature"
         log.warning("stripe webhook %s: a signed delivery already received", event["id"])
-    elif ctx.redis.exists(seen):
-        outcome = "duplicate"
-    else:
-        outcome = apply(ctx, event["type"], event["data"]["object"])
-        # After applying: a failure above leaves the event unseen, so Stripe's retry applies it.
-        ctx.redis.set(seen, outcome, ex=EVENT_MEMORY_S)
+    elif outcome == webhook_deliveries.UNKNOWN_ORDER:
+        log.warning(
+            "stripe webhook %s for PaymentIntent %s: no such order %r",
+            kind,
+            intent.get("id"),
+            (intent.get("metadata") or {}).get("order_id"),
+        )
+    elif outcome == webhook_deliveries.PROCESSED and delivery.order is not None:
+        order = delivery.order
+        log.info(
+            "order %s %s %s (webhook %s)", order.order_id, order.status, order.code or "", kind
+        )
+        ctx.tell_customer(order)
     ctx.metrics.webhooks.labels(outcome).inc()
     return jsonify({"received": True, "outcome": outcome})
 
@@ -97,39 +112,38 @@ def read_event(payload: bytes) -> dict[str, Any]:
     return event
 
 
-def apply(ctx: ServerContext, kind: str, intent: Mapping[str, Any]) -> str:
-    """Finish the order the PaymentIntent paid for, as the event says it ended."""
+def final_state(
+    ctx: ServerContext, kind: str, intent: Mapping[str, Any]
+) -> tuple[webhook_deliveries.FinalState | None, str]:
+    """What the event does: the final state it gives its order, or the outcome it has without
+    one (ignored, unknown_order, not_final). Decided before Redis is asked anything, from the
+    signed event: the PaymentIntent's metadata names the order and its sale."""
     if kind not in payments.FINISHING_EVENTS:
-        return "ignored"
-    order_id = (intent.get("metadata") or {}).get("order_id")
-    order = orders.find_order(ctx.redis, order_id) if isinstance(order_id, str) else None
-    if order is None:
-        log.warning(
-            "stripe webhook %s for PaymentIntent %s: no such order %r",
-            kind,
-            intent.get("id"),
-            order_id,
-        )
-        return "unknown_order"
+        return None, "ignored"
+    metadata = intent.get("metadata") or {}
+    order_id, sku = metadata.get("order_id"), metadata.get("sku")
+    if not isinstance(order_id, str):
+        return None, webhook_deliveries.UNKNOWN_ORDER
+    if not isinstance(sku, str):
+        # Not one of ours as we create them (the worker names the sale): read the order.
+        order = orders.find_order(ctx.redis, order_id)
+        if order is None:
+            return None, webhook_deliveries.UNKNOWN_ORDER
+        sku = order.sku
     try:
         outcome = payments.intent_outcome(intent)
     except payments.StripeUnavailable:
         outcome = None
     if outcome is None or not outcome.final:
         log.warning("stripe webhook %s: PaymentIntent %s is not final", kind, intent.get("id"))
-        return "not_final"
-    changed, order = orders.finalize(
-        ctx.redis,
-        order.order_id,
-        outcome.status,
+        return None, "not_final"
+    finish = webhook_deliveries.FinalState(
+        order_id=order_id,
+        sku=sku,
+        status=outcome.status,
         charge_id=outcome.charge_id,
         code=outcome.code,
         decline_code=outcome.decline_code,
         message=outcome.message,
-        sku=order.sku,
     )
-    if not changed:
-        return "already_final"
-    log.info("order %s %s %s (webhook %s)", order.order_id, order.status, order.code or "", kind)
-    ctx.tell_customer(order)
-    return "processed"
+    return finish, ""
