@@ -67,13 +67,13 @@ class Shopper:
     def customer_id(self) -> str:
         return str(self.session["customer_id"])
 
-    def connect(self) -> Shopper:
+    def connect(self, watch_stock: bool = False) -> Shopper:
         # No reconnecting on its own: a client left reconnecting after a restart would be a
         # second tab of the customer, present to the room.
         client = socketio.SimpleClient(reconnection=False)
         client.connect(
             self.url,
-            auth={"room_token": self.session["room_token"]},
+            auth={"room_token": self.session["room_token"], "watch_stock": watch_stock},
             transports=["websocket"],
             wait_timeout=10,
         )
@@ -267,13 +267,38 @@ def test_a_declined_customer_retries_within_the_window_and_pays(pipeline: Pipeli
     client = redis_of(pipeline)
     assert client.get(keys.stock(sku)) == "0"
     assert client.zscore(keys.room_holds(sku), first.customer_id) is not None
+    assert client.sismember(keys.room_retrying(sku), first.customer_id)
     answer = first.pay(admission)  # another card, a new attempt
     assert answer.status_code == 202, answer.text
+    assert not client.sismember(keys.room_retrying(sku), first.customer_id)
     assert first.result()["status"] == events.SUCCEEDED
     name, _ = second.next(events.SOLD_OUT, events.ADMITTED)
     assert name == events.SOLD_OUT
     first.close()
     second.close()
+
+
+def test_a_retry_window_that_passes_gives_the_unit_to_the_next_customer(
+    pipeline: Pipeline,
+) -> None:
+    """Declined, no new attempt: when the window passes the unit goes to the next in line, and
+    the room counts a customer who left after a decline (not an expired admission)."""
+    url, sku = open_sale(pipeline, 1, "--retry-window", "2s")
+    declined = Shopper(pipeline, url).connect()
+    patient = Shopper(pipeline, url).connect()
+    admission = declined.admitted()
+    assert declined.pay(admission, DECLINED_CARD).status_code == 202
+    assert declined.result()["status"] == events.DECLINED
+    client = redis_of(pipeline)
+    assert client.sismember(keys.room_retrying(sku), declined.customer_id)
+    answer = patient.pay(patient.admitted(timeout_s=15))
+    assert answer.status_code == 202, answer.text
+    assert patient.result()["status"] == events.SUCCEEDED
+    counts = room.counts(client, sku)
+    assert (counts["left_after_decline"], counts["expired"], counts["abandoned_held"]) == (1, 0, 0)
+    assert not client.exists(keys.room_retrying(sku))
+    declined.close()
+    patient.close()
 
 
 def test_a_lapsed_hold_admits_the_next_customer(pipeline: Pipeline) -> None:
@@ -351,7 +376,10 @@ def test_the_queue_survives_a_server_restart(pipeline: Pipeline) -> None:
     answer = waiting.pay(waiting.admitted(timeout_s=30))
     assert answer.status_code == 202, answer.text
     assert waiting.result()["status"] == events.SUCCEEDED
-    assert room.counts(redis_of(pipeline), sku)["abandoned_held"] == 1
+    counts = room.counts(redis_of(pipeline), sku)
+    # Declined, then gone: a customer who gave up after a decline, not one who abandoned a
+    # checkout before paying.
+    assert (counts["left_after_decline"], counts["abandoned_held"]) == (1, 0)
     waiting.close()
 
 

@@ -80,3 +80,7 @@ def room_gone(sku: str) -> str:
 
 def room_state(sku: str) -> str:
     return f"{PREFIX}room:{sku}:state"
+
+
+def room_retrying(sku: str) -> str:
+    return f"{PREFIX}room:{sku}:retrying"

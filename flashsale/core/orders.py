@@ -51,7 +51,8 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {PENDING: FINAL_STATES}
 _PLACE = (
     inventory.LUA_FUNCTIONS
     + """
--- KEYS: dedupe, stock, order, index, customer orders, counts, pending index, sku counts, holds
+-- KEYS: dedupe, stock, order, index, customer orders, counts, pending index, sku counts, holds,
+--       retrying
 -- ARGV: order id, quantity, created_at ms, held ('1': the waiting room's hold pays for it),
 --       customer id, then field/value pairs of the order hash
 local existing = redis.call('GET', KEYS[1])
@@ -76,6 +77,7 @@ if ARGV[4] == '1' then
     return {'not_held', redis.call('GET', KEYS[2]) or '0'}
   end
   redis.call('ZADD', KEYS[9], 'XX', '+inf', ARGV[5])
+  redis.call('SREM', KEYS[10], ARGV[5])  -- a new attempt after a decline, if it was one
   left = tonumber(redis.call('GET', KEYS[2]) or '0')
 else
   left = reserve(KEYS[2], tonumber(ARGV[2]))
@@ -100,7 +102,7 @@ return {'created', tostring(left)}
 FINALIZE_LUA = (
     inventory.LUA_FUNCTIONS
     + """
--- K: order, stock, counts, pending index, sku counts, room holds, room state
+-- K: order, stock, counts, pending index, sku counts, room holds, room state, room retrying
 -- A: final status, updated_at, charge_id, code, decline_code, message, order id
 -- Returns {outcome, the order hash as stored now}, so the caller needs no second read.
 local function finalize_order(K, A)
@@ -134,6 +136,7 @@ local function finalize_order(K, A)
       local clock = redis.call('TIME')
       local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
       redis.call('ZADD', K[6], 'XX', now_ms + retry_ms, customer)
+    redis.call('SADD', K[8], customer)
     else
       if held then
         redis.call('ZREM', K[6], customer)
@@ -331,6 +334,7 @@ def place_order(
             keys.pending_orders(),
             keys.sku_state_counts(sku),
             keys.room_holds(sku),
+            keys.room_retrying(sku),
         ],
         args=[
             order.order_id,
@@ -447,6 +451,7 @@ def finalize_call(
         keys.sku_state_counts(sku),
         keys.room_holds(sku),
         keys.room_state(sku),
+        keys.room_retrying(sku),
     ]
     args = [
         status,

@@ -9,12 +9,14 @@ so several processes and machines keep one queue, one rate and one cap::
                                         the hold lapses (ms, Redis's clock); +inf while the
                                         customer's order is with Stripe (core.orders)
     flashsale:room:<sku>:gone     ZSET  customers without a socket, scored by since when (ms)
+    flashsale:room:<sku>:retrying SET   customers holding their unit after a decline (the
+                                        retry window), until they order again or let it go
     flashsale:room:<sku>:state    HASH  the rules (rate, cap, hold_ms, retry_ms, grace_ms, order,
                                         auto: the rate is retuned each second),
                                         opens_at_ms ('closed' until the doors are opened), the
                                         token bucket (tokens, at_ms), `over` once sold out, and
                                         counts (admitted, expired, abandoned_queued,
-                                        abandoned_held, told_sold_out)
+                                        abandoned_held, left_after_decline, told_sold_out)
 
 A held unit has left `flashsale:stock:<sku>` (the units free): admission takes it, a lapsed or
 abandoned hold gives it back, a paid order keeps it and a declined one keeps it for the
@@ -69,7 +71,7 @@ return {'queued', tostring(ticket), redis.call('ZRANK', KEYS[1], ARGV[1]) + 1}
 _STEP = (
     _NOW_MS
     + """
--- KEYS: queue, holds, gone, state, stock    ARGV: most customers to admit in this step
+-- KEYS: queue, holds, gone, state, stock, retrying    ARGV: most customers to admit now
 local rules = redis.call('HMGET', KEYS[4], 'rate', 'cap', 'hold_ms', 'grace_ms', 'tokens',
   'at_ms', 'over', 'opens_at_ms')
 local rate = tonumber(rules[1]) or 0
@@ -78,9 +80,9 @@ local hold_ms = tonumber(rules[3]) or 120000
 local grace_ms = tonumber(rules[4]) or 10000
 local tokens = tonumber(rules[5]) or 0
 local at = tonumber(rules[6]) or now
-local abandoned_queued, abandoned_held = 0, 0
+local abandoned_queued, abandoned_held, after_decline, expired = 0, 0, 0, 0
 -- Customers whose socket has been gone past the grace leave the queue, or give their unit
--- back if they hold one and have no order with Stripe.
+-- back if they hold one and have no order with Stripe (after a decline: they gave up).
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - grace_ms, 'LIMIT', 0, 1000)
 for _, id in ipairs(gone) do
   if redis.call('ZREM', KEYS[1], id) == 1 then
@@ -93,7 +95,11 @@ for _, id in ipairs(gone) do
       if until_ms then
         redis.call('ZREM', KEYS[2], id)
         redis.call('INCR', KEYS[5])
-        abandoned_held = abandoned_held + 1
+        if redis.call('SREM', KEYS[6], id) == 1 then
+          after_decline = after_decline + 1
+        else
+          abandoned_held = abandoned_held + 1
+        end
       end
     end
   end
@@ -102,6 +108,11 @@ local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100
 for _, id in ipairs(lapsed) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('INCR', KEYS[5])
+  if redis.call('SREM', KEYS[6], id) == 1 then
+    after_decline = after_decline + 1  -- the retry window passed without a new attempt
+  else
+    expired = expired + 1
+  end
 end
 local free = tonumber(redis.call('GET', KEYS[5]) or '0')
 local n = math.min(tonumber(ARGV[1]), free)
@@ -132,9 +143,10 @@ if n > 0 then
 end
 redis.call('HSET', KEYS[4], 'tokens', tostring(tokens), 'at_ms', now)
 redis.call('HINCRBY', KEYS[4], 'admitted', #admitted)
-redis.call('HINCRBY', KEYS[4], 'expired', #lapsed)
+redis.call('HINCRBY', KEYS[4], 'expired', expired)
 redis.call('HINCRBY', KEYS[4], 'abandoned_queued', abandoned_queued)
 redis.call('HINCRBY', KEYS[4], 'abandoned_held', abandoned_held)
+redis.call('HINCRBY', KEYS[4], 'left_after_decline', after_decline)
 local told, ended = 0, 0
 local over = rules[7] == '1'
 if not over and free - #admitted <= 0 and redis.call('ZCARD', KEYS[2]) == 0 then
@@ -144,12 +156,13 @@ if not over and free - #admitted <= 0 and redis.call('ZCARD', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[4], 'over', '1')
   redis.call('HINCRBY', KEYS[4], 'told_sold_out', told)
 end
-return {admitted, over and 1 or 0, ended, told, #lapsed, abandoned_queued, abandoned_held}
+return {admitted, over and 1 or 0, ended, told, expired, abandoned_queued, abandoned_held,
+  after_decline}
 """
 )
 
 _LEAVE = """
--- KEYS: queue, holds, gone, state, stock    ARGV: customer id, '1' to count it abandoned
+-- KEYS: queue, holds, gone, state, stock, retrying    ARGV: customer id, '1' to count it
 redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   if ARGV[2] == '1' then
@@ -161,7 +174,11 @@ local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if until_ms and until_ms ~= 'inf' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('INCR', KEYS[5])
-  redis.call('HINCRBY', KEYS[4], 'abandoned_held', 1)
+  if redis.call('SREM', KEYS[6], ARGV[1]) == 1 then
+    redis.call('HINCRBY', KEYS[4], 'left_after_decline', 1)
+  else
+    redis.call('HINCRBY', KEYS[4], 'abandoned_held', 1)
+  end
   return 'hold'
 end
 return 'none'
@@ -172,7 +189,14 @@ return 'none'
 # customer who lost their place through no fault of theirs.
 FIRST_CONNECT_S = 20.0
 
-COUNTS = ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
+COUNTS = (
+    "admitted",
+    "expired",
+    "abandoned_queued",
+    "abandoned_held",
+    "left_after_decline",
+    "told_sold_out",
+)
 
 
 @dataclass(frozen=True)
@@ -214,6 +238,7 @@ class Step:
     expired: int = 0
     abandoned_queued: int = 0
     abandoned_held: int = 0
+    left_after_decline: int = 0  # gave their unit back in the retry window, by leaving or not
 
 
 @dataclass(frozen=True)
@@ -307,10 +332,8 @@ def join(redis: Redis, sku: str, customer_id: str) -> Ticket:
 def step(redis: Redis, sku: str, most: int = 1000) -> Step:
     """Let go of the gone and the lapsed, admit whom the rules allow, and end the sale when
     no unit is free or held. Atomic: any number of processes may call it."""
-    admitted, over, ended, told, expired, left_queue, left_hold = redis.register_script(_STEP)(
-        keys=_room_keys(sku),
-        args=[most],
-    )
+    reply = redis.register_script(_STEP)(keys=_room_keys(sku), args=[most])
+    admitted, over, ended, told, expired, left_queue, left_hold, after_decline = reply
     return Step(
         admitted=[str(customer) for customer in admitted],
         over=bool(over),
@@ -319,6 +342,7 @@ def step(redis: Redis, sku: str, most: int = 1000) -> Step:
         expired=int(expired),
         abandoned_queued=int(left_queue),
         abandoned_held=int(left_hold),
+        left_after_decline=int(after_decline),
     )
 
 
@@ -394,13 +418,14 @@ def exists(redis: Redis, sku: str) -> bool:
 
 
 def _room_keys(sku: str) -> list[str]:
-    """The KEYS of the step and leave scripts: queue, holds, gone, state, stock."""
+    """The KEYS of the step and leave scripts: queue, holds, gone, state, stock, retrying."""
     return [
         keys.room_queue(sku),
         keys.room_holds(sku),
         keys.room_gone(sku),
         keys.room_state(sku),
         keys.stock(sku),
+        keys.room_retrying(sku),
     ]
 
 

@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from flashsale.core import waiting_room
 from flashsale.loadgen.report import LoadReport, shown_phases
 from flashsale.loadgen.stats import ENDPOINT_COLUMNS
 from flashsale.ops.counters import Counters, webhook_summary
@@ -194,8 +195,7 @@ def room_line(report: LoadReport | None, rec: Reconciliation | None) -> Text | N
         return None
     customers = ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in seen.items())
     server = ", ".join(
-        f"{name.replace('_', ' ')} {done.get(name, 0):,}"
-        for name in ("admitted", "expired", "abandoned_queued", "abandoned_held", "told_sold_out")
+        f"{name.replace('_', ' ')} {done.get(name, 0):,}" for name in waiting_room.COUNTS
     )
     return Text(f"waiting room: customers {customers or '-'}; the room {server or '-'}")
 
