@@ -549,6 +549,31 @@ def test_open_doors_command_opens_a_closed_room_once(pipeline: Pipeline) -> None
         shopper.close()
 
 
+def test_stock_watchers_see_units_taken_by_admission_and_given_back(pipeline: Pipeline) -> None:
+    """No order is placed: the count moves because the room takes units for the admitted
+    and a customer who leaves gives theirs back, and watchers hear both."""
+    url, sku = open_sale(pipeline, 2, "--room-doors", "closed")
+    watcher = Shopper(pipeline, url).connect(watch_stock=True)
+    leaver = Shopper(pipeline, url).connect()
+
+    def stock_reaches(count: int) -> None:
+        while True:
+            _, data = watcher.next(events.STOCK, timeout_s=10)
+            if data["stock_left"] == count:
+                return
+
+    stock_reaches(2)  # on joining: the doors are closed, nobody holds a unit
+    room.open_doors(redis_of(pipeline), sku)
+    leaver.admitted()
+    stock_reaches(0)  # both admitted, each holding one
+    assert leaver.socket is not None
+    leaver.socket.emit(events.LEAVE, {"room_token": leaver.session["room_token"]})
+    stock_reaches(1)
+    assert room.counts(redis_of(pipeline), sku)["abandoned_held"] == 1
+    watcher.close()
+    leaver.close()
+
+
 def sockets_connected(url: str) -> int:
     metrics = httpx.get(f"{url}/metrics", timeout=5).text
     line = next(x for x in metrics.splitlines() if x.startswith("flashsale_sockets_connected"))

@@ -77,16 +77,17 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         client_manager=rooms.RedisManager(settings.redis_url, channel=events.CHANNEL),
     )
     metrics = ServerMetrics(client, settings.sale_sku)
+    stock_feed = make_stock_feed(socketio, client, metrics)
     ctx = ServerContext(
         settings=settings,
         redis=client,
         producer=make_producer(settings),
         metrics=metrics,
         socketio=socketio,
-        stock_feed=make_stock_feed(socketio, client, metrics),
+        stock_feed=stock_feed,
     )
     if settings.waiting_room:
-        ctx.room = WaitingRoom(settings, client, socketio, metrics)
+        ctx.room = WaitingRoom(settings, client, socketio, metrics, stock_feed)
         ctx.room.start()
     app.extensions["flashsale"] = ctx
     InFlightLimit(settings.max_in_flight, settings.queue_wait_s, metrics).install(app)

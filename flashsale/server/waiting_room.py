@@ -20,6 +20,7 @@ from flask_socketio import SocketIO
 
 from flashsale.core import events, orders, rate_budget, signing, waiting_room
 from flashsale.core.auto_admission import AutoAdmission, Reading
+from flashsale.core.stock_feed import StockFeed
 from flashsale.core.waiting_room import Place
 from flashsale.server.metrics import ServerMetrics
 from flashsale.settings import Settings
@@ -38,13 +39,21 @@ class WaitingRoom:
     """One process's part of the sale's waiting room."""
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, socketio: SocketIO, metrics: ServerMetrics
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        socketio: SocketIO,
+        metrics: ServerMetrics,
+        stock_feed: StockFeed,
     ) -> None:
         self.settings = settings
         self.sku = settings.sale_sku
         self.redis = client
         self.socketio = socketio
         self.metrics = metrics
+        # Admission takes units out of the free stock and a hold given back returns them:
+        # the sale's stock watchers are told of both, as of an order's.
+        self.stock_feed = stock_feed
         self.here: dict[str, str] = {}  # sid -> customer id, this process's sockets in the room
         self.sockets_of: Counter[str] = Counter()  # customer id -> their sockets in `here`
         self.admitted_seen: tuple[float, int] | None = None  # (when, the room's admitted count)
@@ -146,7 +155,8 @@ class WaitingRoom:
             self.unfollow(sid)
         if customer_id is not None:
             try:
-                waiting_room.leave(self.redis, self.sku, customer_id, spare=spare)
+                if waiting_room.leave(self.redis, self.sku, customer_id, spare=spare) == "hold":
+                    self.stock_feed.changed(self.sku)
             except redis.RedisError as error:  # the grace after its disconnect does it then
                 log.warning("waiting room: could not let %s leave: %s", customer_id, error)
 
@@ -246,6 +256,8 @@ class WaitingRoom:
                 namespace=events.NAMESPACE,
             )
             self.metrics.emits.labels(events.ADMITTED).inc()
+        if step.admitted or step.expired or step.abandoned_held or step.left_after_decline:
+            self.stock_feed.changed(self.sku)
         if step.ended:
             log.info("sale %s sold out: %d queued customers told", self.sku, step.told_sold_out)
             self.socketio.emit(
