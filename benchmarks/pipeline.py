@@ -60,9 +60,11 @@ def start_app(
     pipeline.stop_kind("worker")
     pipeline.stop_kind("server")
     flags = ("--notify", notify)
+    # By environment, not --payments: a baseline tree from before PaymentIntents has no such
+    # flag (and pays with charges).
+    pipeline.env["FLASHSALE_PAYMENTS"] = payments
     pipeline.start_server(
         *("--workers", str(server_workers), "--sku", sku, "--stock", "100000000", *flags),
-        *("--payments", payments),
         webhook=payments == "intents",
     )
     pipeline.env["FLASHSALE_SERVER_URL"] = pipeline.server_url

@@ -46,8 +46,9 @@ def test_success_card_reaches_the_room_and_get_order_agrees(pipeline: Pipeline) 
         finally:
             client.disconnect()
         # Steps 5-7, as Celery's task events (on by default) show them: create_charge ran,
-        # then spawned the process_response sub-task that stored the result. The room may
-        # hear the result a moment before the worker reports the task done.
+        # charged and stored the result itself: one task per checkout, no process_response
+        # sub-task (that one is for a storage hiccup). The room may hear the result a moment
+        # before the worker reports the task done.
         charged = task_events.wait_for(
             lambda e: (
                 e["type"] == "task-received"
@@ -55,17 +56,26 @@ def test_success_card_reaches_the_room_and_get_order_agrees(pipeline: Pipeline) 
                 and accepted["order_id"] in e["args"]
             )
         )
-        stored = task_events.wait_for(
+        task_events.wait_for(
+            lambda e: e["type"] == "task-succeeded" and e["uuid"] == charged["uuid"]
+        )
+        # A fence: a sub-task would have been queued before create_charge returned, and the
+        # worker takes the results queue first, so it is received before a later order's
+        # charge is done.
+        later = pipeline.session()
+        fence = pipeline.charge(later, pipeline.tokenize("4242424242424242")).json()["order_id"]
+        fenced = task_events.wait_for(
             lambda e: (
                 e["type"] == "task-received"
-                and e["name"] == "flashsale.process_response"
-                and e["parent_id"] == charged["uuid"]
+                and e["name"] == "flashsale.create_charge"
+                and fence in e["args"]
             )
         )
-        for task in (charged, stored):
-            task_events.wait_for(
-                lambda e, task=task: e["type"] == "task-succeeded" and e["uuid"] == task["uuid"]
-            )
+        task_events.wait_for(
+            lambda e: e["type"] == "task-succeeded" and e["uuid"] == fenced["uuid"]
+        )
+        spawned = [e for e in task_events.seen if e.get("parent_id") == charged["uuid"]]
+        assert spawned == []
     assert result["order_id"] == accepted["order_id"]
     assert result["status"] == events.SUCCEEDED
     assert result["charge_id"].startswith("ch_")

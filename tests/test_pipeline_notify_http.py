@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 import pytest
-from pipeline_fixtures import Pipeline, receive_results
+from pipeline_fixtures import Pipeline, fresh_database, receive_results
 
 from flashsale.core import events
+from flashsale.ops.processes import free_port
 
 NOTIFY_200 = 'flashsale_http_requests_total{method="POST",route="/notify",status="200"}'
 
@@ -69,3 +70,37 @@ def test_worker_in_http_mode_still_replays_on_join(pipeline: Pipeline) -> None:
     finally:
         client.disconnect()
     assert result["order_id"] == order_id
+
+
+def test_a_result_stored_but_not_delivered_is_retried_by_the_sub_task(
+    pipeline_factory: Any, redis_server: str
+) -> None:
+    """create_charge stores Stripe's answer itself; when /notify cannot be reached it hands the
+    delivery to the process_response sub-task, which retries until a server answers: the order
+    is final at once, the customer told late, and Stripe charged once."""
+    # A database of its own: the module's worker would take this pipeline's orders.
+    pipeline = pipeline_factory(
+        server_flags=("--stock", "5"), with_worker=False, redis_url=fresh_database(redis_server)
+    )
+    notify_port = free_port()  # nothing listens here until the second server starts
+    pipeline.start_worker(
+        *("--notify", "http", "--server-url", f"http://127.0.0.1:{notify_port}"),
+        *("--retry-backoff-max", "1"),
+    )
+    session = pipeline.session()
+    client = pipeline.connect(session)
+    try:
+        order_id = pipeline.charge(session, pipeline.tokenize()).json()["order_id"]
+        final = pipeline.wait_final(session, order_id)
+        assert final["status"] == events.SUCCEEDED, (final, pipeline.worker.tail())
+        handed = f"order {order_id}: storing Stripe's answer failed"
+        deadline = time.monotonic() + 10
+        while handed not in pipeline.worker.log_text():
+            assert time.monotonic() < deadline, pipeline.worker.tail()
+            time.sleep(0.05)
+        pipeline.local.start_server("--stock", "5", port=notify_port).wait_listening()
+        (result,) = receive_results(client, 1, timeout_s=20)
+    finally:
+        client.disconnect()
+    assert result["order_id"] == order_id and result["status"] == events.SUCCEEDED
+    assert len(pipeline.sim_charges(order_id)) == 1

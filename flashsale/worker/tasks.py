@@ -1,4 +1,5 @@
-"""The Celery tasks: create_charge (call Stripe) and process_response (store, release, notify)."""
+"""The Celery tasks: create_charge (call Stripe, store, release, notify) and process_response
+(the store-and-notify part again, with retries, when create_charge could not do it)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,26 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         context.notifier.notify(order)
         return order
 
+    def finish(order: orders.Order, outcome: ChargeOutcome) -> None:
+        """Store and announce Stripe's answer in this task. Should our Redis or the server's
+        /notify fail past its own retries, the process_response sub-task does it with retries
+        of its own, so the charge is never made again for it. (It always went to the sub-task:
+        one more Celery message per checkout, for the rare hiccup; see RESULTS.md.)"""
+        try:
+            store_and_notify(order.order_id, outcome, order.sku)
+        except INFRASTRUCTURE_ERRORS as error:
+            log.warning(
+                "order %s: storing Stripe's answer failed (%s); process_response retries it",
+                order.order_id,
+                error,
+            )
+            process_response.apply_async(
+                queue=jobs.RESULTS_QUEUE,
+                **jobs.publish_options(order.order_id, outcome.as_dict(), order.sku),
+            )
+        except POISON_ERRORS as error:
+            log.error("dropping the outcome of order %r: %r", order.order_id, error)
+
     def settle_later(task: Task, order: orders.Order, error: Exception) -> str:
         """Stripe may have charged: keep the order pending (its unit held, the customer told
         pending) and ask Stripe again with the same idempotent request until it answers.
@@ -209,10 +230,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                     age,
                     final.code or final.status,
                 )
-                process_response.apply_async(
-                    queue=jobs.RESULTS_QUEUE,
-                    **jobs.publish_options(order.order_id, final.as_dict(), order.sku),
-                )
+                finish(order, final)
                 return final.status
         context.notifier.action_required(order)
         return events.REQUIRES_ACTION
@@ -307,10 +325,7 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
                 code="stripe_unavailable",
                 message=f"Payment service unavailable after {self.request.retries} retries.",
             )
-        # Step 7 of the pipeline: the sub-task stores and announces the outcome, and retries only
-        # that part on a storage or notify hiccup, so a charge is never made again for it.
-        process_response.apply_async(
-            queue=jobs.RESULTS_QUEUE,
-            **jobs.publish_options(order_id, outcome.as_dict(), order.sku),
-        )
+        # Step 7 of the pipeline: store and announce the outcome (only that part is retried on
+        # a storage or notify hiccup, by the sub-task, so a charge is never made again for it).
+        finish(order, outcome)
         return outcome.status
