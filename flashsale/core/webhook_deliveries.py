@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from flashsale.core import keys, orders
+from flashsale.core.payments import ChargeOutcome
 
 # Outcomes a delivery can have here; the server decides the others (ignored, not_final,
 # unknown_order when the event names no order) before asking Redis.
@@ -66,16 +67,12 @@ return {outcome}
 
 
 @dataclass(frozen=True)
-class FinalState:
-    """The final state a verified event gives its order."""
+class Finish:
+    """The order a verified event finishes, and how: Stripe's reading of its PaymentIntent."""
 
     order_id: str
     sku: str
-    status: str
-    charge_id: str | None = None
-    code: str | None = None
-    decline_code: str | None = None
-    message: str | None = None
+    outcome: ChargeOutcome
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ def record(
     event_id: str,
     signature_memory_s: int,
     event_memory_s: int,
-    finish: FinalState | None = None,
+    finish: Finish | None = None,
     outcome: str = "",
 ) -> Delivery:
     """Take one verified delivery: finish `finish`'s order, or keep `outcome` (decided by the
@@ -104,14 +101,15 @@ def record(
     script_keys = [keys.webhook_signature_seen(signature_digest), keys.webhook_event_seen(event_id)]
     args: list[str | int] = [signature_memory_s, event_memory_s, outcome]
     if finish is not None:
+        answer = finish.outcome
         finish_keys, finish_args = orders.finalize_call(
             finish.order_id,
-            finish.status,
+            answer.status,
             sku=finish.sku,
-            charge_id=finish.charge_id,
-            code=finish.code,
-            decline_code=finish.decline_code,
-            message=finish.message,
+            charge_id=answer.charge_id,
+            code=answer.code,
+            decline_code=answer.decline_code,
+            message=answer.message,
         )
         script_keys += finish_keys
         args += finish_args

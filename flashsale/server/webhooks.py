@@ -114,7 +114,7 @@ def read_event(payload: bytes) -> dict[str, Any]:
 
 def final_state(
     ctx: ServerContext, kind: str, intent: Mapping[str, Any]
-) -> tuple[webhook_deliveries.FinalState | None, str]:
+) -> tuple[webhook_deliveries.Finish | None, str]:
     """What the event does: the final state it gives its order, or the outcome it has without
     one (ignored, unknown_order, not_final). Decided before Redis is asked anything, from the
     signed event: the PaymentIntent's metadata names the order and its sale."""
@@ -137,13 +137,5 @@ def final_state(
     if outcome is None or not outcome.final:
         log.warning("stripe webhook %s: PaymentIntent %s is not final", kind, intent.get("id"))
         return None, "not_final"
-    finish = webhook_deliveries.FinalState(
-        order_id=order_id,
-        sku=sku,
-        status=outcome.status,
-        charge_id=outcome.charge_id,
-        code=outcome.code,
-        decline_code=outcome.decline_code,
-        message=outcome.message,
-    )
+    finish = webhook_deliveries.Finish(order_id=order_id, sku=sku, outcome=outcome)
     return finish, ""
