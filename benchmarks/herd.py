@@ -77,8 +77,13 @@ def start_pipeline(directory: Path, customers: int, args: argparse.Namespace, tr
     pipeline = LocalPipeline(directory, env=tree_env(tree))
     pipeline.start_redis()
     pipeline.start_simulator("--rate-limit", "off", "--latency", "0")
+    # The payment path by environment: a baseline tree from before PaymentIntents has no
+    # --payments flag (and pays with charges).
+    pipeline.env["FLASHSALE_PAYMENTS"] = args.payments
     server = pipeline.start_server(
-        "--workers", str(args.server_workers), "--stock", str(customers), wait=False
+        *("--workers", str(args.server_workers), "--stock", str(customers)),
+        wait=False,
+        webhook=args.payments == "intents",
     )
     workers = [
         pipeline.start_worker("--concurrency", str(args.concurrency), wait=False)
@@ -168,12 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=32, help="worker --concurrency")
     parser.add_argument("--baseline", metavar="TREE", help="a checkout to compare against")
+    parser.add_argument(
+        "--payments",
+        choices=["intents", "charges"],
+        default="intents",
+        help="serve --payments (intents: the simulator delivers each order's event to the server)",
+    )
     args = parser.parse_args(argv)
     trees: list[tuple[str, str | None]] = [("this", None)]
     if args.baseline:
         trees.insert(0, ("baseline", str(Path(args.baseline).resolve())))
     for tag, tree in trees:
         print(f"{tag}: the pipeline imports {imported_from(tree)}")
+    print(f"payments: {args.payments}", flush=True)
     rows: list[dict[str, Any]] = []
     for customers in (int(n) for n in args.customers.split(",")):
         for _ in range(args.runs):
