@@ -85,7 +85,9 @@ def test_a_result_stored_but_not_delivered_is_retried_by_the_sub_task(
     notify_port = free_port()  # nothing listens here until the second server starts
     pipeline.start_worker(
         *("--notify", "http", "--server-url", f"http://127.0.0.1:{notify_port}"),
-        *("--retry-backoff-max", "1"),
+        # Retries every 0.5-1 s for long enough that a second server starts in time on a
+        # loaded machine (the sub-task's budget is its retries: /notify is one request).
+        *("--retry-backoff-max", "1", "--max-retries", "60"),
     )
     session = pipeline.session()
     client = pipeline.connect(session)

@@ -283,7 +283,7 @@ def test_a_retry_window_that_passes_gives_the_unit_to_the_next_customer(
 ) -> None:
     """Declined, no new attempt: when the window passes the unit goes to the next in line, and
     the room counts a customer who left after a decline (not an expired admission)."""
-    url, sku = open_sale(pipeline, 1, "--retry-window", "2s")
+    url, sku = open_sale(pipeline, 1, "--retry-window", "5s")
     declined = Shopper(pipeline, url).connect()
     patient = Shopper(pipeline, url).connect()
     admission = declined.admitted()

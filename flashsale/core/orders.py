@@ -136,7 +136,7 @@ local function finalize_order(K, A)
       local clock = redis.call('TIME')
       local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
       redis.call('ZADD', K[6], 'XX', now_ms + retry_ms, customer)
-    redis.call('SADD', K[8], customer)
+      redis.call('SADD', K[8], customer)
     else
       if held then
         redis.call('ZREM', K[6], customer)

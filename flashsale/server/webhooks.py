@@ -132,7 +132,7 @@ def final_state(
         sku = order.sku
     try:
         outcome = payments.intent_outcome(intent)
-    except payments.StripeUnavailable:
+    except (payments.StripeUnavailable, KeyError, TypeError):  # not final, or no status at all
         outcome = None
     if outcome is None or not outcome.final:
         log.warning("stripe webhook %s: PaymentIntent %s is not final", kind, intent.get("id"))

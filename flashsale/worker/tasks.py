@@ -147,10 +147,11 @@ def register_tasks(app: Celery, context: WorkerContext) -> None:
         return order
 
     def finish(order: orders.Order, outcome: ChargeOutcome) -> None:
-        """Store and announce Stripe's answer in this task. Should our Redis or the server's
-        /notify fail past its own retries, the process_response sub-task does it with retries
-        of its own, so the charge is never made again for it. (It always went to the sub-task:
-        one more Celery message per checkout, for the rare hiccup; see RESULTS.md.)"""
+        """Store and announce Stripe's answer in this task. Should our Redis fail (past the
+        client's ride-out of a lost connection) or the server's /notify (one request), the
+        process_response sub-task does it with retries and backoff, so the charge is never
+        made again for it. (It always went to the sub-task: one more Celery message per
+        checkout, for the rare hiccup; RESULTS.md 9a.)"""
         try:
             store_and_notify(order.order_id, outcome, order.sku)
         except INFRASTRUCTURE_ERRORS as error:
