@@ -155,7 +155,9 @@ def create_charge() -> tuple[Response, int]:
     if not placement.created:
         # The same customer submitted the same card token again: that is the same order.
         return jsonify({"order_id": order.order_id, "status": order.status}), 200
-    ctx.stock_feed.changed(order.sku)
+    if not order.held:
+        # A held unit left the free stock at admission, when the room told the watchers.
+        ctx.stock_feed.changed(order.sku)
     try:
         ctx.enqueue_charge(order.order_id)
     except Exception as error:
@@ -165,7 +167,7 @@ def create_charge() -> tuple[Response, int]:
             order.customer_id,
             error,
         )
-        orders.finalize(
+        _, failed = orders.finalize(
             ctx.redis,
             order.order_id,
             orders.FAILED,
@@ -173,7 +175,8 @@ def create_charge() -> tuple[Response, int]:
             message=str(error),
             sku=order.sku,
         )
-        ctx.stock_feed.changed(order.sku)  # the unit just reserved is back
+        if failed.released:  # the unit just reserved is back (a held one may stay the customer's)
+            ctx.stock_feed.changed(order.sku)
         raise ApiError(503, "service_unavailable", "could not queue the charge; retry") from None
     return jsonify({"order_id": order.order_id, "status": order.status}), 202
 
