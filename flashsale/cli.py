@@ -424,6 +424,13 @@ def room_options(command: Any) -> Any:
     f"flashsale_http_shed_total [{Settings().queue_wait_s:g}s; env FLASHSALE_QUEUE_WAIT].",
 )
 @click.option(
+    "--ping-interval",
+    default=None,
+    help="How often the server pings each websocket, in whole seconds; a client that does not "
+    "answer within engine.io's ping timeout (20s) is dropped "
+    f"[{Settings().ping_interval_s:g}s; env FLASHSALE_PING_INTERVAL].",
+)
+@click.option(
     "--payments",
     type=click.Choice(["charges", "intents"]),
     default=None,
@@ -452,6 +459,7 @@ def serve(
     keepalive_timeout: str | None,
     max_in_flight: int | None,
     queue_wait: str | None,
+    ping_interval: str | None,
     payments: str | None,
     waiting_room: str | None,
     admit_rate: str | None,
@@ -490,6 +498,7 @@ def serve(
         stock_from_ledger=stock_from_ledger,
         max_in_flight=max_in_flight,
         queue_wait_s=parse_duration(queue_wait, "--queue-wait") if queue_wait else None,
+        ping_interval_s=parse_duration(ping_interval, "--ping-interval") if ping_interval else None,
         payments=payments,
         **room_overrides(
             waiting_room,

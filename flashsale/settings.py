@@ -66,6 +66,9 @@ class Settings:
     # the Socket.IO handlers keep connections of their own.
     max_in_flight: int = 96
     queue_wait_s: float = 30.0
+    # How often the server pings each websocket (engine.io's heartbeat and its default): a
+    # client that does not answer within engine.io's ping timeout (20 s) is dropped.
+    ping_interval_s: float = 25.0
 
     # Which card object clients make, told in /session: "intents" (a PaymentMethod, paid with a
     # PaymentIntent: what Stripe recommends) or "charges" (a token, charged with the Charges
@@ -146,6 +149,10 @@ class Settings:
                 environ.get("FLASHSALE_QUEUE_WAIT") or f"{defaults.queue_wait_s:g}s",
                 "FLASHSALE_QUEUE_WAIT",
             ),
+            ping_interval_s=parse_duration(
+                environ.get("FLASHSALE_PING_INTERVAL") or f"{defaults.ping_interval_s:g}s",
+                "FLASHSALE_PING_INTERVAL",
+            ),
             waiting_room=environ.get("FLASHSALE_WAITING_ROOM", "off").lower()
             in ("1", "on", "true", "yes"),
             payments=(environ.get("FLASHSALE_PAYMENTS") or defaults.payments).lower(),
@@ -195,6 +202,9 @@ class Settings:
             )
         if self.queue_wait_s <= 0:
             raise ConfigError("the queue wait must be a positive duration, e.g. 10s")
+        if self.ping_interval_s < 1 or self.ping_interval_s != int(self.ping_interval_s):
+            # engine.io tells clients the interval in whole seconds.
+            raise ConfigError("the ping interval must be a whole number of seconds, e.g. 25s")
         if self.waiting_room:
             self._check_room()
         if self.visibility_timeout_s <= self.retry_backoff_max_s + self.stripe_timeout_s:

@@ -1,10 +1,10 @@
-"""The private hooks flashsale relies on in Celery, kombu, python-socketio, gevent and redis-py:
-one test each.
+"""The private hooks flashsale relies on in Celery, kombu, python-socketio, python-engineio,
+gevent and redis-py: one test each.
 
-pyproject.toml pins celery, kombu, python-socketio, gevent and redis to the range these pass
-on. If an upgrade removes or renames a hook, the test names the hook and the flashsale module
-that uses it; the behaviour behind each hook is tested with the real thing in test_broker.py,
-test_pipeline.py, test_slow_clients.py and test_sentinel.py.
+pyproject.toml pins celery, kombu, python-socketio, python-engineio, gevent and redis to the
+range these pass on. If an upgrade removes or renames a hook, the test names the hook and the
+flashsale module that uses it; the behaviour behind each hook is tested with the real thing in
+test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py and test_sentinel.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from flashsale.worker.consumer import Consumer
 
 # sha256 of python-socketio 5.18.1's BaseManager.basic_disconnect source, first 16 hex digits.
 BASIC_DISCONNECT_SHA256 = "2933b50bc4b2ea7b"
+# ... and of python-engineio 4.15.1's Socket.schedule_ping and Socket._send_ping.
+SCHEDULE_PING_SHA256 = "fe316639159cd70d"
+SEND_PING_SHA256 = "21861287bd38dedc"
 
 
 def must_have(owner: object, name: str, user: str) -> object:
@@ -105,6 +108,31 @@ def test_python_socketio_manager_still_keeps_rooms_as_server_rooms_expects() -> 
         "python-socketio's BaseManager.basic_disconnect changed: compare it with "
         f"flashsale.server.rooms.RoomIndex.basic_disconnect, then update the digest ({digest})"
     )
+
+
+def test_python_engineio_still_schedules_each_ping_as_a_background_task() -> None:
+    """server/pings.py takes each socket's next ping from Server.start_background_task, where
+    Socket.schedule_ping asks for Socket._send_ping, and does what _send_ping does after its
+    sleep. If either changes, the loop would miss pings or send them differently: both
+    sources are pinned."""
+    import hashlib
+
+    from engineio import base_server
+    from engineio.socket import Socket
+
+    user = "flashsale.server.pings.SharedPings"
+    for name in ("schedule_ping", "_send_ping", "send", "closing", "closed", "last_ping"):
+        assert hasattr(Socket(base_server.BaseServer(), "sid"), name), (name, user)
+    must_have(base_server.BaseServer, "create_event", user)
+    for method, pinned in (
+        (Socket.schedule_ping, SCHEDULE_PING_SHA256),
+        (Socket._send_ping, SEND_PING_SHA256),
+    ):
+        digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
+        assert digest == pinned, (
+            f"python-engineio's Socket.{method.__name__} changed: compare it with {user}, "
+            f"then update the digest ({digest})"
+        )
 
 
 def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:

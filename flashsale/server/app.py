@@ -17,6 +17,7 @@ from flashsale.server.admission import InFlightLimit
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
 from flashsale.server.metrics import ServerMetrics, route_of
+from flashsale.server.pings import SharedPings
 from flashsale.server.sale import open_sale
 from flashsale.server.sockets import register_handlers
 from flashsale.server.validation import ApiError, json_body
@@ -70,12 +71,14 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         app,
         async_mode=async_mode,
         transports=["websocket"],
+        ping_interval=settings.ping_interval_s,
         # Given, not named by message_queue: Flask-SocketIO hands any URL but redis:// to its
         # Kombu manager, which does not follow a Sentinel failover; python-socketio's Redis
         # manager reads redis+sentinel:// as core.store does. server/rooms.py adds the index
         # that makes a disconnect cost the same at any crowd size.
         client_manager=rooms.RedisManager(settings.redis_url, channel=events.CHANNEL),
     )
+    SharedPings(socketio.server.eio).install()
     metrics = ServerMetrics(client, settings.sale_sku)
     stock_feed = make_stock_feed(socketio, client, metrics)
     ctx = ServerContext(

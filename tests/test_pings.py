@@ -1,0 +1,123 @@
+"""Engine.IO's heartbeat from one loop per server process (server/pings.py), in both serving modes.
+
+A real `flashsale serve` (one gevent process, and gunicorn with two workers) with a 1 s ping
+interval: raw engine.io websockets count the pings they get and answer them; each socket is
+pinged once per interval, never sooner, for as long as it answers, and many sockets connected
+at once are each pinged in turn. With python-engineio's own server, a socket's next ping joins
+the loop's queue instead of starting a task of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import engineio
+import httpx
+import pytest
+import websocket
+from engineio.socket import Socket
+
+from flashsale.ops.pipeline import LocalPipeline
+from flashsale.server.pings import SharedPings
+
+INTERVAL_S = 1
+PINGS = 4
+SOCKETS = 40
+# How late a ping may come on a loaded two-core machine; a timer never fires early.
+LATE_S = 1.0
+EARLY_S = 0.05
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["gevent", "gunicorn-2"])
+def server_url(
+    request: pytest.FixtureRequest, module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    local = LocalPipeline(tmp_path_factory.mktemp(f"pings-{request.param}"))
+    local.use_redis(module_redis_url)
+    try:
+        local.start_server(
+            "--workers", str(request.param), "--ignore-ledger", "--ping-interval", f"{INTERVAL_S}s"
+        )
+        yield local.server_url
+    finally:
+        local.stop()
+
+
+def open_socket(url: str) -> websocket.WebSocket:
+    """A Socket.IO client of the main namespace, spoken by hand so that its pings can be seen."""
+    session = httpx.get(f"{url}/session", timeout=10).json()
+    ws = websocket.create_connection(
+        url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10
+    )
+    opened = ws.recv()
+    assert opened.startswith("0"), opened
+    assert json.loads(opened[1:])["pingInterval"] == INTERVAL_S * 1000
+    ws.send("40" + json.dumps({"room_token": session["room_token"]}))
+    return ws
+
+
+def ping_times(ws: websocket.WebSocket, count: int, deadline: float) -> list[float]:
+    """When the next `count` pings came (monotonic), each answered with a pong."""
+    seen: list[float] = []
+    while len(seen) < count:
+        ws.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            frame = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            raise AssertionError(f"{len(seen)} pings of {count} by the deadline") from None
+        if frame == "2":
+            seen.append(time.monotonic())
+            ws.send("3")
+    return seen
+
+
+def test_a_socket_that_answers_is_pinged_once_an_interval(server_url: str) -> None:
+    ws = open_socket(server_url)
+    try:
+        started = time.monotonic()
+        times = ping_times(ws, PINGS, started + PINGS * (INTERVAL_S + LATE_S) + 5)
+    finally:
+        ws.close()
+    gaps = [later - earlier for earlier, later in zip([started, *times], times, strict=False)]
+    print("gaps between pings:", [f"{gap:.2f}s" for gap in gaps])
+    # The first one counts from the connection (slightly before `started`).
+    assert all(gap >= INTERVAL_S - EARLY_S for gap in gaps[1:]), gaps
+    assert all(gap <= INTERVAL_S + LATE_S for gap in gaps), gaps
+
+
+def test_many_sockets_are_each_pinged_in_turn(server_url: str) -> None:
+    sockets = [open_socket(server_url) for _ in range(SOCKETS)]
+    try:
+        deadline = time.monotonic() + 3 * (INTERVAL_S + LATE_S) + 10
+        # Each answered as it comes: the next ping is scheduled when the pong arrives.
+        with ThreadPoolExecutor(SOCKETS) as pool:
+            counts = list(pool.map(lambda ws: len(ping_times(ws, 2, deadline)), sockets))
+    finally:
+        for ws in sockets:
+            ws.close()
+    assert counts == [2] * SOCKETS
+
+
+def test_a_sockets_next_ping_joins_the_queue_instead_of_starting_a_task() -> None:
+    """python-engineio's own server and socket: schedule_ping asks start_background_task for
+    _send_ping, which SharedPings takes; any other task still starts."""
+    eio = engineio.Server(async_mode="threading", ping_interval=INTERVAL_S)
+    pings = SharedPings(eio).install()
+    socket = Socket(eio, "sid-1")
+    threads_before = threading.active_count()
+    socket.schedule_ping()
+    assert [queued for _, queued in pings.due] == [socket]
+    # The loop itself is the one task started (and the first schedule starts it).
+    assert threading.active_count() == threads_before + 1
+    Socket(eio, "sid-2").schedule_ping()
+    assert threading.active_count() == threads_before + 1
+    assert len(pings.due) == 2
+
+    ran = threading.Event()
+    task = eio.start_background_task(ran.set)
+    task.join(5)
+    assert ran.is_set()
