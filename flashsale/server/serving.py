@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flashsale.errors import ComponentFailed, FlashsaleError
+from flashsale.server.connections import SmallReadBuffer, untrack_greenlet_tree
 from flashsale.server.slow_clients import BoundedReads, ReadTimeouts
 from flashsale.settings import Settings
 
@@ -52,6 +53,8 @@ def load_app(settings: Settings) -> WsgiApp:
     """The server's WSGI app for this process. Call only after gevent.monkey.patch_all()."""
     from flashsale.server import create_app
 
+    untrack_greenlet_tree()
+
     return with_pid_header(create_app(settings))
 
 
@@ -76,7 +79,7 @@ def serve(
     from gevent import pywsgi
     from geventwebsocket.handler import WebSocketHandler as BaseHandler
 
-    class WebSocketHandler(BoundedReads, BaseHandler):  # type: ignore[misc]
+    class WebSocketHandler(BoundedReads, SmallReadBuffer, BaseHandler):  # type: ignore[misc]
         read_timeouts = timeouts or ReadTimeouts.from_options()
 
         def format_request(self) -> str:
