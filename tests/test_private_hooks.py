@@ -4,7 +4,8 @@ gevent and redis-py: one test each.
 pyproject.toml pins celery, kombu, python-socketio, python-engineio, gevent and redis to the
 range these pass on. If an upgrade removes or renames a hook, the test names the hook and the
 flashsale module that uses it; the behaviour behind each hook is tested with the real thing in
-test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py and test_sentinel.py.
+test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py, test_websocket_writes.py
+and test_sentinel.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ BASIC_DISCONNECT_SHA256 = "2933b50bc4b2ea7b"
 # ... and of python-engineio 4.15.1's Socket.schedule_ping and Socket._send_ping.
 SCHEDULE_PING_SHA256 = "fe316639159cd70d"
 SEND_PING_SHA256 = "21861287bd38dedc"
+# ... and of its Socket._upgrade_websocket and Socket._websocket_handler.
+UPGRADE_WEBSOCKET_SHA256 = "02f6ac05441609d3"
+WEBSOCKET_HANDLER_SHA256 = "58afe122719282de"
 
 
 def must_have(owner: object, name: str, user: str) -> object:
@@ -127,6 +131,44 @@ def test_python_engineio_still_schedules_each_ping_as_a_background_task() -> Non
     for method, pinned in (
         (Socket.schedule_ping, SCHEDULE_PING_SHA256),
         (Socket._send_ping, SEND_PING_SHA256),
+    ):
+        digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
+        assert digest == pinned, (
+            f"python-engineio's Socket.{method.__name__} changed: compare it with {user}, "
+            f"then update the digest ({digest})"
+        )
+
+
+def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_table() -> None:
+    """server/websocket_writes.py gives one engine.io server its own copy of the driver table
+    (`_async`: 'queue' and 'websocket'), whose websocket entry Socket._upgrade_websocket calls
+    with Socket._websocket_handler, and serves a websocket-opened socket as that handler does,
+    with the writes on demand. Both sources are pinned: if engine.io's handler gains work, the
+    replacement would skip it."""
+    import hashlib
+
+    import engineio
+    from engineio.async_drivers import gevent as gevent_driver
+    from engineio.socket import Socket
+    from gevent.queue import JoinableQueue
+
+    from flashsale.server import websocket_writes
+
+    user = "flashsale.server.websocket_writes"
+    assert gevent_driver._async["queue"] is JoinableQueue, user
+    for name in ("__call__", "wait", "send", "close"):
+        must_have(gevent_driver.WebSocketWSGI, name, user)
+    eio = engineio.Server(async_mode="threading")
+    assert isinstance(eio._async, dict) and "websocket" in eio._async, user
+    assert hasattr(eio.reason, "TRANSPORT_CLOSE"), user
+    for name in ("receive", "close"):
+        must_have(Socket, name, user)
+    assert "_async['websocket'](" in inspect.getsource(Socket._upgrade_websocket), user
+    websocket_writes.install(eio)  # not gevent: left as it was
+    assert eio._async["queue"] is not websocket_writes.WakingQueue
+    for method, pinned in (
+        (Socket._upgrade_websocket, UPGRADE_WEBSOCKET_SHA256),
+        (Socket._websocket_handler, WEBSOCKET_HANDLER_SHA256),
     ):
         digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
         assert digest == pinned, (

@@ -1,0 +1,153 @@
+"""A websocket's writes from a greenlet started when there is something to send, not one parked
+for the socket's whole life.
+
+python-engineio's websocket handler starts a writer task per socket that waits on the socket's
+packet queue until the socket closes: a queued customer, sent one position update every few
+seconds, kept a greenlet, its saved stack, its frames and a timer for nothing the rest of the
+time. Here the queue wakes a writer when a packet is put: it sends what is queued, in order,
+one writer per socket at a time, and ends when the queue is empty. A slow client still blocks
+only its own writer, never the greenlet that emitted (benchmarks/waiting_room.py measures the
+memory per held socket and the server's CPU).
+
+Installed per engine.io server (gevent only), for connections that open on the websocket
+transport, the only one flashsale serves; an upgrade from polling keeps engine.io's handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gevent
+from engineio import exceptions, packet
+from gevent.event import Event
+from gevent.queue import Empty, JoinableQueue
+
+log = logging.getLogger(__name__)
+
+
+class WakingQueue(JoinableQueue):  # type: ignore[misc]
+    """engine.io's per-socket packet queue, which tells its writer after each put."""
+
+    __slots__ = ("writer",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writer: SocketWriter | None = None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if self.writer is not None:
+            self.writer.wake()
+
+
+class SocketWriter:
+    """Sends one socket's queued packets from a short-lived greenlet; None closes the websocket."""
+
+    __slots__ = ("queue", "ws", "running", "closed", "finished")
+
+    def __init__(self, queue: WakingQueue, ws: Any) -> None:
+        self.queue = queue
+        self.ws = ws
+        self.running = False
+        self.closed = False
+        self.finished: Event | None = None
+
+    def wake(self) -> None:
+        if not self.running:
+            self.running = True
+            gevent.spawn_raw(self.drain)
+
+    def drain(self) -> None:
+        try:
+            while True:
+                try:
+                    pkt = self.queue.get(block=False)
+                except Empty:
+                    return
+                self.queue.task_done()
+                if self.closed:
+                    continue  # after the close: taken, so that a join() returns
+                if pkt is None:
+                    self.close()
+                    continue
+                try:
+                    self.ws.send(pkt.encode())
+                except Exception:  # the client is gone: the reader sees it too
+                    self.close()
+        finally:
+            self.running = False
+            if self.finished is not None:
+                self.finished.set()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.ws.close()
+        except Exception as error:
+            log.debug("closing a websocket: %s", error)
+
+    def join(self) -> None:
+        """Wait until what is queued now has been sent (or dropped, once closed)."""
+        if self.running:
+            self.finished = Event()
+            self.finished.wait()
+
+
+def serve_websocket(socket: Any, ws: Any) -> list[Any]:
+    """engine.io's websocket transport for a socket that opened on it: the reader in this
+    greenlet, as engine.io runs it, and the writes through a SocketWriter."""
+    server = socket.server
+    socket.connected = True
+    socket.upgraded = True
+    queue = socket.queue
+    # The reader gives up on a client silent past a ping and its timeout, as engine.io's does.
+    for attr in ("_sock", "socket"):
+        sock = getattr(ws, attr, None)
+        if sock is not None and hasattr(sock, "settimeout"):
+            sock.settimeout(server.ping_interval + server.ping_timeout)
+    writer = SocketWriter(queue, ws)
+    queue.writer = writer
+    writer.wake()  # the OPEN packet (and anything else) queued before the websocket was ready
+    while True:
+        try:
+            data = ws.wait()
+        except Exception as error:
+            if not socket.closed:
+                server.logger.info('%s: Unexpected error "%s", closing', socket.sid, error)
+            break
+        if data is None:  # the client closed the connection
+            break
+        if len(data) > server.max_http_buffer_size:
+            server.logger.info("%s: packet is too large, closing", socket.sid)
+            break
+        try:
+            socket.receive(packet.Packet(encoded_packet=data))
+        except exceptions.UnknownPacketError:
+            pass
+        except exceptions.SocketIsClosedError:
+            break
+        except Exception:
+            server.logger.exception("Unknown receive error")
+            break
+    queue.put(None)  # the writer closes the websocket after what is queued
+    writer.join()
+    socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+    return []
+
+
+def install(eio: Any) -> None:
+    """Serve this engine.io server's websocket-opened sockets with writes on demand."""
+    driver = eio._async
+    if driver.get("queue") is not JoinableQueue or driver.get("websocket") is None:
+        return  # another async mode: engine.io's own writer task
+    websocket_wsgi = driver["websocket"]
+
+    def websocket(handler: Any, server: Any) -> Any:
+        socket = handler.__self__
+        if socket.connected:  # an upgrade from polling
+            return websocket_wsgi(handler, server)
+        return websocket_wsgi(lambda ws: serve_websocket(socket, ws), server)
+
+    # This server's copy of the driver table: other engine.io servers keep theirs.
+    eio._async = {**driver, "queue": WakingQueue, "websocket": websocket}
