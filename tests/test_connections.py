@@ -16,22 +16,16 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from engineio_client import SERVING_MODES, serve
 
-from flashsale.ops.pipeline import LocalPipeline
 from flashsale.server.connections import READ_BUFFER_BYTES, TRACK_TREE_VARIABLE
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["gevent", "gunicorn-2"])
+@pytest.fixture(scope="module", **SERVING_MODES)
 def server_url(
     request: pytest.FixtureRequest, module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    local = LocalPipeline(tmp_path_factory.mktemp(f"connections-{request.param}"))
-    local.use_redis(module_redis_url)
-    try:
-        local.start_server("--workers", str(request.param), "--ignore-ledger")
-        yield local.server_url
-    finally:
-        local.stop()
+    yield from serve(request, module_redis_url, tmp_path_factory)
 
 
 def test_a_header_line_longer_than_the_buffer_is_read_whole(server_url: str) -> None:

@@ -9,19 +9,17 @@ the loop's queue instead of starting a task of its own.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import engineio
-import httpx
 import pytest
 import websocket
 from engineio.socket import Socket
+from engineio_client import SERVING_MODES, open_socket, serve
 
-from flashsale.ops.pipeline import LocalPipeline
 from flashsale.server.pings import SharedPings
 
 INTERVAL_S = 1
@@ -32,31 +30,18 @@ LATE_S = 1.0
 EARLY_S = 0.05
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["gevent", "gunicorn-2"])
+@pytest.fixture(scope="module", **SERVING_MODES)
 def server_url(
     request: pytest.FixtureRequest, module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    local = LocalPipeline(tmp_path_factory.mktemp(f"pings-{request.param}"))
-    local.use_redis(module_redis_url)
-    try:
-        local.start_server(
-            "--workers", str(request.param), "--ignore-ledger", "--ping-interval", f"{INTERVAL_S}s"
-        )
-        yield local.server_url
-    finally:
-        local.stop()
-
-
-def open_socket(url: str) -> websocket.WebSocket:
-    """A Socket.IO client of the main namespace, spoken by hand so that its pings can be seen."""
-    session = httpx.get(f"{url}/session", timeout=10).json()
-    ws = websocket.create_connection(
-        url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10
+    yield from serve(
+        request, module_redis_url, tmp_path_factory, "--ping-interval", f"{INTERVAL_S}s"
     )
-    opened = ws.recv()
-    assert opened.startswith("0"), opened
-    assert json.loads(opened[1:])["pingInterval"] == INTERVAL_S * 1000
-    ws.send("40" + json.dumps({"room_token": session["room_token"]}))
+
+
+def open_pinged_socket(url: str) -> websocket.WebSocket:
+    ws, handshake = open_socket(url)
+    assert handshake["pingInterval"] == INTERVAL_S * 1000
     return ws
 
 
@@ -76,7 +61,7 @@ def ping_times(ws: websocket.WebSocket, count: int, deadline: float) -> list[flo
 
 
 def test_a_socket_that_answers_is_pinged_once_an_interval(server_url: str) -> None:
-    ws = open_socket(server_url)
+    ws = open_pinged_socket(server_url)
     try:
         started = time.monotonic()
         times = ping_times(ws, PINGS, started + PINGS * (INTERVAL_S + LATE_S) + 5)
@@ -90,7 +75,7 @@ def test_a_socket_that_answers_is_pinged_once_an_interval(server_url: str) -> No
 
 
 def test_many_sockets_are_each_pinged_in_turn(server_url: str) -> None:
-    sockets = [open_socket(server_url) for _ in range(SOCKETS)]
+    sockets = [open_pinged_socket(server_url) for _ in range(SOCKETS)]
     try:
         deadline = time.monotonic() + 3 * (INTERVAL_S + LATE_S) + 10
         # Each answered as it comes: the next ping is scheduled when the pong arrives.

@@ -10,7 +10,9 @@ and test_sentinel.py.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -37,6 +39,16 @@ def must_have(owner: object, name: str, user: str) -> object:
     if found is None:
         pytest.fail(f"{owner!r} no longer has {name!r}, which {user} overrides or calls")
     return found
+
+
+def must_be_pinned(method: Any, pinned: str, user: str) -> None:
+    """Fail when a library method flashsale stands in for no longer has the source it was
+    written against (sha256, first 16 hex digits)."""
+    digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
+    assert digest == pinned, (
+        f"{method.__module__}.{method.__qualname__} changed: compare it with {user}, "
+        f"then update the digest ({digest})"
+    )
 
 
 def test_kombu_redis_channel_still_builds_its_clients_in_create_client() -> None:
@@ -96,8 +108,6 @@ def test_python_socketio_manager_still_keeps_rooms_as_server_rooms_expects() -> 
     """server/rooms.py indexes a client's rooms in basic_enter_room and basic_leave_room, and
     replaces basic_disconnect and get_rooms, reading the manager's rooms, callbacks and pending
     tables. If basic_disconnect gains work, the override would skip it: its source is pinned."""
-    import hashlib
-
     import socketio
     from socketio.base_manager import BaseManager
 
@@ -106,11 +116,10 @@ def test_python_socketio_manager_still_keeps_rooms_as_server_rooms_expects() -> 
     manager = socketio.Manager()
     for table in ("rooms", "callbacks", "pending_connect", "pending_disconnect"):
         assert isinstance(getattr(manager, table), dict), table
-    source = inspect.getsource(BaseManager.basic_disconnect)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    assert digest == BASIC_DISCONNECT_SHA256, (
-        "python-socketio's BaseManager.basic_disconnect changed: compare it with "
-        f"flashsale.server.rooms.RoomIndex.basic_disconnect, then update the digest ({digest})"
+    must_be_pinned(
+        BaseManager.basic_disconnect,
+        BASIC_DISCONNECT_SHA256,
+        "flashsale.server.rooms.RoomIndex.basic_disconnect",
     )
 
 
@@ -119,8 +128,6 @@ def test_python_engineio_still_schedules_each_ping_as_a_background_task() -> Non
     Socket.schedule_ping asks for Socket._send_ping, and does what _send_ping does after its
     sleep. If either changes, the loop would miss pings or send them differently: both
     sources are pinned."""
-    import hashlib
-
     from engineio import base_server
     from engineio.socket import Socket
 
@@ -128,15 +135,8 @@ def test_python_engineio_still_schedules_each_ping_as_a_background_task() -> Non
     for name in ("schedule_ping", "_send_ping", "send", "closing", "closed", "last_ping"):
         assert hasattr(Socket(base_server.BaseServer(), "sid"), name), (name, user)
     must_have(base_server.BaseServer, "create_event", user)
-    for method, pinned in (
-        (Socket.schedule_ping, SCHEDULE_PING_SHA256),
-        (Socket._send_ping, SEND_PING_SHA256),
-    ):
-        digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
-        assert digest == pinned, (
-            f"python-engineio's Socket.{method.__name__} changed: compare it with {user}, "
-            f"then update the digest ({digest})"
-        )
+    must_be_pinned(Socket.schedule_ping, SCHEDULE_PING_SHA256, user)
+    must_be_pinned(Socket._send_ping, SEND_PING_SHA256, user)
 
 
 def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_table() -> None:
@@ -145,8 +145,6 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     with Socket._websocket_handler, and serves a websocket-opened socket as that handler does,
     with the writes on demand. Both sources are pinned: if engine.io's handler gains work, the
     replacement would skip it."""
-    import hashlib
-
     import engineio
     from engineio.async_drivers import gevent as gevent_driver
     from engineio.socket import Socket
@@ -166,15 +164,8 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     assert "_async['websocket'](" in inspect.getsource(Socket._upgrade_websocket), user
     websocket_writes.install(eio)  # not gevent: left as it was
     assert eio._async["queue"] is not websocket_writes.WakingQueue
-    for method, pinned in (
-        (Socket._upgrade_websocket, UPGRADE_WEBSOCKET_SHA256),
-        (Socket._websocket_handler, WEBSOCKET_HANDLER_SHA256),
-    ):
-        digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
-        assert digest == pinned, (
-            f"python-engineio's Socket.{method.__name__} changed: compare it with {user}, "
-            f"then update the digest ({digest})"
-        )
+    must_be_pinned(Socket._upgrade_websocket, UPGRADE_WEBSOCKET_SHA256, user)
+    must_be_pinned(Socket._websocket_handler, WEBSOCKET_HANDLER_SHA256, user)
 
 
 def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:

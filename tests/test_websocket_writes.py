@@ -8,7 +8,6 @@ websocket, and the socket no longer counts as connected.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -16,35 +15,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import websocket
-
-from flashsale.ops.pipeline import LocalPipeline
+from engineio_client import SERVING_MODES, open_socket, serve
 
 ANSWERS = 300
 CONNECTED = re.compile(r"^flashsale_sockets_connected (\S+)$", re.MULTILINE)
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["gevent", "gunicorn-2"])
+@pytest.fixture(scope="module", **SERVING_MODES)
 def server_url(
     request: pytest.FixtureRequest, module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    local = LocalPipeline(tmp_path_factory.mktemp(f"ws-writes-{request.param}"))
-    local.use_redis(module_redis_url)
-    try:
-        local.start_server("--workers", str(request.param), "--ignore-ledger")
-        yield local.server_url
-    finally:
-        local.stop()
-
-
-def open_socket(url: str) -> websocket.WebSocket:
-    """A raw engine.io websocket, connected to the main namespace with a room token."""
-    session = httpx.get(f"{url}/session", timeout=10).json()
-    ws = websocket.create_connection(
-        url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10
-    )
-    assert ws.recv().startswith("0")  # engine.io's OPEN: the first packet the writer sent
-    ws.send("40" + json.dumps({"room_token": session["room_token"]}))
-    return ws
+    yield from serve(request, module_redis_url, tmp_path_factory)
 
 
 def next_packet(ws: websocket.WebSocket, prefix: str) -> str:
@@ -65,7 +46,7 @@ def connected_sockets(url: str) -> float:
 
 
 def test_every_answer_arrives_in_the_order_asked(server_url: str) -> None:
-    ws = open_socket(server_url)
+    ws, _ = open_socket(server_url)
     try:
         # A namespace the server does not serve is refused with a CONNECT_ERROR naming it.
         for number in range(ANSWERS):
@@ -78,7 +59,7 @@ def test_every_answer_arrives_in_the_order_asked(server_url: str) -> None:
 
 
 def test_a_client_close_is_answered_by_the_server_closing(server_url: str) -> None:
-    ws = open_socket(server_url)
+    ws, _ = open_socket(server_url)
     next_packet(ws, "40")  # connected to the namespace
     ws.send("1")  # engine.io CLOSE
     deadline = time.monotonic() + 10
@@ -103,7 +84,7 @@ def test_sockets_gone_no_longer_count(server_url: str, request: pytest.FixtureRe
     if "gunicorn" in request.node.callspec.id:
         pytest.skip("/metrics answers for one worker of several")
     before = connected_sockets(server_url)
-    sockets = [open_socket(server_url) for _ in range(10)]
+    sockets = [open_socket(server_url)[0] for _ in range(10)]
     for ws in sockets:
         next_packet(ws, "40")
     assert connected_sockets(server_url) == before + 10
