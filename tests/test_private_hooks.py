@@ -1,11 +1,11 @@
 """The private hooks flashsale relies on in Celery, kombu, python-socketio, python-engineio,
-gevent and redis-py: one test each.
+Flask-SocketIO, gevent and redis-py: one test each.
 
-pyproject.toml pins celery, kombu, python-socketio, python-engineio, gevent and redis to the
-range these pass on. If an upgrade removes or renames a hook, the test names the hook and the
-flashsale module that uses it; the behaviour behind each hook is tested with the real thing in
-test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py, test_websocket_writes.py
-and test_sentinel.py.
+pyproject.toml pins celery, kombu, python-socketio, python-engineio, flask-socketio, gevent and
+redis to the range these pass on. If an upgrade removes or renames a hook, the test names the
+hook and the flashsale module that uses it; the behaviour behind each hook is tested with the
+real thing in test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py,
+test_websocket_writes.py and test_sentinel.py.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ SEND_PING_SHA256 = "21861287bd38dedc"
 # ... and of its Socket._upgrade_websocket and Socket._websocket_handler.
 UPGRADE_WEBSOCKET_SHA256 = "02f6ac05441609d3"
 WEBSOCKET_HANDLER_SHA256 = "58afe122719282de"
+# ... and of Flask-SocketIO 5.7.0's _SocketIOMiddleware.__call__.
+SOCKETIO_MIDDLEWARE_SHA256 = "7cfbb7890542786b"
 
 
 def must_have(owner: object, name: str, user: str) -> object:
@@ -166,6 +168,23 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     assert eio._async["queue"] is not websocket_writes.WakingQueue
     must_be_pinned(Socket._upgrade_websocket, UPGRADE_WEBSOCKET_SHA256, user)
     must_be_pinned(Socket._websocket_handler, WEBSOCKET_HANDLER_SHA256, user)
+
+
+def test_flask_socketio_middleware_still_only_adds_the_flask_app() -> None:
+    """server/serving.py sockets_first hands /socket.io/ requests to engine.io itself, setting
+    environ['flask.app'] as Flask-SocketIO's middleware does, found through
+    app.extensions['socketio']. If the middleware gains work, the shortcut would skip it: its
+    source is pinned."""
+    from flask import Flask
+    from flask_socketio import SocketIO, _SocketIOMiddleware
+
+    user = "flashsale.server.serving.sockets_first"
+    app = Flask("hook-test")
+    socketio = SocketIO(app, async_mode="threading")
+    assert app.extensions["socketio"] is socketio, user
+    assert isinstance(app.wsgi_app, _SocketIOMiddleware), user
+    must_have(socketio.server.eio, "handle_request", user)
+    must_be_pinned(_SocketIOMiddleware.__call__, SOCKETIO_MIDDLEWARE_SHA256, user)
 
 
 def test_gevent_pywsgi_still_reads_a_request_through_these_handler_methods() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 # emit, so both sides take this one constant.
 CHANNEL = "flashsale-socketio"
 NAMESPACE = "/"
+# Where clients reach Socket.IO: /socket.io/ (Flask-SocketIO's and the clients' default).
+PATH = "socket.io"
 
 # server -> client
 JOINED = "joined"  # {"customer_id": ...} once the socket is in its private room

@@ -71,6 +71,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         app,
         async_mode=async_mode,
         transports=["websocket"],
+        path=events.PATH,
         ping_interval=settings.ping_interval_s,
         # Given, not named by message_queue: Flask-SocketIO hands any URL but redis:// to its
         # Kombu manager, which does not follow a Sentinel failover; python-socketio's Redis
