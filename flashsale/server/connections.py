@@ -4,7 +4,8 @@ thousands of websockets per process (benchmarks/waiting_room.py measures the RSS
 - pywsgi reads every connection through an io.BufferedReader of io.DEFAULT_BUFFER_SIZE (8 KiB),
   kept for the connection's life; a websocket's frames and the requests here are small.
 - gevent records, for every greenlet it spawns, the greenlet that spawned it and a copy of the
-  spawning stack (`track_greenlet_tree`), for debugging; a held socket has two greenlets.
+  spawning stack (`track_greenlet_tree`), for debugging; each held socket keeps its reader
+  greenlet, and every write to it starts a short one (server/websocket_writes.py).
 """
 
 from __future__ import annotations
