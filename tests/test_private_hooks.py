@@ -1,11 +1,11 @@
 """The private hooks flashsale relies on in Celery, kombu, python-socketio, python-engineio,
-Flask-SocketIO, gevent and redis-py: one test each.
+Flask-SocketIO, gevent, gevent-websocket and redis-py: one test each.
 
-pyproject.toml pins celery, kombu, python-socketio, python-engineio, flask-socketio, gevent and
-redis to the range these pass on. If an upgrade removes or renames a hook, the test names the
-hook and the flashsale module that uses it; the behaviour behind each hook is tested with the
-real thing in test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py,
-test_websocket_writes.py and test_sentinel.py.
+pyproject.toml pins celery, kombu, python-socketio, python-engineio, flask-socketio, gevent,
+gevent-websocket and redis to the range these pass on. If an upgrade removes or renames a hook,
+the test names the hook and the flashsale module that uses it; the behaviour behind each hook is
+tested with the real thing in test_broker.py, test_pipeline.py, test_slow_clients.py, test_pings.py,
+test_websocket_transport.py, test_held_websockets.py and test_sentinel.py.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ SEND_PING_SHA256 = "21861287bd38dedc"
 # ... and of its Socket._upgrade_websocket and Socket._websocket_handler.
 UPGRADE_WEBSOCKET_SHA256 = "02f6ac05441609d3"
 WEBSOCKET_HANDLER_SHA256 = "58afe122719282de"
+# ... of gevent-websocket 0.10.1's WebSocketHandler.run_websocket, WebSocket.__init__ and
+# WebSocket.current_app, and of gevent 26.9's pywsgi WSGIHandler.handle.
+RUN_WEBSOCKET_SHA256 = "a3c4964039a9518b"
+WEBSOCKET_INIT_SHA256 = "db15065066548b15"
+WEBSOCKET_CURRENT_APP_SHA256 = "28f080cef1f51b76"
+PYWSGI_HANDLE_SHA256 = "9e7238affc125354"
 # ... and of Flask-SocketIO 5.7.0's _SocketIOMiddleware.__call__.
 SOCKETIO_MIDDLEWARE_SHA256 = "7cfbb7890542786b"
 
@@ -142,7 +148,7 @@ def test_python_engineio_still_schedules_each_ping_as_a_background_task() -> Non
 
 
 def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_table() -> None:
-    """server/websocket_writes.py gives one engine.io server its own copy of the driver table
+    """server/websocket_transport.py gives one engine.io server its own copy of the driver table
     (`_async`: 'queue' and 'websocket'), whose websocket entry Socket._upgrade_websocket calls
     with Socket._websocket_handler, and serves a websocket-opened socket as that handler does,
     with the writes on demand. Both sources are pinned: if engine.io's handler gains work, the
@@ -152,9 +158,9 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     from engineio.socket import Socket
     from gevent.queue import JoinableQueue
 
-    from flashsale.server import websocket_writes
+    from flashsale.server import websocket_transport
 
-    user = "flashsale.server.websocket_writes"
+    user = "flashsale.server.websocket_transport"
     assert gevent_driver._async["queue"] is JoinableQueue, user
     for name in ("__call__", "wait", "send", "close"):
         must_have(gevent_driver.WebSocketWSGI, name, user)
@@ -164,10 +170,32 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     for name in ("receive", "close"):
         must_have(Socket, name, user)
     assert "_async['websocket'](" in inspect.getsource(Socket._upgrade_websocket), user
-    websocket_writes.install(eio)  # not gevent: left as it was
-    assert eio._async["queue"] is not websocket_writes.WakingQueue
+    websocket_transport.install(eio)  # not gevent: left as it was
+    assert eio._async["queue"] is not websocket_transport.WakingQueue
     must_be_pinned(Socket._upgrade_websocket, UPGRADE_WEBSOCKET_SHA256, user)
     must_be_pinned(Socket._websocket_handler, WEBSOCKET_HANDLER_SHA256, user)
+
+
+def test_a_websocket_can_still_be_released_from_its_request() -> None:
+    """server/connections.py ReleasesWebsockets ends a websocket's request at the handshake:
+    it marks gevent-websocket's WebSocket closed (run_websocket then sends no close frame) and
+    sets the handler's socket to None (pywsgi's handle() then stops and neither reads out nor
+    closes it). server/held_websockets.py builds its own WebSocket on a stream with read and
+    write, and gives it an owner whose server.application has a current_app."""
+    from gevent.pywsgi import WSGIHandler
+    from geventwebsocket.handler import WebSocketHandler
+    from geventwebsocket.websocket import WebSocket
+
+    user = "flashsale.server.connections.ReleasesWebsockets / server/held_websockets.py"
+    assert "if not self.websocket.closed:" in inspect.getsource(WebSocketHandler.run_websocket), (
+        user
+    )
+    assert "while self.socket is not None:" in inspect.getsource(WSGIHandler.handle), user
+    assert list(inspect.signature(WebSocket).parameters) == ["environ", "stream", "handler"]
+    must_be_pinned(WebSocketHandler.run_websocket, RUN_WEBSOCKET_SHA256, user)
+    must_be_pinned(WebSocket.__init__, WEBSOCKET_INIT_SHA256, user)
+    must_be_pinned(WebSocket.current_app.fget, WEBSOCKET_CURRENT_APP_SHA256, user)  # type: ignore[attr-defined]
+    must_be_pinned(WSGIHandler.handle, PYWSGI_HANDLE_SHA256, user)
 
 
 def test_flask_socketio_middleware_still_only_adds_the_flask_app() -> None:

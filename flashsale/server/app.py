@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from flashsale.core import events, store
 from flashsale.errors import ConfigError
-from flashsale.server import rooms, webhooks, websocket_writes
+from flashsale.server import rooms, webhooks, websocket_transport
 from flashsale.server.admission import InFlightLimit
 from flashsale.server.context import ServerContext, make_producer, make_stock_feed
 from flashsale.server.http import bp
@@ -80,7 +80,7 @@ def create_app(settings: Settings, async_mode: str = "gevent") -> Flask:
         client_manager=rooms.RedisManager(settings.redis_url, channel=events.CHANNEL),
     )
     SharedPings(socketio.server.eio).install()
-    websocket_writes.install(socketio.server.eio)
+    websocket_transport.install(socketio.server.eio)
     metrics = ServerMetrics(client, settings.sale_sku)
     stock_feed = make_stock_feed(socketio, client, metrics)
     ctx = ServerContext(

@@ -17,7 +17,7 @@ from geventwebsocket.handler import WebSocketHandler
 from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import PyWSGIHandler
 
-from flashsale.server.connections import SmallReadBuffer
+from flashsale.server.connections import ReleasesWebsockets, SmallReadBuffer
 from flashsale.server.serving import redact
 from flashsale.server.slow_clients import BoundedReads, ReadTimeouts
 
@@ -49,7 +49,7 @@ logger_class = "flashsale.server.gunicorn_conf.RedactingLogger"
 _booted = multiprocessing.Value("i", 0)
 
 
-class Handler(BoundedReads, SmallReadBuffer, WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
+class Handler(BoundedReads, SmallReadBuffer, ReleasesWebsockets, WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
     """geventwebsocket's handler on gunicorn's (the environ gunicorn's logger reads), its
     access lines through gunicorn's access log, and the read timeouts of `flashsale serve`.
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flashsale.core import events
 from flashsale.errors import ComponentFailed, FlashsaleError
-from flashsale.server.connections import SmallReadBuffer, untrack_greenlet_tree
+from flashsale.server.connections import ReleasesWebsockets, SmallReadBuffer, untrack_greenlet_tree
 from flashsale.server.slow_clients import BoundedReads, ReadTimeouts
 from flashsale.settings import Settings
 
@@ -104,7 +104,7 @@ def serve(
     from gevent import pywsgi
     from geventwebsocket.handler import WebSocketHandler as BaseHandler
 
-    class WebSocketHandler(BoundedReads, SmallReadBuffer, BaseHandler):  # type: ignore[misc]
+    class WebSocketHandler(BoundedReads, SmallReadBuffer, ReleasesWebsockets, BaseHandler):  # type: ignore[misc]
         read_timeouts = timeouts or ReadTimeouts.from_options()
 
         def format_request(self) -> str:

@@ -1,13 +1,15 @@
-"""A websocket's writes from a greenlet started when there is something to send, not one parked
-for the socket's whole life.
+"""engine.io's websocket transport with no greenlet of its own per socket: reads and writes
+from greenlets started when there is something to do.
 
-python-engineio's websocket handler starts a writer task per socket that waits on the socket's
-packet queue until the socket closes: a queued customer, sent one position update every few
-seconds, kept a greenlet, its saved stack, its frames and a timer for nothing the rest of the
-time. Here the queue wakes a writer when a packet is put: it sends what is queued, in order,
-one writer per socket at a time, and ends when the queue is empty. A slow client still blocks
-only its own writer, never the greenlet that emitted (benchmarks/waiting_room.py measures the
-memory per held socket and the server's CPU).
+python-engineio's websocket handler keeps two greenlets per socket for its whole life: the
+request's, parked in a read, and a writer task waiting on the socket's packet queue. A queued
+customer, sent one position update every few seconds and sending a pong every ping interval,
+kept both, their saved stacks and their frames, for nothing most of the time. Here the request
+hands its connection to a HeldWebsocket (server/held_websockets.py), which reads when the client
+has sent something, and the queue wakes a writer when a packet is put: it sends what is queued,
+in order, one writer per socket at a time, and ends when the queue is empty. A slow client
+still blocks only its own writer, never the greenlet that emitted (benchmarks/waiting_room.py
+measures the memory per held socket and the server's CPU).
 
 Installed per engine.io server (gevent only), for connections that open on the websocket
 transport, the only one flashsale serves; an upgrade from polling keeps engine.io's handler.
@@ -22,6 +24,9 @@ import gevent
 from engineio import exceptions, packet
 from gevent.event import Event
 from gevent.queue import Empty, JoinableQueue
+
+from flashsale.server.connections import ReleasesWebsockets
+from flashsale.server.held_websockets import HeldWebsocket
 
 log = logging.getLogger(__name__)
 
@@ -95,44 +100,50 @@ class SocketWriter:
 
 
 def serve_websocket(socket: Any, ws: Any) -> list[Any]:
-    """engine.io's websocket transport for a socket that opened on it: the reader in this
-    greenlet, as engine.io runs it, and the writes through a SocketWriter."""
+    """engine.io's websocket transport for a socket that opened on it, without a greenlet of
+    its own: the handler releases the connection to a HeldWebsocket, which reads on demand,
+    and a SocketWriter writes on demand. A handler that cannot release it (not one of
+    flashsale's: see server/connections.py) gets engine.io's own handler."""
+    handler = getattr(getattr(ws, "_sock", None), "handler", None)
+    if not isinstance(handler, ReleasesWebsockets):
+        return list(socket._websocket_handler(ws))
+    sock, pending = handler.release_websocket()
     server = socket.server
     socket.connected = True
     socket.upgraded = True
+    # A frame the client has begun must end within a ping and its timeout; a client that goes
+    # silent without closing is engine.io's ping timeout (its service task checks every socket).
+    sock.settimeout(server.ping_interval + server.ping_timeout)
     queue = socket.queue
-    # The reader gives up on a client silent past a ping and its timeout, as engine.io's does.
-    for attr in ("_sock", "socket"):
-        sock = getattr(ws, attr, None)
-        if sock is not None and hasattr(sock, "settimeout"):
-            sock.settimeout(server.ping_interval + server.ping_timeout)
-    writer = SocketWriter(queue, ws)
-    queue.writer = writer
-    writer.wake()  # the OPEN packet (and anything else) queued before the websocket was ready
-    while True:
-        try:
-            data = ws.wait()
-        except Exception as error:
-            if not socket.closed:
-                server.logger.info('%s: Unexpected error "%s", closing', socket.sid, error)
-            break
-        if data is None:  # the client closed the connection
-            break
+
+    def receive(data: Any) -> bool:
         if len(data) > server.max_http_buffer_size:
             server.logger.info("%s: packet is too large, closing", socket.sid)
-            break
+            return False
         try:
             socket.receive(packet.Packet(encoded_packet=data))
         except exceptions.UnknownPacketError:
             pass
         except exceptions.SocketIsClosedError:
-            break
+            return False
         except Exception:
             server.logger.exception("Unknown receive error")
-            break
-    queue.put(None)  # the writer closes the websocket after what is queued
-    writer.join()
-    socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            return False
+        return True
+
+    def ended() -> None:
+        queue.put(None)  # the writer drops what is left: the connection is gone
+        socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        # engine.io forgets a websocket-opened socket when its handler returns; this one
+        # returned at the handshake.
+        if server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]
+
+    held = HeldWebsocket(sock, pending, receive, ended)
+    writer = SocketWriter(queue, held)
+    queue.writer = writer
+    writer.wake()  # the OPEN packet (and anything else) queued before the websocket was ready
+    held.start()
     return []
 
 
