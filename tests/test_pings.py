@@ -3,7 +3,9 @@
 A real `flashsale serve` (one gevent process, and gunicorn with two workers) with a 1 s ping
 interval: raw engine.io websockets count the pings they get and answer them; each socket is
 pinged once per interval, never sooner, for as long as it answers, and many sockets connected
-at once are each pinged in turn. With python-engineio's own server, a socket's next ping joins
+at once are each pinged in turn, and one that stops answering is closed by the server (the only
+way a client that vanished without closing leaves a held socket). With python-engineio's own
+server, a socket's next ping joins
 the loop's queue instead of starting a task of its own.
 """
 
@@ -85,6 +87,38 @@ def test_many_sockets_are_each_pinged_in_turn(server_url: str) -> None:
         for ws in sockets:
             ws.close()
     assert counts == [2] * SOCKETS
+
+
+def test_a_socket_that_stops_answering_pings_is_closed(server_url: str) -> None:
+    """engine.io's service task closes a socket whose pong is later than the ping timeout (the
+    client gets the websocket's close frame: engine.io's CLOSE packet is not sent on this path,
+    its send() refuses a socket past the timeout)."""
+    ws, handshake = open_socket(server_url)
+    timeout_s = float(handshake["pingTimeout"]) / 1000  # type: ignore[arg-type]
+    opened = time.monotonic()
+    # Pinged after an interval; closed once the timeout has passed, found by a service task
+    # that goes through every socket once a timeout.
+    deadline = opened + INTERVAL_S + 2 * timeout_s + LATE_S + 5
+    frames: list[str] = []
+    closed_at = None
+    try:
+        while closed_at is None and time.monotonic() < deadline:
+            ws.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                frame = ws.recv()  # pings are read, never answered
+            except websocket.WebSocketConnectionClosedException:
+                closed_at = time.monotonic()
+                break
+            except websocket.WebSocketTimeoutException:
+                break
+            frames.append(frame)
+            if frame == "":  # the close frame
+                closed_at = time.monotonic()
+    finally:
+        ws.close()
+    assert closed_at is not None, f"still open after {deadline - opened:.0f}s: {frames}"
+    assert "2" in frames, frames  # pinged, and never answered
+    assert closed_at - opened >= timeout_s, (closed_at - opened, timeout_s)
 
 
 def test_a_sockets_next_ping_joins_the_queue_instead_of_starting_a_task() -> None:
