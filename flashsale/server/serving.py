@@ -58,9 +58,8 @@ def sockets_first(app: Flask) -> WsgiApp:
 
     Flask-SocketIO's middleware does the same once they have passed Flask's __call__ and its
     own, and it copies the environ to add 'flask.app' (which only its own event handlers read;
-    it is set here too). A queued customer's socket spends its whole life inside that call:
-    two interpreter re-entries fewer on its greenlet's saved stack and no second environ
-    (benchmarks/waiting_room.py measures the memory per socket).
+    it is set here too). python-socketio keeps a socket's environ for the socket's life: one,
+    not two (benchmarks/waiting_room.py measures the memory per socket).
     """
     eio = app.extensions["socketio"].server.eio
     prefix = f"/{events.PATH}/"
