@@ -164,6 +164,10 @@ def test_python_engineio_still_builds_its_websocket_from_the_servers_driver_tabl
     assert gevent_driver._async["queue"] is JoinableQueue, user
     for name in ("__call__", "wait", "send", "close"):
         must_have(gevent_driver.WebSocketWSGI, name, user)
+    # serve_websocket finds the handshake's handler through the wrapper's gevent-websocket socket.
+    assert "self._sock = environ['wsgi.websocket']" in inspect.getsource(
+        gevent_driver.WebSocketWSGI.__call__
+    ), user
     eio = engineio.Server(async_mode="threading")
     assert isinstance(eio._async, dict) and "websocket" in eio._async, user
     assert hasattr(eio.reason, "TRANSPORT_CLOSE"), user

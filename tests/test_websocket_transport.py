@@ -12,16 +12,19 @@ descriptor, given back when it goes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import websocket
+from conftest import wait_until
 from engineio_client import SERVING_MODES, open_socket, serve
 
 from flashsale.server.serving import PID_HEADER
@@ -54,6 +57,15 @@ def connected_sockets(url: str) -> float:
     return float(match.group(1))
 
 
+def client_frame(text: str) -> bytes:
+    """A masked text frame, as a client sends it."""
+    return bytes(websocket.ABNF.create_frame(text, websocket.ABNF.OPCODE_TEXT).format())
+
+
+def refused_names(answers: list[str]) -> list[str]:
+    return [answer.split(",", 1)[0].removeprefix("44/") for answer in answers]
+
+
 def test_every_answer_arrives_in_the_order_asked(server_url: str) -> None:
     ws, _ = open_socket(server_url)
     try:
@@ -63,17 +75,7 @@ def test_every_answer_arrives_in_the_order_asked(server_url: str) -> None:
         answers = [next_packet(ws, "44/missing") for _ in range(ANSWERS)]
     finally:
         ws.close()
-    names = [answer.split(",", 1)[0].removeprefix("44/") for answer in answers]
-    assert names == [f"missing{number}" for number in range(ANSWERS)]
-
-
-def client_frame(text: str) -> bytes:
-    """A masked text frame, as a client sends it."""
-    return bytes(websocket.ABNF.create_frame(text, websocket.ABNF.OPCODE_TEXT).format())
-
-
-def refused_names(answers: list[str]) -> list[str]:
-    return [answer.split(",", 1)[0].removeprefix("44/") for answer in answers]
+    assert refused_names(answers) == [f"missing{number}" for number in range(ANSWERS)]
 
 
 def test_messages_sent_in_one_write_are_all_read(server_url: str) -> None:
@@ -164,13 +166,28 @@ def test_sockets_gone_no_longer_count(server_url: str, request: pytest.FixtureRe
     assert connected_sockets(server_url) == before
 
 
-def wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def server_ends(server_port: int, ports: set[int]) -> set[str]:
+    """The socket inodes of the server's ends of the open connections from these client ports."""
+    found: set[str] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if (
+            int(local.rsplit(":", 1)[1], 16) == server_port
+            and int(remote.rsplit(":", 1)[1], 16) in ports
+            and inode != "0"  # closing: no socket left
+        ):
+            found.add(f"socket:[{inode}]")
+    return found
+
+
+def descriptors_of(pid: int, inodes: set[str]) -> int:
+    """How many of the process's descriptors are one of these sockets (a dup is another)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            count += os.readlink(fd) in inodes
+    return count
 
 
 def test_a_held_socket_keeps_one_descriptor_until_it_goes(
@@ -181,20 +198,18 @@ def test_a_held_socket_keeps_one_descriptor_until_it_goes(
     if "gunicorn" in request.node.callspec.id:
         pytest.skip("one process's descriptors: the gevent server's")
     pid = int(httpx.get(f"{server_url}/healthz", timeout=10).headers[PID_HEADER])
-
-    def descriptors() -> int:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-
-    assert wait_for(lambda: connected_sockets(server_url) == 0)
-    before = descriptors()
     sockets = [open_socket(server_url)[0] for _ in range(20)]
     for ws in sockets:
         next_packet(ws, "40")
-    assert wait_for(lambda: descriptors() == before + 20), (descriptors(), before)
+    port = urlsplit(server_url).port
+    assert port is not None
+    ends = server_ends(port, {ws.sock.getsockname()[1] for ws in sockets})
+    assert len(ends) == 20, ends
+    wait_until(lambda: descriptors_of(pid, ends) == 20, "one descriptor per held socket", 10)
     for ws in sockets[:10]:
         ws.send("1")  # engine.io CLOSE: the server closes
     for ws in sockets[10:]:
         ws.close()  # the client closes
-    assert wait_for(lambda: descriptors() <= before), (descriptors(), before)
+    wait_until(lambda: descriptors_of(pid, ends) == 0, "no descriptor of a gone socket", 10)
     for ws in sockets[:10]:
         ws.close()

@@ -116,8 +116,8 @@ class HeldWebsocket:
                     return
                 if not self.stream.pending:
                     break
-        except Exception as error:
-            log.debug("reading a websocket: %s", error)
+        except Exception as error:  # gevent-websocket turns socket errors into None itself
+            log.info("reading a websocket failed, closing it: %r", error)
             self.end()
             return
         if not self.ended:

@@ -22,7 +22,6 @@ from typing import Any
 
 import gevent
 from engineio import exceptions, packet
-from gevent.event import Event
 from gevent.queue import Empty, JoinableQueue
 
 from flashsale.server.connections import ReleasesWebsockets
@@ -49,14 +48,13 @@ class WakingQueue(JoinableQueue):  # type: ignore[misc]
 class SocketWriter:
     """Sends one socket's queued packets from a short-lived greenlet; None closes the websocket."""
 
-    __slots__ = ("queue", "ws", "running", "closed", "finished")
+    __slots__ = ("queue", "ws", "running", "closed")
 
-    def __init__(self, queue: WakingQueue, ws: Any) -> None:
+    def __init__(self, queue: WakingQueue, ws: HeldWebsocket) -> None:
         self.queue = queue
         self.ws = ws
         self.running = False
         self.closed = False
-        self.finished: Event | None = None
 
     def wake(self) -> None:
         if not self.running:
@@ -72,18 +70,16 @@ class SocketWriter:
                     return
                 self.queue.task_done()
                 if self.closed:
-                    continue  # after the close: taken, so that a join() returns
+                    continue  # after the close: taken, so that engine.io's queue.join() returns
                 if pkt is None:
                     self.close()
                     continue
                 try:
                     self.ws.send(pkt.encode())
-                except Exception:  # the client is gone: the reader sees it too
+                except Exception:  # the client is gone: closing ends the held connection
                     self.close()
         finally:
             self.running = False
-            if self.finished is not None:
-                self.finished.set()
 
     def close(self) -> None:
         self.closed = True
@@ -91,12 +87,6 @@ class SocketWriter:
             self.ws.close()
         except Exception as error:
             log.debug("closing a websocket: %s", error)
-
-    def join(self) -> None:
-        """Wait until what is queued now has been sent (or dropped, once closed)."""
-        if self.running:
-            self.finished = Event()
-            self.finished.wait()
 
 
 def serve_websocket(socket: Any, ws: Any) -> list[Any]:
@@ -111,8 +101,9 @@ def serve_websocket(socket: Any, ws: Any) -> list[Any]:
     server = socket.server
     socket.connected = True
     socket.upgraded = True
-    # A frame the client has begun must end within a ping and its timeout; a client that goes
-    # silent without closing is engine.io's ping timeout (its service task checks every socket).
+    # A frame the client has begun, and a write it does not read, must end within a ping and its
+    # timeout; a client that goes silent without closing is engine.io's ping timeout (its
+    # service task checks every socket).
     sock.settimeout(server.ping_interval + server.ping_timeout)
     queue = socket.queue
 
